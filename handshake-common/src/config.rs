@@ -1,0 +1,137 @@
+//! The live configuration: one entry of the `CONFIG` array map, written by the
+//! controller and read by the kernel programs on every packet.
+
+/// What the gate does with a packet whose reason is a drop.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// Pass everything and track nothing.
+    Off = 0,
+    /// Track and count would-be drops, but pass every packet.
+    Monitor = 1,
+    /// Drop what the limits and the state machine reject.
+    Enforce = 2,
+}
+
+impl Mode {
+    pub const fn from_u32(v: u32) -> Mode {
+        match v {
+            1 => Mode::Monitor,
+            2 => Mode::Enforce,
+            _ => Mode::Off,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Mode::Off => "off",
+            Mode::Monitor => "monitor",
+            Mode::Enforce => "enforce",
+        }
+    }
+}
+
+/// What happens to a SYN that would exceed the global half-open cap.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Overflow {
+    /// Drop it (counted as `global`).
+    Drop = 0,
+    /// Pass it untracked, so the kernel's own SYN cookies answer it.
+    Pass = 1,
+}
+
+impl Overflow {
+    pub const fn from_u32(v: u32) -> Overflow {
+        match v {
+            1 => Overflow::Pass,
+            _ => Overflow::Drop,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            Overflow::Drop => "drop",
+            Overflow::Pass => "pass",
+        }
+    }
+}
+
+/// The limits. A cap of 0 means "no cap". All fields are host byte order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// A [`Mode`].
+    pub mode: u32,
+    /// An [`Overflow`].
+    pub overflow: u32,
+    /// Global cap on half-open attempts (0: none).
+    pub max_half_open: u32,
+    /// Cap on half-open attempts per source address or prefix (0: none).
+    pub max_half_open_per_source: u32,
+    /// Cap on half-open attempts per destination port (0: none).
+    pub max_half_open_per_port: u32,
+    /// IPv4 sources are aggregated by this prefix length (32: per address).
+    pub source_prefix_v4: u32,
+    /// IPv6 sources are aggregated by this prefix length (128: per address).
+    pub source_prefix_v6: u32,
+    /// SYNs per second each source may send (token bucket refill; 0: no limit).
+    pub syn_rate_per_source: u32,
+    /// Token bucket depth for `syn_rate_per_source`.
+    pub syn_burst: u32,
+    /// Share of `max_half_open` (percent) kept for recently verified sources.
+    pub verified_reserve_pct: u32,
+    /// A half-open attempt with no final ACK after this long is forgotten.
+    pub half_open_timeout_ms: u32,
+    /// Maximum segment lifetime; TIME_WAIT lasts twice this.
+    pub msl_ms: u32,
+}
+
+const _: () = assert!(core::mem::size_of::<Config>() == 48);
+
+impl Config {
+    /// Defaults: enforce, a global cap far below the map's capacity, a
+    /// per-source cap that a busy NAT still fits under, a 5 s half-open timeout
+    /// (the kernel's own is 63 s), and Linux's 60 s TIME_WAIT (MSL 30 s).
+    pub const DEFAULT: Config = Config {
+        mode: Mode::Enforce as u32,
+        overflow: Overflow::Drop as u32,
+        max_half_open: 16_384,
+        max_half_open_per_source: 64,
+        max_half_open_per_port: 0,
+        source_prefix_v4: 32,
+        source_prefix_v6: 128,
+        syn_rate_per_source: 0,
+        syn_burst: 0,
+        verified_reserve_pct: 0,
+        half_open_timeout_ms: 5_000,
+        msl_ms: 30_000,
+    };
+
+    pub const fn mode(&self) -> Mode {
+        Mode::from_u32(self.mode)
+    }
+
+    pub const fn overflow(&self) -> Overflow {
+        Overflow::from_u32(self.overflow)
+    }
+
+    pub const fn half_open_timeout_ns(&self) -> u64 {
+        self.half_open_timeout_ms as u64 * 1_000_000
+    }
+
+    /// How long TIME_WAIT lasts: 2·MSL.
+    pub const fn time_wait_ns(&self) -> u64 {
+        2 * self.msl_ms as u64 * 1_000_000
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config::DEFAULT
+    }
+}
+
+#[cfg(feature = "user")]
+// SAFETY: repr(C), only u32 fields, no padding (size asserted above).
+unsafe impl aya::Pod for Config {}

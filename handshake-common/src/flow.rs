@@ -1,0 +1,314 @@
+//! Flow keys and the per-connection record.
+
+use crate::window::WindowCounter;
+
+/// The TCP states of the seed's diagrams, one per side of a connection.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum TcpState {
+    Closed = 0,
+    Listen = 1,
+    SynSent = 2,
+    SynRcvd = 3,
+    Established = 4,
+    FinWait1 = 5,
+    FinWait2 = 6,
+    CloseWait = 7,
+    Closing = 8,
+    LastAck = 9,
+    TimeWait = 10,
+}
+
+impl TcpState {
+    pub const ALL: [TcpState; 11] = [
+        TcpState::Listen,
+        TcpState::SynSent,
+        TcpState::SynRcvd,
+        TcpState::Established,
+        TcpState::FinWait1,
+        TcpState::FinWait2,
+        TcpState::CloseWait,
+        TcpState::Closing,
+        TcpState::LastAck,
+        TcpState::TimeWait,
+        TcpState::Closed,
+    ];
+
+    pub const fn from_u8(v: u8) -> Option<TcpState> {
+        Some(match v {
+            0 => TcpState::Closed,
+            1 => TcpState::Listen,
+            2 => TcpState::SynSent,
+            3 => TcpState::SynRcvd,
+            4 => TcpState::Established,
+            5 => TcpState::FinWait1,
+            6 => TcpState::FinWait2,
+            7 => TcpState::CloseWait,
+            8 => TcpState::Closing,
+            9 => TcpState::LastAck,
+            10 => TcpState::TimeWait,
+            _ => return None,
+        })
+    }
+
+    /// The name as the seed (and `ss`, with `-` for `_`) writes it.
+    pub const fn name(self) -> &'static str {
+        match self {
+            TcpState::Closed => "CLOSED",
+            TcpState::Listen => "LISTEN",
+            TcpState::SynSent => "SYN_SENT",
+            TcpState::SynRcvd => "SYN_RCVD",
+            TcpState::Established => "ESTABLISHED",
+            TcpState::FinWait1 => "FIN_WAIT_1",
+            TcpState::FinWait2 => "FIN_WAIT_2",
+            TcpState::CloseWait => "CLOSE_WAIT",
+            TcpState::Closing => "CLOSING",
+            TcpState::LastAck => "LAST_ACK",
+            TcpState::TimeWait => "TIME_WAIT",
+        }
+    }
+
+    pub fn from_name(s: &str) -> Option<TcpState> {
+        TcpState::ALL.into_iter().find(|st| st.name().eq_ignore_ascii_case(s))
+    }
+}
+
+/// Address family of a key.
+pub const AF_INET: u8 = 4;
+pub const AF_INET6: u8 = 6;
+
+/// A connection's 4-tuple, direction-normalised: the (address, port) pair
+/// that sorts lower is `lo`, so both directions of a flow find the same entry
+/// with one lookup. [`FlowEntry::client_is_lo`] says which end is the client.
+///
+/// Addresses and ports are in network byte order; an IPv4 address fills the
+/// first 4 bytes and the rest is zero.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct FlowKey {
+    pub lo_addr: [u8; 16],
+    pub hi_addr: [u8; 16],
+    /// Network byte order.
+    pub lo_port: u16,
+    /// Network byte order.
+    pub hi_port: u16,
+    /// [`AF_INET`] or [`AF_INET6`].
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
+
+/// One end of a packet: address and port as on the wire (network order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: [u8; 16],
+    /// Network byte order.
+    pub port: u16,
+}
+
+impl FlowKey {
+    /// Builds the normalised key for a packet from `src` to `dst`, and says
+    /// whether `src` ended up as `lo`.
+    pub fn normalise(family: u8, src: &Endpoint, dst: &Endpoint) -> (FlowKey, bool) {
+        let src_is_lo = (src.addr, u16::from_be(src.port)) <= (dst.addr, u16::from_be(dst.port));
+        let (lo, hi) = if src_is_lo { (src, dst) } else { (dst, src) };
+        (
+            FlowKey {
+                lo_addr: lo.addr,
+                hi_addr: hi.addr,
+                lo_port: lo.port,
+                hi_port: hi.port,
+                family,
+                _pad: [0; 3],
+            },
+            src_is_lo,
+        )
+    }
+
+    /// The (client, server) endpoints, given which side is the client.
+    pub fn ends(&self, client_is_lo: bool) -> (Endpoint, Endpoint) {
+        let lo = Endpoint { addr: self.lo_addr, port: self.lo_port };
+        let hi = Endpoint { addr: self.hi_addr, port: self.hi_port };
+        if client_is_lo { (lo, hi) } else { (hi, lo) }
+    }
+}
+
+/// Bits of [`FlowEntry::flags`].
+pub mod flags {
+    /// The server's SYN-ACK was seen, so `server_isn` is known.
+    pub const SERVER_ISN_KNOWN: u8 = 1 << 0;
+    /// The client sent a FIN; its sequence number is `client_fin_seq`.
+    pub const CLIENT_FIN: u8 = 1 << 1;
+    /// The server sent a FIN; its sequence number is `server_fin_seq`.
+    pub const SERVER_FIN: u8 = 1 << 2;
+    /// The client's FIN was acknowledged.
+    pub const CLIENT_FIN_ACKED: u8 = 1 << 3;
+    /// The server's FIN was acknowledged.
+    pub const SERVER_FIN_ACKED: u8 = 1 << 4;
+    /// The client sent its FIN before it had the server's (active closer).
+    pub const CLIENT_CLOSED_FIRST: u8 = 1 << 5;
+    /// The server sent its FIN before it had the client's (active closer).
+    pub const SERVER_CLOSED_FIRST: u8 = 1 << 6;
+    /// Picked up mid-flow (loose mode): the handshake was never seen.
+    pub const PICKED_UP: u8 = 1 << 7;
+}
+
+/// A tracked connection. Used by both the half-open and the established map.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct FlowEntry {
+    /// When the first packet was seen (monotonic ns, `bpf_ktime_get_ns`).
+    pub created_ns: u64,
+    /// When the last packet was seen.
+    pub last_seen_ns: u64,
+    /// When either state last changed (TIME_WAIT is timed from here).
+    pub changed_ns: u64,
+    /// The client's initial sequence number J (host order).
+    pub client_isn: u32,
+    /// The server's initial sequence number K (host order), if
+    /// [`flags::SERVER_ISN_KNOWN`].
+    pub server_isn: u32,
+    /// Sequence number of the client's FIN (host order), if [`flags::CLIENT_FIN`].
+    pub client_fin_seq: u32,
+    /// Sequence number of the server's FIN (host order), if [`flags::SERVER_FIN`].
+    pub server_fin_seq: u32,
+    /// Half-open bucket epoch the attempt was counted in (see [`crate::window`]).
+    pub epoch: u32,
+    /// A [`TcpState`].
+    pub client_state: u8,
+    /// A [`TcpState`].
+    pub server_state: u8,
+    /// 1 when the client is the key's `lo` end.
+    pub client_is_lo: u8,
+    /// [`flags`] bits.
+    pub flags: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 48);
+
+impl FlowEntry {
+    pub fn client_state(&self) -> TcpState {
+        TcpState::from_u8(self.client_state).unwrap_or(TcpState::Closed)
+    }
+
+    pub fn server_state(&self) -> TcpState {
+        TcpState::from_u8(self.server_state).unwrap_or(TcpState::Closed)
+    }
+
+    pub const fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+}
+
+/// Key of the per-source map: the source address masked to the configured
+/// prefix (network byte order), its family and the prefix length.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct SourceKey {
+    pub addr: [u8; 16],
+    pub family: u8,
+    pub prefix_len: u8,
+    pub _pad: [u8; 2],
+}
+
+const _: () = assert!(core::mem::size_of::<SourceKey>() == 20);
+
+impl SourceKey {
+    /// The key for `addr` aggregated to `prefix_len` bits.
+    pub fn new(family: u8, addr: &[u8; 16], prefix_len: u32) -> SourceKey {
+        let width: u32 = if family == AF_INET { 32 } else { 128 };
+        let prefix = if prefix_len > width { width } else { prefix_len };
+        let mut masked = [0u8; 16];
+        let mut i = 0;
+        while i < 16 {
+            let bit = i as u32 * 8;
+            masked[i] = if bit + 8 <= prefix {
+                addr[i]
+            } else if bit < prefix {
+                addr[i] & (0xffu8 << (8 - (prefix - bit)))
+            } else {
+                0
+            };
+            i += 1;
+        }
+        SourceKey { addr: masked, family, prefix_len: prefix as u8, _pad: [0; 2] }
+    }
+}
+
+/// Per-source state: its half-open count.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SourceState {
+    pub half_open: WindowCounter,
+}
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY (all four): repr(C), integer fields only, padding made explicit
+    // and sizes asserted above.
+    unsafe impl aya::Pod for super::FlowKey {}
+    unsafe impl aya::Pod for super::FlowEntry {}
+    unsafe impl aya::Pod for super::SourceKey {}
+    unsafe impl aya::Pod for super::SourceState {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn v4(a: [u8; 4], port: u16) -> Endpoint {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&a);
+        Endpoint { addr, port: port.to_be() }
+    }
+
+    #[test]
+    fn both_directions_give_the_same_key() {
+        let c = v4([198, 18, 0, 2], 40_000);
+        let s = v4([198, 18, 0, 1], 80);
+        let (k1, c_lo) = FlowKey::normalise(AF_INET, &c, &s);
+        let (k2, s_lo) = FlowKey::normalise(AF_INET, &s, &c);
+        assert_eq!(k1, k2);
+        assert_ne!(c_lo, s_lo);
+        assert_eq!(k1.ends(c_lo), (c, s));
+    }
+
+    #[test]
+    fn ports_compare_as_numbers_not_bytes() {
+        // 256 (0x0100) is larger than 2 (0x0002) although its first byte is
+        // smaller in little-endian memory.
+        let a = v4([198, 18, 0, 1], 256);
+        let b = v4([198, 18, 0, 1], 2);
+        let (k, a_lo) = FlowKey::normalise(AF_INET, &a, &b);
+        assert!(!a_lo);
+        assert_eq!(u16::from_be(k.lo_port), 2);
+    }
+
+    #[test]
+    fn source_keys_aggregate_by_prefix() {
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&[198, 18, 7, 201]);
+        let k = SourceKey::new(AF_INET, &a, 24);
+        assert_eq!(&k.addr[..4], &[198, 18, 7, 0]);
+        let k = SourceKey::new(AF_INET, &a, 20);
+        assert_eq!(&k.addr[..4], &[198, 18, 0, 0]);
+        let k = SourceKey::new(AF_INET, &a, 99);
+        assert_eq!(k.prefix_len, 32);
+        assert_eq!(&k.addr[..4], &[198, 18, 7, 201]);
+
+        let v6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let k = SourceKey::new(AF_INET6, &v6, 64);
+        assert_eq!(k.addr, [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
+    }
+
+    #[test]
+    fn state_names_round_trip() {
+        for s in TcpState::ALL {
+            assert_eq!(TcpState::from_name(s.name()), Some(s));
+            assert_eq!(TcpState::from_u8(s as u8), Some(s));
+        }
+        assert_eq!(TcpState::from_name("syn_rcvd"), Some(TcpState::SynRcvd));
+        assert_eq!(TcpState::from_u8(11), None);
+    }
+}

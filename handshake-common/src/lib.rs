@@ -1,0 +1,54 @@
+//! Types shared by the handshake-gate kernel programs and the controller, and
+//! the pure functions that decide every verdict.
+//!
+//! The kernel programs only gather facts from a packet and apply what these
+//! functions return, so the whole decision logic is tested on the host with a
+//! fake clock (`now_ns` is always an argument, never read here).
+//!
+//! Byte order: fields that hold wire data (addresses, ports) stay in network
+//! byte order and say so; sequence numbers and every other number are in host
+//! byte order.
+#![no_std]
+
+#[cfg(test)]
+extern crate std;
+
+pub mod config;
+pub mod flow;
+pub mod machine;
+pub mod reason;
+pub mod window;
+
+pub use config::{Config, Mode, Overflow};
+pub use flow::{FlowEntry, FlowKey, SourceKey, SourceState, TcpState};
+pub use reason::Reason;
+pub use window::WindowCounter;
+
+/// Names of the maps shared by the kernel programs and the controller; the
+/// controller pins each under this name.
+pub mod maps {
+    /// One-entry array holding [`crate::Config`].
+    pub const CONFIG: &str = "CONFIG";
+    /// Per-CPU array of `u64` packet counts indexed by [`crate::Reason`].
+    pub const COUNTERS: &str = "COUNTERS";
+    /// Per-CPU array of `u64` counts of packets actually dropped, indexed by
+    /// [`crate::Reason`] (differs from `COUNTERS` in `monitor` mode).
+    pub const DROPPED: &str = "DROPPED";
+    /// LRU hash [`crate::FlowKey`] → [`crate::FlowEntry`] of half-open attempts.
+    pub const HALF_OPEN: &str = "HALF_OPEN";
+    /// LRU hash [`crate::FlowKey`] → [`crate::FlowEntry`] of connections past
+    /// the handshake (established and closing).
+    pub const ESTABLISHED: &str = "ESTABLISHED";
+    /// LRU hash [`crate::SourceKey`] → [`crate::SourceState`].
+    pub const SOURCES: &str = "SOURCES";
+    /// One-entry array holding the global half-open [`crate::WindowCounter`].
+    pub const GLOBAL: &str = "GLOBAL";
+}
+
+/// Capacity of the half-open map. `max-half-open` may not exceed it, so with a
+/// global cap in force the LRU only ever evicts entries that already expired.
+pub const HALF_OPEN_CAPACITY: u32 = 65_536;
+/// Capacity of the established map (connections past the handshake).
+pub const ESTABLISHED_CAPACITY: u32 = 262_144;
+/// Capacity of the per-source map; LRU, so the least recently seen sources go first.
+pub const SOURCES_CAPACITY: u32 = 65_536;

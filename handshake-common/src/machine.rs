@@ -1,0 +1,293 @@
+//! The pure TCP state machine: one packet in, the connection's next record and
+//! the verdict out. Both kernel programs call it; the host tests drive it with
+//! a fake clock.
+//!
+//! Each connection carries two states, the client's and the server's, as in
+//! the two columns of the seed's diagrams. The gate sees a packet at the
+//! moment it crosses the interface, which (up to the wire delay) is when the
+//! sender's state changes for sending it and the receiver's for receiving it,
+//! so one packet moves both columns.
+
+use crate::config::{Config, Overflow};
+use crate::flow::{FlowEntry, TcpState, flags};
+use crate::reason::Reason;
+
+/// TCP header flag bits (byte 13 of the header).
+pub mod tcp {
+    pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
+    pub const RST: u8 = 0x04;
+    pub const PSH: u8 = 0x08;
+    pub const ACK: u8 = 0x10;
+    pub const URG: u8 = 0x20;
+}
+
+/// What the state machine needs from a TCP segment (host byte order).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Segment {
+    /// The flag byte ([`tcp`] bits).
+    pub flags: u8,
+    pub seq: u32,
+    pub ack: u32,
+    /// Payload bytes (not counting SYN or FIN).
+    pub payload_len: u32,
+}
+
+impl Segment {
+    pub const fn has(&self, flag: u8) -> bool {
+        self.flags & flag != 0
+    }
+
+    /// A SYN without ACK, RST or FIN: the opening of a handshake.
+    pub const fn is_pure_syn(&self) -> bool {
+        self.flags & (tcp::SYN | tcp::ACK | tcp::RST | tcp::FIN) == tcp::SYN
+    }
+}
+
+/// Which end sent the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Dir {
+    FromClient,
+    FromServer,
+}
+
+/// What to do with the entry and the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Step {
+    /// Store the updated entry where it was; the packet passes.
+    Update(FlowEntry),
+    /// The handshake completed: move the entry from the half-open map to the
+    /// established map (and give its half-open count back); the packet passes.
+    Promote(FlowEntry),
+    /// The connection is over (RST): delete the entry; the packet passes.
+    Remove,
+    /// A new SYN on a finished tuple: delete the entry and handle the SYN as
+    /// the first packet of a new connection.
+    Restart,
+    /// Out of state: the entry is unchanged and the packet gets this reason.
+    Reject(Reason),
+}
+
+/// `a` is at or after `b` in sequence space.
+pub const fn seq_geq(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) >= 0
+}
+
+/// A new half-open entry for a client's SYN.
+pub fn open(seg: &Segment, client_is_lo: bool, now_ns: u64, epoch: u32) -> FlowEntry {
+    FlowEntry {
+        created_ns: now_ns,
+        last_seen_ns: now_ns,
+        changed_ns: now_ns,
+        client_isn: seg.seq,
+        epoch,
+        client_state: TcpState::SynSent as u8,
+        server_state: TcpState::Listen as u8,
+        client_is_lo: client_is_lo as u8,
+        ..FlowEntry::default()
+    }
+}
+
+/// An entry for a flow whose handshake the gate never saw (it started before
+/// the gate was attached, or its entry was evicted): both ends ESTABLISHED,
+/// like conntrack's loose mode. The client is guessed as the end with the
+/// higher port (ephemeral ports sit above service ports).
+pub fn pick_up(src_port: u16, dst_port: u16, src_is_lo: bool, now_ns: u64) -> FlowEntry {
+    let src_is_client = src_port > dst_port;
+    FlowEntry {
+        created_ns: now_ns,
+        last_seen_ns: now_ns,
+        changed_ns: now_ns,
+        client_state: TcpState::Established as u8,
+        server_state: TcpState::Established as u8,
+        client_is_lo: (src_is_client == src_is_lo) as u8,
+        flags: flags::PICKED_UP,
+        ..FlowEntry::default()
+    }
+}
+
+/// Whether a half-open entry has outlived the half-open timeout.
+pub fn half_open_expired(e: &FlowEntry, now_ns: u64, cfg: &Config) -> bool {
+    now_ns.saturating_sub(e.created_ns) >= cfg.half_open_timeout_ns()
+}
+
+/// Whether an established-map entry is finished: an end in TIME_WAIT (or both
+/// CLOSED) for 2·MSL.
+pub fn finished_expired(e: &FlowEntry, now_ns: u64, cfg: &Config) -> bool {
+    let (c, s) = (e.client_state(), e.server_state());
+    let over = c == TcpState::TimeWait
+        || s == TcpState::TimeWait
+        || (c == TcpState::Closed && s == TcpState::Closed);
+    over && now_ns.saturating_sub(e.changed_ns) >= cfg.time_wait_ns()
+}
+
+/// Advances a tracked connection by one segment.
+pub fn step(e: &FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
+    if seg.has(tcp::RST) {
+        return Step::Remove;
+    }
+    let mut n = *e;
+    n.last_seen_ns = now_ns;
+    if e.client_state() == TcpState::SynSent {
+        return handshake(n, dir, seg, now_ns);
+    }
+    let client_done = matches!(e.client_state(), TcpState::TimeWait | TcpState::Closed);
+    if dir == Dir::FromClient && seg.is_pure_syn() && client_done {
+        return Step::Restart;
+    }
+    Step::Update(teardown(n, dir, seg, now_ns))
+}
+
+fn handshake(mut n: FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
+    let syn = seg.has(tcp::SYN);
+    let ack = seg.has(tcp::ACK);
+    match dir {
+        Dir::FromClient if syn && !ack => {
+            if seg.seq != n.client_isn {
+                // A new attempt on the same tuple replaces the old one.
+                n.client_isn = seg.seq;
+                n.server_state = TcpState::Listen as u8;
+                n.flags &= !flags::SERVER_ISN_KNOWN;
+                n.changed_ns = now_ns;
+            }
+            Step::Update(n)
+        }
+        Dir::FromClient if ack && !syn => {
+            if n.has(flags::SERVER_ISN_KNOWN) && seg.ack != n.server_isn.wrapping_add(1) {
+                return Step::Reject(Reason::BadAck);
+            }
+            n.client_state = TcpState::Established as u8;
+            n.server_state = TcpState::Established as u8;
+            n.changed_ns = now_ns;
+            // The final ACK may already carry data or a FIN.
+            Step::Promote(teardown(n, dir, seg, now_ns))
+        }
+        Dir::FromServer if syn && ack => {
+            if seg.ack != n.client_isn.wrapping_add(1) {
+                return Step::Reject(Reason::BadAck);
+            }
+            if !(n.has(flags::SERVER_ISN_KNOWN) && n.server_isn == seg.seq) {
+                n.server_isn = seg.seq;
+                n.flags |= flags::SERVER_ISN_KNOWN;
+                n.server_state = TcpState::SynRcvd as u8;
+                n.changed_ns = now_ns;
+            }
+            Step::Update(n)
+        }
+        _ => Step::Update(n),
+    }
+}
+
+/// The bits and FIN sequence numbers of the sending end and its peer.
+struct Ends {
+    me_fin: u8,
+    me_acked: u8,
+    me_first: u8,
+    peer_fin: u8,
+    peer_acked: u8,
+}
+
+const FROM_CLIENT: Ends = Ends {
+    me_fin: flags::CLIENT_FIN,
+    me_acked: flags::CLIENT_FIN_ACKED,
+    me_first: flags::CLIENT_CLOSED_FIRST,
+    peer_fin: flags::SERVER_FIN,
+    peer_acked: flags::SERVER_FIN_ACKED,
+};
+
+const FROM_SERVER: Ends = Ends {
+    me_fin: flags::SERVER_FIN,
+    me_acked: flags::SERVER_FIN_ACKED,
+    me_first: flags::SERVER_CLOSED_FIRST,
+    peer_fin: flags::CLIENT_FIN,
+    peer_acked: flags::CLIENT_FIN_ACKED,
+};
+
+fn teardown(mut n: FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> FlowEntry {
+    let (ends, peer_fin_seq) = match dir {
+        Dir::FromClient => (&FROM_CLIENT, n.server_fin_seq),
+        Dir::FromServer => (&FROM_SERVER, n.client_fin_seq),
+    };
+    let acks_peer_fin =
+        seg.has(tcp::ACK) && n.has(ends.peer_fin) && seq_geq(seg.ack, peer_fin_seq.wrapping_add(1));
+    if acks_peer_fin {
+        n.flags |= ends.peer_acked;
+    }
+    if seg.has(tcp::FIN) && !n.has(ends.me_fin) {
+        n.flags |= ends.me_fin;
+        let fin_seq = seg.seq.wrapping_add(seg.payload_len);
+        match dir {
+            Dir::FromClient => n.client_fin_seq = fin_seq,
+            Dir::FromServer => n.server_fin_seq = fin_seq,
+        }
+        // Sent before it had the peer's FIN: the active (or a simultaneous) closer.
+        if !acks_peer_fin {
+            n.flags |= ends.me_first;
+        }
+    }
+    let client = side_state(&n, &FROM_CLIENT);
+    let server = side_state(&n, &FROM_SERVER);
+    if client as u8 != n.client_state || server as u8 != n.server_state {
+        n.client_state = client as u8;
+        n.server_state = server as u8;
+        n.changed_ns = now_ns;
+    }
+    n
+}
+
+/// One end's state, derived from who sent a FIN, who had theirs acknowledged
+/// and who closed first.
+fn side_state(n: &FlowEntry, e: &Ends) -> TcpState {
+    let acked = n.has(e.me_acked);
+    match (n.has(e.me_fin), n.has(e.peer_fin)) {
+        (false, false) => TcpState::Established,
+        (false, true) => TcpState::CloseWait,
+        (true, false) if acked => TcpState::FinWait2,
+        (true, false) => TcpState::FinWait1,
+        (true, true) => match (n.has(e.me_first), acked) {
+            (true, true) => TcpState::TimeWait,
+            (true, false) => TcpState::Closing,
+            (false, true) => TcpState::Closed,
+            (false, false) => TcpState::LastAck,
+        },
+    }
+}
+
+/// Half-open attempts in force when a new SYN arrives.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// Attempts from the SYN's source (address or prefix).
+    pub source: u32,
+    /// Attempts in all.
+    pub global: u32,
+}
+
+/// What to do with a new SYN.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admission {
+    /// Track it as a half-open attempt and pass it.
+    Track,
+    /// Pass it without tracking (global overflow with `overflow=pass`: the
+    /// kernel's SYN cookies answer it).
+    PassUntracked,
+    /// Refuse it for this reason.
+    Refuse(Reason),
+}
+
+/// Decides on a new SYN. A source over its own cap is refused first: that
+/// source is the attacker, whatever the global budget says.
+pub fn admit_syn(cfg: &Config, occ: &Occupancy) -> Admission {
+    if cfg.max_half_open_per_source != 0 && occ.source >= cfg.max_half_open_per_source {
+        return Admission::Refuse(Reason::PerSource);
+    }
+    if cfg.max_half_open != 0 && occ.global >= cfg.max_half_open {
+        return match cfg.overflow() {
+            Overflow::Drop => Admission::Refuse(Reason::Global),
+            Overflow::Pass => Admission::PassUntracked,
+        };
+    }
+    Admission::Track
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,303 @@
+//! Every transition of the state machine, driven with a fake clock.
+
+use super::*;
+use crate::flow::TcpState::*;
+use tcp::{ACK, FIN, RST, SYN};
+
+const MS: u64 = 1_000_000;
+const J: u32 = 1_000;
+const K: u32 = 900_000;
+
+fn seg(flags: u8, seq: u32, ack: u32, payload_len: u32) -> Segment {
+    Segment { flags, seq, ack, payload_len }
+}
+
+/// A connection as the gate tracks it, driven packet by packet. Starts with
+/// the client's SYN at t = 0 and advances the fake clock 1 ms per packet.
+struct Conn {
+    entry: FlowEntry,
+    now: u64,
+    established_map: bool,
+}
+
+impl Conn {
+    fn syn() -> Conn {
+        let e = open(&seg(SYN, J, 0, 0), true, 0, 7);
+        Conn { entry: e, now: 0, established_map: false }
+    }
+
+    fn established() -> Conn {
+        let mut c = Conn::syn();
+        c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
+        c.pass(Dir::FromClient, seg(ACK, J + 1, K + 1, 0));
+        c.expect(Established, Established);
+        c
+    }
+
+    /// Feeds a packet that must pass; returns the step for inspection.
+    fn pass(&mut self, dir: Dir, s: Segment) -> Step {
+        self.now += MS;
+        let st = step(&self.entry, dir, &s, self.now);
+        match st {
+            Step::Update(e) => self.entry = e,
+            Step::Promote(e) => {
+                assert!(!self.established_map, "promoted twice");
+                self.established_map = true;
+                self.entry = e;
+            }
+            Step::Remove | Step::Restart => {}
+            Step::Reject(r) => panic!("{:?} {:?} rejected as {}", dir, s, r.name()),
+        }
+        st
+    }
+
+    fn expect(&self, client: TcpState, server: TcpState) {
+        assert_eq!(
+            (self.entry.client_state(), self.entry.server_state()),
+            (client, server),
+            "entry {:?}",
+            self.entry
+        );
+    }
+}
+
+#[test]
+fn three_way_handshake_as_in_the_seed() {
+    let mut c = Conn::syn();
+    c.expect(SynSent, Listen);
+    // SYN-ACK: ack = J+1, seq = K.
+    c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
+    c.expect(SynSent, SynRcvd);
+    assert_eq!(c.entry.server_isn, K);
+    // The server checks ack == K+1.
+    let st = c.pass(Dir::FromClient, seg(ACK, J + 1, K + 1, 0));
+    assert!(matches!(st, Step::Promote(_)));
+    c.expect(Established, Established);
+}
+
+#[test]
+fn syn_ack_with_the_wrong_ack_is_rejected() {
+    let c = Conn::syn();
+    let st = step(&c.entry, Dir::FromServer, &seg(SYN | ACK, K, J + 2, 0), MS);
+    assert_eq!(st, Step::Reject(Reason::BadAck));
+}
+
+#[test]
+fn final_ack_with_the_wrong_ack_is_rejected() {
+    let mut c = Conn::syn();
+    c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
+    for wrong in [K, K + 2, 0, K.wrapping_add(1 << 31)] {
+        let st = step(&c.entry, Dir::FromClient, &seg(ACK, J + 1, wrong, 0), 2 * MS);
+        assert_eq!(st, Step::Reject(Reason::BadAck), "ack {wrong}");
+    }
+    c.expect(SynSent, SynRcvd);
+}
+
+#[test]
+fn final_ack_unvalidated_when_the_syn_ack_was_not_seen() {
+    // XDP alone never sees the SYN-ACK: the ACK completes the handshake.
+    let mut c = Conn::syn();
+    let st = c.pass(Dir::FromClient, seg(ACK, J + 1, 12_345, 0));
+    assert!(matches!(st, Step::Promote(_)));
+    c.expect(Established, Established);
+}
+
+#[test]
+fn retransmitted_syn_changes_nothing() {
+    let mut c = Conn::syn();
+    let before = c.entry;
+    c.pass(Dir::FromClient, seg(SYN, J, 0, 0));
+    assert_eq!(c.entry.created_ns, before.created_ns);
+    assert_eq!(c.entry.epoch, before.epoch);
+    assert_eq!(c.entry.client_isn, J);
+    c.expect(SynSent, Listen);
+    // Also after the SYN-ACK, and a retransmitted SYN-ACK.
+    c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
+    c.pass(Dir::FromClient, seg(SYN, J, 0, 0));
+    c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
+    c.expect(SynSent, SynRcvd);
+}
+
+#[test]
+fn syn_with_a_new_isn_restarts_the_attempt() {
+    let mut c = Conn::syn();
+    c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
+    c.pass(Dir::FromClient, seg(SYN, J + 5_000, 0, 0));
+    c.expect(SynSent, Listen);
+    assert_eq!(c.entry.client_isn, J + 5_000);
+    assert!(!c.entry.has(flags::SERVER_ISN_KNOWN));
+}
+
+#[test]
+fn client_closes_first_four_way() {
+    let mut c = Conn::established();
+    let (cs, ss) = (J + 1 + 10, K + 1 + 20); // after 10 and 20 bytes of data
+    c.pass(Dir::FromClient, seg(ACK, J + 1, K + 1, 10));
+    c.pass(Dir::FromServer, seg(ACK, K + 1, cs, 20));
+    c.expect(Established, Established);
+    // Client FIN (seq = cs).
+    c.pass(Dir::FromClient, seg(FIN | ACK, cs, ss, 0));
+    c.expect(FinWait1, CloseWait);
+    // Server ACKs it.
+    c.pass(Dir::FromServer, seg(ACK, ss, cs + 1, 0));
+    c.expect(FinWait2, CloseWait);
+    // Server FIN.
+    c.pass(Dir::FromServer, seg(FIN | ACK, ss, cs + 1, 0));
+    c.expect(TimeWait, LastAck);
+    // Client's last ACK.
+    c.pass(Dir::FromClient, seg(ACK, cs + 1, ss + 1, 0));
+    c.expect(TimeWait, Closed);
+}
+
+#[test]
+fn server_closes_first_four_way() {
+    let mut c = Conn::established();
+    c.pass(Dir::FromServer, seg(FIN | ACK, K + 1, J + 1, 0));
+    c.expect(CloseWait, FinWait1);
+    c.pass(Dir::FromClient, seg(ACK, J + 1, K + 2, 0));
+    c.expect(CloseWait, FinWait2);
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 2, 0));
+    c.expect(LastAck, TimeWait);
+    c.pass(Dir::FromServer, seg(ACK, K + 2, J + 2, 0));
+    c.expect(Closed, TimeWait);
+}
+
+#[test]
+fn passive_closer_fin_carrying_the_ack() {
+    // The server acknowledges the client's FIN with its own FIN (delayed ACK).
+    let mut c = Conn::established();
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
+    c.expect(FinWait1, CloseWait);
+    c.pass(Dir::FromServer, seg(FIN | ACK, K + 1, J + 2, 0));
+    c.expect(TimeWait, LastAck);
+    c.pass(Dir::FromClient, seg(ACK, J + 2, K + 2, 0));
+    c.expect(TimeWait, Closed);
+}
+
+#[test]
+fn simultaneous_close() {
+    let mut c = Conn::established();
+    // Both FINs cross: neither acknowledges the other's.
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
+    c.expect(FinWait1, CloseWait);
+    c.pass(Dir::FromServer, seg(FIN | ACK, K + 1, J + 1, 0));
+    c.expect(Closing, Closing);
+    c.pass(Dir::FromServer, seg(ACK, K + 2, J + 2, 0));
+    c.expect(TimeWait, Closing);
+    c.pass(Dir::FromClient, seg(ACK, J + 2, K + 2, 0));
+    c.expect(TimeWait, TimeWait);
+}
+
+#[test]
+fn fin_with_payload_is_acked_after_the_payload() {
+    let mut c = Conn::established();
+    c.pass(Dir::FromClient, seg(FIN | ACK | tcp::PSH, J + 1, K + 1, 100));
+    assert_eq!(c.entry.client_fin_seq, J + 101);
+    // Acking only the data does not ack the FIN.
+    c.pass(Dir::FromServer, seg(ACK, K + 1, J + 101, 0));
+    c.expect(FinWait1, CloseWait);
+    c.pass(Dir::FromServer, seg(ACK, K + 1, J + 102, 0));
+    c.expect(FinWait2, CloseWait);
+}
+
+#[test]
+fn retransmitted_fin_changes_nothing() {
+    let mut c = Conn::established();
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
+    let changed = c.entry.changed_ns;
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
+    c.expect(FinWait1, CloseWait);
+    assert_eq!(c.entry.changed_ns, changed);
+    assert_eq!(c.entry.client_fin_seq, J + 1);
+}
+
+#[test]
+fn rst_removes_in_every_state() {
+    let mut states = [Conn::syn(), Conn::syn(), Conn::established(), Conn::established()];
+    states[1].pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
+    states[3].pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
+    for c in &states {
+        for dir in [Dir::FromClient, Dir::FromServer] {
+            for f in [RST, RST | ACK] {
+                assert_eq!(step(&c.entry, dir, &seg(f, 0, 0, 0), c.now + MS), Step::Remove);
+            }
+        }
+    }
+}
+
+#[test]
+fn new_syn_on_a_tuple_in_time_wait_restarts() {
+    let mut c = Conn::established();
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
+    c.pass(Dir::FromServer, seg(FIN | ACK, K + 1, J + 2, 0));
+    c.pass(Dir::FromClient, seg(ACK, J + 2, K + 2, 0));
+    c.expect(TimeWait, Closed);
+    assert_eq!(step(&c.entry, Dir::FromClient, &seg(SYN, J + 99_999, 0, 0), c.now), Step::Restart);
+    // A SYN on a live connection is not a new attempt.
+    let live = Conn::established();
+    assert!(matches!(
+        step(&live.entry, Dir::FromClient, &seg(SYN, J, 0, 0), live.now),
+        Step::Update(_)
+    ));
+}
+
+#[test]
+fn time_wait_lasts_two_msl() {
+    let cfg = Config { msl_ms: 1_000, ..Config::DEFAULT };
+    let mut c = Conn::established();
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
+    c.pass(Dir::FromServer, seg(FIN | ACK, K + 1, J + 2, 0));
+    c.pass(Dir::FromClient, seg(ACK, J + 2, K + 2, 0));
+    let t = c.entry.changed_ns;
+    assert!(!finished_expired(&c.entry, t + 2_000 * MS - 1, &cfg));
+    assert!(finished_expired(&c.entry, t + 2_000 * MS, &cfg));
+    // A live connection never expires this way.
+    let live = Conn::established();
+    assert!(!finished_expired(&live.entry, u64::MAX, &cfg));
+}
+
+#[test]
+fn half_open_timeout() {
+    let cfg = Config { half_open_timeout_ms: 3_000, ..Config::DEFAULT };
+    let c = Conn::syn();
+    assert!(!half_open_expired(&c.entry, 3_000 * MS - 1, &cfg));
+    assert!(half_open_expired(&c.entry, 3_000 * MS, &cfg));
+}
+
+#[test]
+fn loose_pick_up_guesses_the_client_by_port() {
+    // A packet from 198.18.0.2:40000 (lo) to :80 — the source is the client.
+    let e = pick_up(40_000, 80, true, 5);
+    assert_eq!((e.client_state(), e.server_state()), (Established, Established));
+    assert_eq!(e.client_is_lo, 1);
+    assert!(e.has(flags::PICKED_UP));
+    // The server's reply, where the source is the server.
+    let e = pick_up(80, 40_000, true, 5);
+    assert_eq!(e.client_is_lo, 0);
+}
+
+#[test]
+fn sequence_comparison_wraps() {
+    assert!(seq_geq(5, u32::MAX - 5));
+    assert!(!seq_geq(u32::MAX - 5, 5));
+    assert!(seq_geq(7, 7));
+}
+
+#[test]
+fn admission_per_source_before_global() {
+    let cfg = Config { max_half_open: 10, max_half_open_per_source: 3, ..Config::DEFAULT };
+    let table = [
+        (Occupancy { source: 0, global: 0 }, Admission::Track),
+        (Occupancy { source: 2, global: 9 }, Admission::Track),
+        (Occupancy { source: 3, global: 0 }, Admission::Refuse(Reason::PerSource)),
+        (Occupancy { source: 3, global: 10 }, Admission::Refuse(Reason::PerSource)),
+        (Occupancy { source: 0, global: 10 }, Admission::Refuse(Reason::Global)),
+    ];
+    for (occ, want) in table {
+        assert_eq!(admit_syn(&cfg, &occ), want, "{occ:?}");
+    }
+    let pass = Config { overflow: Overflow::Pass as u32, ..cfg };
+    assert_eq!(admit_syn(&pass, &Occupancy { source: 0, global: 10 }), Admission::PassUntracked);
+    let unlimited = Config { max_half_open: 0, max_half_open_per_source: 0, ..cfg };
+    assert_eq!(admit_syn(&unlimited, &Occupancy { source: 1 << 30, global: 1 << 30 }), Admission::Track);
+}

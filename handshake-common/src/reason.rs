@@ -1,0 +1,89 @@
+//! Why a packet got its verdict. Every packet the XDP program sees is counted
+//! under exactly one reason, at its single exit point.
+
+/// Index into the `COUNTERS` and `DROPPED` per-CPU arrays.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Reason {
+    /// A TCP packet the gate let through.
+    Pass = 0,
+    /// Not TCP (ARP, UDP, ICMP, …), or a non-first IP fragment: passed untouched.
+    NotTcp = 1,
+    /// Truncated or inconsistent headers (IHL < 5, data offset < 5, a header
+    /// past the end of the packet).
+    Malformed = 2,
+    /// SYN over the per-source half-open cap.
+    PerSource = 3,
+    /// SYN over the per-destination-port half-open cap.
+    PerPort = 4,
+    /// SYN over the global half-open cap.
+    Global = 5,
+    /// SYN over the per-source SYN rate (token bucket).
+    SynRate = 6,
+    /// SYN to a port that is not in `allowed-ports`.
+    PortClosed = 7,
+    /// A packet that claims to complete a tracked handshake with the wrong
+    /// acknowledgement number.
+    BadAck = 8,
+    /// A map update or lookup failed; the packet passed (fail open).
+    FailOpen = 9,
+}
+
+impl Reason {
+    /// Number of reasons: the length of the counter arrays.
+    pub const COUNT: u32 = 10;
+
+    /// Every reason, in index order.
+    pub const ALL: [Reason; Self::COUNT as usize] = [
+        Reason::Pass,
+        Reason::NotTcp,
+        Reason::Malformed,
+        Reason::PerSource,
+        Reason::PerPort,
+        Reason::Global,
+        Reason::SynRate,
+        Reason::PortClosed,
+        Reason::BadAck,
+        Reason::FailOpen,
+    ];
+
+    /// Whether a packet with this reason is dropped in `enforce` mode.
+    pub const fn is_drop(self) -> bool {
+        !matches!(self, Reason::Pass | Reason::NotTcp | Reason::FailOpen)
+    }
+
+    /// Stable snake_case name, used in `status --json` and metrics.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Reason::Pass => "pass",
+            Reason::NotTcp => "not_tcp",
+            Reason::Malformed => "malformed",
+            Reason::PerSource => "per_source",
+            Reason::PerPort => "per_port",
+            Reason::Global => "global",
+            Reason::SynRate => "syn_rate",
+            Reason::PortClosed => "port_closed",
+            Reason::BadAck => "bad_ack",
+            Reason::FailOpen => "fail_open",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn all_is_in_index_order() {
+        for (i, r) in Reason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i, "{} out of place", r.name());
+        }
+    }
+
+    #[test]
+    fn only_admissions_and_fail_open_pass() {
+        let passing: std::vec::Vec<_> =
+            Reason::ALL.iter().filter(|r| !r.is_drop()).map(|r| r.name()).collect();
+        assert_eq!(passing, ["pass", "not_tcp", "fail_open"]);
+    }
+}

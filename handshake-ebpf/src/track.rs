@@ -1,0 +1,224 @@
+//! Connection tracking against the maps: finds the flow's entry, runs the
+//! pure state machine, stores what it returns and keeps the half-open counts.
+
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use handshake_common::{
+    Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter,
+    flow::AF_INET,
+    machine::{self, Admission, Dir, Occupancy, Step, tcp},
+    window,
+};
+
+use crate::parse::Facts;
+use crate::{ESTABLISHED, GLOBAL, HALF_OPEN, SOURCES};
+
+/// Compare-and-exchange attempts on a contended bucket before giving up (a
+/// lost increment is an undercount until the bucket ages out; a lost
+/// decrement an overcount, likewise).
+const CAS_TRIES: usize = 4;
+
+/// A packet arriving on the protected interface.
+///
+/// Each stage below is its own BPF function (`inline(never)`): the verifier
+/// adds up the stack frames of nested calls only, so siblings keep the
+/// combined stack under the 512-byte limit.
+#[inline(never)]
+pub fn ingress(f: &Facts, cfg: &Config) -> Reason {
+    let now = unsafe { bpf_ktime_get_ns() };
+    let (key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
+    if let Some(r) = established(f, &key, src_is_lo, cfg, now) {
+        return r;
+    }
+    if let Some(r) = half_open(f, &key, src_is_lo, cfg, now) {
+        return r;
+    }
+    if f.seg.is_pure_syn() {
+        return new_syn(f, &key, src_is_lo, cfg, now);
+    }
+    if f.seg.has(tcp::RST) || f.seg.has(tcp::SYN) {
+        // Nothing to close, or a SYN-ACK / odd SYN of a flow never tracked.
+        return Reason::Pass;
+    }
+    pick_up(f, &key, src_is_lo, now)
+}
+
+/// A packet of a connection past its handshake; `None` when there is none
+/// (or it just ended and the packet opens a new one).
+#[inline(never)]
+fn established(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Option<Reason> {
+    let p = ESTABLISHED.get_ptr_mut(key)?;
+    let e = unsafe { &mut *p };
+    if machine::finished_expired(e, now, cfg) {
+        let _ = ESTABLISHED.remove(key);
+        return None;
+    }
+    match machine::step(e, dir_of(e, src_is_lo), &f.seg, now) {
+        Step::Update(n) | Step::Promote(n) => {
+            *e = n;
+            Some(Reason::Pass)
+        }
+        Step::Remove => {
+            let _ = ESTABLISHED.remove(key);
+            Some(Reason::Pass)
+        }
+        Step::Reject(r) => Some(r),
+        Step::Restart => {
+            let _ = ESTABLISHED.remove(key);
+            None
+        }
+    }
+}
+
+/// A packet of a half-open attempt; `None` when there is none (or it expired).
+#[inline(never)]
+fn half_open(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Option<Reason> {
+    let p = HALF_OPEN.get_ptr_mut(key)?;
+    let e = unsafe { &mut *p };
+    let (client_is_lo, epoch) = (e.client_is_lo, e.epoch);
+    if machine::half_open_expired(e, now, cfg) {
+        forget(key, client_is_lo, epoch, cfg);
+        return None;
+    }
+    Some(match machine::step(e, dir_of(e, src_is_lo), &f.seg, now) {
+        Step::Update(n) => {
+            *e = n;
+            Reason::Pass
+        }
+        Step::Promote(n) => {
+            let stored = ESTABLISHED.insert(key, &n, 0);
+            forget(key, client_is_lo, epoch, cfg);
+            if stored.is_ok() { Reason::Pass } else { Reason::FailOpen }
+        }
+        Step::Remove | Step::Restart => {
+            forget(key, client_is_lo, epoch, cfg);
+            Reason::Pass
+        }
+        Step::Reject(r) => r,
+    })
+}
+
+/// Loose pick-up: a flow that began before the gate (or was evicted) is
+/// tracked from here as ESTABLISHED, never dropped for being unknown.
+#[inline(never)]
+fn pick_up(f: &Facts, key: &FlowKey, src_is_lo: bool, now: u64) -> Reason {
+    let fresh = machine::pick_up(u16::from_be(f.src.port), u16::from_be(f.dst.port), src_is_lo, now);
+    let n = match machine::step(&fresh, dir_of(&fresh, src_is_lo), &f.seg, now) {
+        Step::Update(n) => n,
+        _ => fresh,
+    };
+    match ESTABLISHED.insert(key, &n, 0) {
+        Ok(()) => Reason::Pass,
+        Err(_) => Reason::FailOpen,
+    }
+}
+
+#[inline(always)]
+fn dir_of(e: &FlowEntry, src_is_lo: bool) -> Dir {
+    if (e.client_is_lo != 0) == src_is_lo { Dir::FromClient } else { Dir::FromServer }
+}
+
+/// The source-map key of a flow's client, under the current prefix setting.
+#[inline(always)]
+fn source_key(family: u8, addr: &[u8; 16], cfg: &Config) -> SourceKey {
+    let prefix = if family == AF_INET { cfg.source_prefix_v4 } else { cfg.source_prefix_v6 };
+    SourceKey::new(family, addr, prefix)
+}
+
+/// A SYN of a flow not tracked yet: admit it under the limits, or not.
+#[inline(never)]
+fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Reason {
+    let width = window::bucket_width_ns(cfg.half_open_timeout_ms);
+    let ep = window::epoch(now, width);
+    let skey = source_key(f.family, &f.src.addr, cfg);
+    let src = match SOURCES.get_ptr_mut(&skey) {
+        Some(p) => p,
+        None => {
+            let _ = SOURCES.insert(&skey, &SourceState::default(), BPF_NOEXIST as u64);
+            match SOURCES.get_ptr_mut(&skey) {
+                Some(p) => p,
+                None => return Reason::FailOpen,
+            }
+        }
+    };
+    let Some(global) = GLOBAL.get_ptr_mut(0) else {
+        return Reason::FailOpen;
+    };
+    let occ = Occupancy {
+        source: unsafe { (*src).half_open.live(ep) },
+        global: unsafe { (*global).live(ep) },
+    };
+    match machine::admit_syn(cfg, &occ) {
+        Admission::Refuse(r) => r,
+        Admission::PassUntracked => Reason::Pass,
+        Admission::Track => {
+            let e = machine::open(&f.seg, src_is_lo, now, ep);
+            if HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64).is_ok() {
+                add(unsafe { &raw mut (*src).half_open }, ep);
+                add(global, ep);
+            }
+            // Not stored means another CPU stored this very SYN first.
+            Reason::Pass
+        }
+    }
+}
+
+/// Deletes a half-open entry and gives its count back. Only the CPU whose
+/// delete succeeds gives it back, so racing deletes count once.
+#[inline(always)]
+fn forget(key: &FlowKey, client_is_lo: u8, epoch: u32, cfg: &Config) {
+    if HALF_OPEN.remove(key).is_err() {
+        return;
+    }
+    let client = if client_is_lo != 0 { &key.lo_addr } else { &key.hi_addr };
+    let skey = source_key(key.family, client, cfg);
+    if let Some(src) = SOURCES.get_ptr_mut(&skey) {
+        sub(unsafe { &raw mut (*src).half_open }, epoch);
+    }
+    if let Some(global) = GLOBAL.get_ptr_mut(0) {
+        sub(global, epoch);
+    }
+}
+
+/// Compare-and-exchange on a bucket shared by all CPUs. The BPF target has no
+/// `AtomicU64::compare_exchange` (core does not expose CAS there), so this
+/// uses the intrinsic, which LLVM lowers to the BPF_CMPXCHG instruction.
+#[inline(always)]
+fn cas(slot: *mut u64, old: u64, new: u64) -> Result<(), u64> {
+    let (seen, ok) = unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::SeqCst }, { AtomicOrdering::SeqCst }>(slot, old, new)
+    };
+    if ok { Ok(()) } else { Err(seen) }
+}
+
+#[inline(always)]
+fn bucket(counter: *mut WindowCounter, ep: u32) -> *mut u64 {
+    let slot = window::slot(ep);
+    unsafe { &raw mut (*counter).buckets[slot] }
+}
+
+#[inline(always)]
+fn add(counter: *mut WindowCounter, ep: u32) {
+    let b = bucket(counter, ep);
+    let mut cur = unsafe { core::ptr::read_volatile(b) };
+    for _ in 0..CAS_TRIES {
+        match cas(b, cur, window::incremented(cur, ep)) {
+            Ok(()) => return,
+            Err(v) => cur = v,
+        }
+    }
+}
+
+#[inline(always)]
+fn sub(counter: *mut WindowCounter, ep: u32) {
+    let b = bucket(counter, ep);
+    let mut cur = unsafe { core::ptr::read_volatile(b) };
+    for _ in 0..CAS_TRIES {
+        let Some(next) = window::decremented(cur, ep) else { return };
+        match cas(b, cur, next) {
+            Ok(()) => return,
+            Err(v) => cur = v,
+        }
+    }
+}

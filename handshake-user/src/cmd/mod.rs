@@ -1,0 +1,28 @@
+//! One module per subcommand.
+
+pub mod attach;
+pub mod conns;
+pub mod set;
+pub mod status;
+
+use crate::args::{Cli, Command};
+
+pub fn run(cli: Cli) -> anyhow::Result<()> {
+    if let Some(ns) = &cli.netns {
+        // First thing, before any thread exists: everything below happens in
+        // that namespace, while the mount namespace (and bpffs) stays the host's.
+        handshake_user::netns::enter(ns)?;
+    }
+    let netns = cli.netns.as_deref();
+    match cli.command {
+        Command::Attach(a) => attach::run(a, netns),
+        Command::Detach(a) => {
+            handshake_user::gate::detach(&a.iface, netns)?;
+            println!("detached from {}", a.iface);
+            Ok(())
+        }
+        Command::Status(a) => status::run(a, netns),
+        Command::Conns(a) => conns::run(a, netns),
+        Command::Set(a) => set::run(a, netns),
+    }
+}

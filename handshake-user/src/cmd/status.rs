@@ -1,0 +1,97 @@
+use comfy_table::{Table, presets::NOTHING};
+use handshake_common::Reason;
+use handshake_user::gate::{self, Gate};
+use handshake_user::settings::KEYS;
+use serde_json::{Map, Value, json};
+
+use crate::args::StatusArgs;
+
+/// Sources listed under "top sources".
+const TOP: usize = 5;
+
+pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
+    let gate = Gate::open(&a.iface, netns)?;
+    let cfg = gate.config()?;
+    let now = handshake_user::monotonic_ns();
+    let counters = gate.counters()?;
+    let half_open = gate.half_open_now(&cfg, now)?;
+    let conns = gate.conns(&cfg, now);
+    let [client, server] = gate::state_counts(&conns);
+    let top = gate.top_sources(&cfg, now, TOP);
+
+    if a.json {
+        let limits: Map<String, Value> =
+            KEYS.iter().map(|k| (k.name.to_string(), k.json(&cfg))).collect();
+        let drops: Map<String, Value> = Reason::ALL
+            .iter()
+            .filter(|r| r.is_drop())
+            .map(|r| (r.name().to_string(), counters.get(*r).into()))
+            .collect();
+        let packets: Map<String, Value> =
+            Reason::ALL.iter().map(|r| (r.name().to_string(), counters.get(*r).into())).collect();
+        let out = json!({
+            "interface": a.iface,
+            "netns": netns,
+            "mode": handshake_user::settings::mode_name(&cfg),
+            "limits": limits,
+            "half_open": half_open,
+            "states": { "client": client, "server": server },
+            "drops": drops,
+            "dropped_packets": counters.dropped.iter().sum::<u64>(),
+            "packets": packets,
+            "top_sources": top.iter().map(|(s, n)| json!({"source": s, "half_open": n})).collect::<Vec<_>>(),
+        });
+        println!("{}", serde_json::to_string_pretty(&out)?);
+        return Ok(());
+    }
+
+    println!("handshake-gate on {}{}", a.iface, netns.map(|n| format!(" (netns {n})")).unwrap_or_default());
+    println!();
+    let mut t = table(&["limit", "value"]);
+    for k in KEYS {
+        t.add_row(vec![k.name.to_string(), k.show(&cfg)]);
+    }
+    println!("{t}\n");
+
+    println!("half-open now: {half_open}");
+    if !top.is_empty() {
+        let mut t = table(&["top source", "half-open"]);
+        for (s, n) in &top {
+            t.add_row(vec![s.clone(), n.to_string()]);
+        }
+        println!("{t}");
+    }
+    println!();
+
+    let mut t = table(&["state", "client side", "server side"]);
+    for (name, c) in &client {
+        let s = server[name];
+        if *c != 0 || s != 0 {
+            t.add_row(vec![name.to_string(), c.to_string(), s.to_string()]);
+        }
+    }
+    if conns.is_empty() {
+        println!("no tracked connections\n");
+    } else {
+        println!("{t}\n");
+    }
+
+    let mut t = table(&["verdict", "packets", "dropped"]);
+    for r in Reason::ALL {
+        t.add_row(vec![
+            r.name().to_string(),
+            counters.packets[r as usize].to_string(),
+            if r.is_drop() { counters.dropped[r as usize].to_string() } else { "-".into() },
+        ]);
+    }
+    println!("{t}");
+    Ok(())
+}
+
+/// A borderless table with right-aligned numbers, headed by `header`.
+pub fn table(header: &[&str]) -> Table {
+    let mut t = Table::new();
+    t.load_preset(NOTHING);
+    t.set_header(header.to_vec());
+    t
+}

@@ -1,0 +1,354 @@
+//! Attaching, detaching, and a handle on an attached gate through its pins.
+
+use std::collections::BTreeMap;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::programs::{ProgramError, Xdp, XdpMode, links::{FdLink, PinnedLink}};
+use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
+use handshake_common::flow::{AF_INET, Endpoint};
+use handshake_common::{
+    Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, TcpState, WindowCounter, machine,
+    maps, window,
+};
+
+use crate::{GateError, pins};
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// Let the kernel choose: native where the driver supports it, else generic.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Skb,
+}
+
+impl AttachMode {
+    fn xdp(self) -> XdpMode {
+        match self {
+            AttachMode::Auto => XdpMode::Default,
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+/// Every map the controller pins, by name.
+const MAP_NAMES: [&str; 7] = [
+    maps::CONFIG,
+    maps::COUNTERS,
+    maps::DROPPED,
+    maps::HALF_OPEN,
+    maps::ESTABLISHED,
+    maps::SOURCES,
+    maps::GLOBAL,
+];
+
+/// Name of the XDP program in the object.
+const XDP_PROGRAM: &str = "gate";
+
+/// Removes a pin directory on drop unless [`Rollback::commit`] was called, so
+/// a failed attach leaves nothing behind. Links still held by this process
+/// detach when their owners drop.
+struct Rollback {
+    dir: PathBuf,
+    done: bool,
+}
+
+impl Rollback {
+    fn commit(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Rollback {
+    fn drop(&mut self) {
+        if !self.done {
+            if let Err(e) = pins::remove_dir(&self.dir) {
+                log::warn!("could not remove {} after a failed attach: {e}", self.dir.display());
+            }
+        }
+    }
+}
+
+/// Loads the gate on `iface`, with `config`, and pins it all under
+/// [`pins::dir`]. The process can exit afterwards; the gate keeps working.
+/// On any failure nothing stays attached or pinned.
+pub fn attach(
+    iface: &str,
+    netns: Option<&str>,
+    mode: AttachMode,
+    config: &Config,
+) -> Result<PathBuf, GateError> {
+    pins::require_root()?;
+    pins::require_bpffs()?;
+    crate::settings::validate(config)?;
+    let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|_| GateError::UnknownInterface {
+        name: iface.into(),
+        netns: netns.map(str::to_string),
+    })?;
+    let dir = pins::dir(iface, netns);
+    if dir.exists() {
+        return Err(GateError::AlreadyAttached { iface: iface.into(), dir });
+    }
+
+    let mut ebpf = load()?;
+    {
+        let mut cfg: Array<_, Config> = Array::try_from(
+            ebpf.map_mut(maps::CONFIG).expect("the object defines CONFIG"),
+        )
+        .map_err(GateError::step("open the CONFIG map"))?;
+        cfg.set(0, config, 0).map_err(GateError::step("write the configuration"))?;
+    }
+    let xdp: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .expect("the object defines the XDP program")
+        .try_into()
+        .map_err(GateError::step("find the XDP program"))?;
+    xdp.load().map_err(|e| verifier("XDP", e))?;
+
+    pins::create_dir(&dir)?;
+    let rollback = Rollback { dir: dir.clone(), done: false };
+    for name in MAP_NAMES {
+        let map = ebpf.map(name).expect("the object defines every pinned map");
+        map.pin(dir.join(name)).map_err(GateError::step(format!("pin the {name} map")))?;
+    }
+    let xdp: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).expect("loaded above").try_into().expect("XDP");
+    xdp.pin(dir.join(pins::XDP_PROG)).map_err(GateError::step("pin the XDP program"))?;
+    let link_id = xdp.attach_to_if_index(ifindex, mode.xdp()).map_err(|e| GateError::Step {
+        step: format!(
+            "attach the XDP program to {iface} in {} mode{}",
+            match mode {
+                AttachMode::Auto => "auto",
+                AttachMode::Native => "native",
+                AttachMode::Skb => "skb",
+            },
+            if mode == AttachMode::Native { " (try --mode skb)" } else { "" }
+        ),
+        source: Box::new(e),
+    })?;
+    let link = xdp.take_link(link_id).map_err(GateError::step("take the XDP link"))?;
+    let link: FdLink = link.try_into().map_err(GateError::step(
+        "hold the XDP link (the kernel attached it without a BPF link, which cannot be pinned)",
+    ))?;
+    link.pin(dir.join(pins::XDP_LINK)).map_err(GateError::step("pin the XDP link"))?;
+    rollback.commit();
+    Ok(dir)
+}
+
+fn load() -> Result<Ebpf, GateError> {
+    EbpfLoader::new()
+        .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
+        .load(crate::ebpf_object())
+        .map_err(GateError::step("load the gate's BPF object (maps)"))
+}
+
+/// Turns a load error into the verifier's last lines, which say why.
+fn verifier(program: &'static str, e: ProgramError) -> GateError {
+    match e {
+        ProgramError::LoadError { io_error, verifier_log } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+            GateError::Verifier { program, log_tail: format!("{io_error}\n{tail}") }
+        }
+        other => GateError::step(format!("load the {program} program"))(other),
+    }
+}
+
+/// Detaches the gate from `iface` and removes its pins.
+pub fn detach(iface: &str, netns: Option<&str>) -> Result<(), GateError> {
+    pins::require_root()?;
+    pins::require_bpffs()?;
+    let dir = pins::dir(iface, netns);
+    if !dir.exists() {
+        return Err(GateError::NotAttached { iface: iface.into(), dir });
+    }
+    let link_pin = dir.join(pins::XDP_LINK);
+    if link_pin.exists() {
+        let link = PinnedLink::from_pin(&link_pin).map_err(GateError::step("open the pinned XDP link"))?;
+        // Unpinning drops the last reference once this process lets go: detached.
+        let fd_link = link.unpin().map_err(GateError::step("unpin the XDP link"))?;
+        drop(fd_link);
+    }
+    pins::remove_dir(&dir).map_err(GateError::step(format!("remove {}", dir.display())))
+}
+
+/// Packet counts per reason, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets that got each reason (would-be drops included in monitor mode).
+    pub packets: [u64; Reason::COUNT as usize],
+    /// Packets actually dropped for each reason.
+    pub dropped: [u64; Reason::COUNT as usize],
+}
+
+impl Counters {
+    pub fn get(&self, r: Reason) -> u64 {
+        self.packets[r as usize]
+    }
+}
+
+/// A tracked connection, as `conns` and `status` see it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Conn {
+    pub client: (IpAddr, u16),
+    pub server: (IpAddr, u16),
+    pub entry: FlowEntry,
+    /// Still in the half-open map.
+    pub half_open: bool,
+}
+
+/// An attached gate, opened from its pins (by any process, at any time).
+pub struct Gate {
+    pub dir: PathBuf,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+    dropped: PerCpuArray<MapData, u64>,
+    half_open: HashMap<MapData, FlowKey, FlowEntry>,
+    established: HashMap<MapData, FlowKey, FlowEntry>,
+    sources: HashMap<MapData, SourceKey, SourceState>,
+    global: Array<MapData, WindowCounter>,
+}
+
+fn open_map<T>(dir: &Path, name: &str) -> Result<T, GateError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let data = MapData::from_pin(dir.join(name))
+        .map_err(GateError::step(format!("open the pinned {name} map")))?;
+    let map = Map::from_map_data(data).map_err(GateError::step(format!("read the {name} map")))?;
+    T::try_from(map).map_err(GateError::step(format!("use the {name} map (was it made by another version?)")))
+}
+
+impl Gate {
+    pub fn open(iface: &str, netns: Option<&str>) -> Result<Gate, GateError> {
+        pins::require_root()?;
+        pins::require_bpffs()?;
+        let dir = pins::dir(iface, netns);
+        if !dir.exists() {
+            return Err(GateError::NotAttached { iface: iface.into(), dir });
+        }
+        Self::open_dir(dir)
+    }
+
+    pub fn open_dir(dir: PathBuf) -> Result<Gate, GateError> {
+        Ok(Gate {
+            config: open_map(&dir, maps::CONFIG)?,
+            counters: open_map(&dir, maps::COUNTERS)?,
+            dropped: open_map(&dir, maps::DROPPED)?,
+            half_open: open_map(&dir, maps::HALF_OPEN)?,
+            established: open_map(&dir, maps::ESTABLISHED)?,
+            sources: open_map(&dir, maps::SOURCES)?,
+            global: open_map(&dir, maps::GLOBAL)?,
+            dir,
+        })
+    }
+
+    pub fn config(&self) -> Result<Config, GateError> {
+        self.config.get(&0, 0).map_err(GateError::step("read the configuration"))
+    }
+
+    /// Writes a new configuration; the programs use it from their next packet.
+    pub fn set_config(&mut self, cfg: &Config) -> Result<(), GateError> {
+        crate::settings::validate(cfg)?;
+        self.config.set(0, cfg, 0).map_err(GateError::step("write the configuration"))
+    }
+
+    pub fn counters(&self) -> Result<Counters, GateError> {
+        let mut c = Counters::default();
+        for r in Reason::ALL {
+            let i = r as u32;
+            let sum = |m: &PerCpuArray<MapData, u64>| -> Result<u64, GateError> {
+                Ok(m.get(&i, 0).map_err(GateError::step("read the counters"))?.iter().sum())
+            };
+            c.packets[i as usize] = sum(&self.counters)?;
+            c.dropped[i as usize] = sum(&self.dropped)?;
+        }
+        Ok(c)
+    }
+
+    /// The global half-open count the limits use now.
+    pub fn half_open_now(&self, cfg: &Config, now_ns: u64) -> Result<u32, GateError> {
+        let g = self.global.get(&0, 0).map_err(GateError::step("read the global half-open count"))?;
+        Ok(g.live(now_epoch(cfg, now_ns)))
+    }
+
+    /// Sources with attempts counting now, the most first.
+    pub fn top_sources(&self, cfg: &Config, now_ns: u64, n: usize) -> Vec<(String, u32)> {
+        let ep = now_epoch(cfg, now_ns);
+        let mut v: Vec<(String, u32)> = self
+            .sources
+            .iter()
+            .filter_map(Result::ok)
+            .map(|(k, s)| (source_name(&k), s.half_open.live(ep)))
+            .filter(|(_, c)| *c > 0)
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        v
+    }
+
+    /// Every connection still tracked (expired entries left out).
+    pub fn conns(&self, cfg: &Config, now_ns: u64) -> Vec<Conn> {
+        let mut out = Vec::new();
+        for (map, half_open) in [(&self.half_open, true), (&self.established, false)] {
+            for (k, e) in map.iter().filter_map(Result::ok) {
+                let expired = if half_open {
+                    machine::half_open_expired(&e, now_ns, cfg)
+                } else {
+                    machine::finished_expired(&e, now_ns, cfg)
+                };
+                if !expired {
+                    let (c, s) = k.ends(e.client_is_lo != 0);
+                    out.push(Conn {
+                        client: endpoint(k.family, &c),
+                        server: endpoint(k.family, &s),
+                        entry: e,
+                        half_open,
+                    });
+                }
+            }
+        }
+        out
+    }
+}
+
+fn now_epoch(cfg: &Config, now_ns: u64) -> u32 {
+    window::epoch(now_ns, window::bucket_width_ns(cfg.half_open_timeout_ms))
+}
+
+fn ip(family: u8, addr: &[u8; 16]) -> IpAddr {
+    if family == AF_INET {
+        IpAddr::V4(Ipv4Addr::new(addr[0], addr[1], addr[2], addr[3]))
+    } else {
+        IpAddr::V6(Ipv6Addr::from(*addr))
+    }
+}
+
+fn endpoint(family: u8, e: &Endpoint) -> (IpAddr, u16) {
+    (ip(family, &e.addr), u16::from_be(e.port))
+}
+
+fn source_name(k: &SourceKey) -> String {
+    format!("{}/{}", ip(k.family, &k.addr), k.prefix_len)
+}
+
+/// Counts of connections per state, for each side.
+pub fn state_counts(conns: &[Conn]) -> [BTreeMap<&'static str, u64>; 2] {
+    let mut client = BTreeMap::new();
+    let mut server = BTreeMap::new();
+    for s in TcpState::ALL {
+        client.insert(s.name(), 0);
+        server.insert(s.name(), 0);
+    }
+    for c in conns {
+        *client.entry(c.entry.client_state().name()).or_insert(0) += 1;
+        *server.entry(c.entry.server_state().name()).or_insert(0) += 1;
+    }
+    [client, server]
+}

@@ -1,0 +1,23 @@
+//! The handshake-gate controller library: loads the kernel programs on an
+//! interface, pins them so they outlive the process, tunes their limits and
+//! reads back their state.
+
+pub mod error;
+pub mod gate;
+pub mod netns;
+pub mod pins;
+pub mod settings;
+
+pub use error::GateError;
+
+/// The kernel programs' ELF object, built by `build.rs` with aya-build.
+pub fn ebpf_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/handshake"))
+}
+
+/// The kernel's monotonic clock, as `bpf_ktime_get_ns` reads it.
+pub fn monotonic_ns() -> u64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
+        .expect("CLOCK_MONOTONIC is always readable");
+    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
+}

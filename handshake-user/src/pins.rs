@@ -1,0 +1,82 @@
+//! Where the gate's pins live, and the checks before touching them.
+//!
+//! Layout: `/sys/fs/bpf/handshake-gate/host/IFACE/` for an interface of the
+//! host's own network namespace, `/sys/fs/bpf/handshake-gate/netns/NAME/IFACE/`
+//! for one in the named namespace. Each holds the program (`xdp_prog`), its
+//! link (`xdp_link`) and one pin per map, by the map's name. Directories are
+//! created owner-only (0700); the kernel creates pins 0600.
+
+use std::os::unix::fs::DirBuilderExt as _;
+use std::path::{Path, PathBuf};
+
+use crate::GateError;
+
+/// Where bpffs is expected.
+pub const BPFFS: &str = "/sys/fs/bpf";
+/// The gate's own directory on bpffs.
+pub const ROOT: &str = "/sys/fs/bpf/handshake-gate";
+/// Pin of the XDP program.
+pub const XDP_PROG: &str = "xdp_prog";
+/// Pin of the XDP link (removing it, with no process holding the link, detaches).
+pub const XDP_LINK: &str = "xdp_link";
+
+/// `statfs` magic of a BPF filesystem.
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The pin directory of `iface` in `netns` (None: the host's namespace).
+pub fn dir(iface: &str, netns: Option<&str>) -> PathBuf {
+    match netns {
+        None => Path::new(ROOT).join("host").join(iface),
+        Some(ns) => Path::new(ROOT).join("netns").join(ns).join(iface),
+    }
+}
+
+/// Fails unless the process runs as root.
+pub fn require_root() -> Result<(), GateError> {
+    if nix::unistd::geteuid().is_root() { Ok(()) } else { Err(GateError::NotRoot) }
+}
+
+/// Fails unless bpffs is mounted at [`BPFFS`], telling `ip netns exec` (which
+/// hides it) apart from a host that never mounted it.
+pub fn require_bpffs() -> Result<(), GateError> {
+    let path = PathBuf::from(BPFFS);
+    if let Ok(st) = nix::sys::statfs::statfs(&path)
+        && st.filesystem_type().0 as i64 == BPF_FS_MAGIC
+    {
+        return Ok(());
+    }
+    let own = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let init = std::fs::read_link("/proc/1/ns/mnt").ok();
+    if own.is_some() && init.is_some() && own != init {
+        return Err(GateError::BpffsHiddenByNetnsExec { path });
+    }
+    Err(GateError::BpffsMissing { path })
+}
+
+/// Creates `dir` and its parents, owner-only.
+pub fn create_dir(dir: &Path) -> Result<(), GateError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(GateError::step(format!("create the pin directory {}", dir.display())))
+}
+
+/// Removes a pin directory and every pin in it, then the parents it leaves
+/// empty up to [`ROOT`] (which stays).
+pub fn remove_dir(dir: &Path) -> std::io::Result<()> {
+    if dir.exists() {
+        for entry in std::fs::read_dir(dir)? {
+            std::fs::remove_file(entry?.path())?;
+        }
+        std::fs::remove_dir(dir)?;
+    }
+    let mut parent = dir.parent();
+    while let Some(p) = parent {
+        if p == Path::new(ROOT) || !p.starts_with(ROOT) || std::fs::remove_dir(p).is_err() {
+            break;
+        }
+        parent = p.parent();
+    }
+    Ok(())
+}
