@@ -1,0 +1,162 @@
+//! A bounded SYN flood sender: raw IP sockets, several threads, spoofed
+//! sources drawn only from 198.18.0.0/15 and 2001:db8::/32.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use etherparse::PacketBuilder;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::Netns;
+
+/// Where the flood's source addresses come from.
+#[derive(Clone, Debug)]
+pub enum Sources {
+    /// One address (a real-address flood).
+    One(IpAddr),
+    /// `count` consecutive addresses from `first` (a spoofed flood).
+    Range { first: IpAddr, count: u32 },
+}
+
+impl Sources {
+    fn pick(&self, i: u64) -> IpAddr {
+        match *self {
+            Sources::One(a) => a,
+            Sources::Range { first: IpAddr::V4(a), count } => {
+                IpAddr::V4(Ipv4Addr::from(u32::from(a) + (i % count as u64) as u32))
+            }
+            Sources::Range { first: IpAddr::V6(a), count } => {
+                IpAddr::V6(Ipv6Addr::from(u128::from(a) + (i % count as u64) as u128))
+            }
+        }
+    }
+
+    fn last(&self) -> IpAddr {
+        match self {
+            Sources::One(a) => *a,
+            Sources::Range { count, .. } => self.pick(*count as u64 - 1),
+        }
+    }
+}
+
+/// Whether an address is in the ranges floods may use.
+pub fn allowed(a: IpAddr) -> bool {
+    match a {
+        // 198.18.0.0/15
+        IpAddr::V4(a) => u32::from(a) >> 17 == u32::from(Ipv4Addr::new(198, 18, 0, 0)) >> 17,
+        // 2001:db8::/32
+        IpAddr::V6(a) => a.segments()[..2] == [0x2001, 0x0db8],
+    }
+}
+
+/// A flood: SYNs to `target` from `sources`, at most `count` packets and at
+/// most `max_time`, optionally paced to `rate` packets per second.
+#[derive(Clone, Debug)]
+pub struct Flood {
+    pub target: SocketAddr,
+    pub sources: Sources,
+    pub count: u64,
+    pub max_time: Duration,
+    /// Packets per second over all threads; None: as fast as possible.
+    pub rate: Option<u64>,
+    pub threads: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct FloodReport {
+    pub sent: u64,
+    pub elapsed: Duration,
+}
+
+impl FloodReport {
+    pub fn rate(&self) -> f64 {
+        self.sent as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+impl Flood {
+    /// Sends the flood from inside `ns` and waits for it to finish.
+    pub fn run(&self, ns: &Netns) -> anyhow::Result<FloodReport> {
+        for a in [self.target.ip(), self.sources.pick(0), self.sources.last()] {
+            anyhow::ensure!(allowed(a), "flood address {a} is outside 198.18.0.0/15 and 2001:db8::/32");
+        }
+        anyhow::ensure!(self.count > 0 && self.max_time > Duration::ZERO, "a flood must be bounded");
+        let sent = Arc::new(AtomicU64::new(0));
+        let start = Instant::now();
+        let threads = self.threads.max(1);
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let me = self.clone();
+                let sent = sent.clone();
+                ns.spawn(move || me.worker(t, threads, &sent, start))
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+        }
+        Ok(FloodReport { sent: sent.load(Ordering::Relaxed), elapsed: start.elapsed() })
+    }
+
+    fn worker(&self, t: usize, threads: usize, sent: &AtomicU64, start: Instant) -> anyhow::Result<()> {
+        let domain = if self.target.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+        // IPPROTO_RAW: we write the IP header ourselves (IP_HDRINCL implied).
+        let sock = Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
+        let dest: socket2::SockAddr = SocketAddr::new(self.target.ip(), 0).into();
+        let per_thread = self.count / threads as u64 + u64::from((t as u64) < self.count % threads as u64);
+        let per_thread_rate = self.rate.map(|r| (r as f64 / threads as f64).max(1.0));
+        let mut buf = Vec::with_capacity(80);
+        for i in 0..per_thread {
+            if i % 256 == 0 && start.elapsed() >= self.max_time {
+                break;
+            }
+            if let Some(r) = per_thread_rate {
+                let due = start + Duration::from_secs_f64(i as f64 / r);
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+            }
+            let n = i * threads as u64 + t as u64;
+            let src = self.sources.pick(n);
+            let sport = 1024 + (n % 60_000) as u16;
+            let seq = (n as u32).wrapping_mul(2_654_435_761);
+            buf.clear();
+            let builder = match (src, self.target.ip()) {
+                (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+                (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+                _ => anyhow::bail!("source and target families differ"),
+            };
+            builder.tcp(sport, self.target.port(), seq, 64_240).syn().write(&mut buf, &[])?;
+            if sock.send_to(&buf, &dest).is_ok() {
+                sent.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_benchmark_and_documentation_ranges() {
+        assert!(allowed("198.18.0.1".parse().unwrap()));
+        assert!(allowed("198.19.255.255".parse().unwrap()));
+        assert!(!allowed("198.20.0.1".parse().unwrap()));
+        assert!(!allowed("10.0.0.1".parse().unwrap()));
+        assert!(allowed("2001:db8::66".parse().unwrap()));
+        assert!(!allowed("2001:db9::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn ranges_cycle_within_their_count() {
+        let s = Sources::Range { first: "198.18.100.0".parse().unwrap(), count: 300 };
+        assert_eq!(s.pick(0), "198.18.100.0".parse::<IpAddr>().unwrap());
+        assert_eq!(s.pick(299), "198.18.101.43".parse::<IpAddr>().unwrap());
+        assert_eq!(s.pick(300), s.pick(0));
+        assert_eq!(s.last(), s.pick(299));
+    }
+}

@@ -1,0 +1,209 @@
+//! End to end: the CLI attaches the gate to a veth in a network namespace,
+//! a real server listens behind it, real clients connect, a bounded SYN flood
+//! hits it. Needs root; `cargo xtask test` runs it.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Duration;
+
+use handshake_lab::{EchoServer, Flood, Lab, Sources, connect_many};
+use serde_json::Value;
+
+const GATE: &str = env!("CARGO_BIN_EXE_handshake-gate");
+
+/// Runs the CLI; returns (success, stdout, stderr).
+fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(GATE).args(args).output().expect("run handshake-gate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn pin_dir(lab: &Lab) -> PathBuf {
+    PathBuf::from(format!("/sys/fs/bpf/handshake-gate/netns/{}/{}", lab.server.name, lab.server_if))
+}
+
+/// Detaches (and removes the pins) on drop, also when the test panics.
+struct Attached<'a> {
+    lab: &'a Lab,
+}
+
+impl<'a> Attached<'a> {
+    fn new(lab: &'a Lab, settings: &[&str]) -> Attached<'a> {
+        let mut args = vec!["--netns", &lab.server.name, "attach", &lab.server_if];
+        for s in settings {
+            args.extend(["--set", s]);
+        }
+        let (ok, out, err) = cli(&args);
+        assert!(ok, "attach failed: {err}");
+        assert!(out.contains("attached to"), "{out}");
+        Attached { lab }
+    }
+
+    fn status(&self) -> Value {
+        let (ok, out, err) = cli(&["--netns", &self.lab.server.name, "status", &self.lab.server_if, "--json"]);
+        assert!(ok, "status failed: {err}");
+        serde_json::from_str(&out).expect("status --json is JSON")
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        let _ = cli(&["--netns", &self.lab.server.name, "detach", &self.lab.server_if]);
+        let _ = handshake_user::pins::remove_dir(&pin_dir(self.lab));
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn flood_from_one_source_is_dropped_while_clients_connect() {
+    let lab = Lab::new("e2ea").expect("lab");
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
+    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+
+    let gate = Attached::new(&lab, &["max-half-open-per-source=20", "max-half-open=1000"]);
+    let before = connect_many(&lab.client, addr, 10, Duration::from_secs(2)).unwrap();
+    assert_eq!(before.succeeded, 10, "clients fail with the gate attached and no flood");
+
+    let flood = Flood {
+        target: addr,
+        sources: Sources::One("198.18.0.66".parse().unwrap()),
+        count: 3_000,
+        max_time: Duration::from_secs(10),
+        rate: None,
+        threads: 2,
+    }
+    .run(&lab.client)
+    .expect("flood");
+    assert_eq!(flood.sent, 3_000);
+
+    let during = connect_many(&lab.client, addr, 20, Duration::from_secs(2)).unwrap();
+    assert_eq!(during.succeeded, 20, "a second client could not connect during the flood");
+
+    let s = gate.status();
+    assert_eq!(s["half_open"], 20, "the flood should hold exactly its per-source budget: {s:#}");
+    // Every flood SYN over the cap was dropped at XDP.
+    assert_eq!(s["drops"]["per_source"], 3_000 - 20, "{s:#}");
+    assert_eq!(s["dropped_packets"], 3_000 - 20, "{s:#}");
+    assert_eq!(s["top_sources"][0]["source"], "198.18.0.66/32");
+    assert_eq!(s["states"]["client"]["SYN_SENT"], 20, "{s:#}");
+    assert_eq!(s["drops"]["malformed"], 0);
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn ipv6_flood_is_dropped_too() {
+    let lab = Lab::new("e2eb").expect("lab");
+    let addr = SocketAddr::new(Lab::SERVER_V6.into(), 8080);
+    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    let gate = Attached::new(&lab, &["max-half-open-per-source=10"]);
+    // A first connection resolves the neighbour, so no flood packet waits
+    // (and is lost) in the neighbour queue.
+    assert_eq!(connect_many(&lab.client, addr, 1, Duration::from_secs(2)).unwrap().succeeded, 1);
+    let sent = Flood {
+        target: addr,
+        sources: Sources::One("2001:db8::66".parse().unwrap()),
+        count: 500,
+        max_time: Duration::from_secs(10),
+        rate: None,
+        threads: 1,
+    }
+    .run(&lab.client)
+    .expect("flood")
+    .sent;
+    assert_eq!(sent, 500);
+    let ok = connect_many(&lab.client, addr, 10, Duration::from_secs(2)).unwrap();
+    assert_eq!(ok.succeeded, 10);
+    let s = gate.status();
+    assert_eq!(s["drops"]["per_source"], 490, "{s:#}");
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn set_changes_limits_live_and_counts_return_to_zero() {
+    let lab = Lab::new("e2ec").expect("lab");
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
+    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    let gate = Attached::new(&lab, &["max-half-open-per-source=5", "half-open-timeout-ms=300"]);
+    let ns = lab.server.name.as_str();
+
+    let flood = |count| {
+        Flood {
+            target: addr,
+            sources: Sources::One("198.18.0.77".parse().unwrap()),
+            count,
+            max_time: Duration::from_secs(5),
+            rate: None,
+            threads: 1,
+        }
+        .run(&lab.client)
+        .unwrap()
+    };
+    flood(50);
+    assert_eq!(gate.status()["drops"]["per_source"], 45);
+
+    let (ok, out, err) = cli(&["--netns", ns, "set", &lab.server_if, "max-half-open-per-source=30"]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "max-half-open-per-source: 5 -> 30");
+    flood(50);
+    // The same 50 tuples again: the first 5 are retransmissions of tracked
+    // attempts (passed, not counted twice), 25 more are admitted up to the
+    // new cap of 30, and the last 20 are dropped.
+    let s = gate.status();
+    assert_eq!(s["limits"]["max-half-open-per-source"], 30);
+    assert_eq!(s["half_open"], 30, "{s:#}");
+    assert_eq!(s["drops"]["per_source"], 45 + 20, "{s:#}");
+
+    // Nothing completes these handshakes: after the timeout they are gone.
+    std::thread::sleep(Duration::from_millis(600));
+    let s = gate.status();
+    assert_eq!(s["half_open"], 0, "half-open counts leaked: {s:#}");
+    assert_eq!(s["top_sources"].as_array().map(Vec::len), Some(0));
+
+    // A bad value is refused and changes nothing.
+    let (ok, _, err) = cli(&["--netns", ns, "set", &lab.server_if, "max-half-open-per-source=30", "mode=block"]);
+    assert!(!ok);
+    assert!(err.contains("mode: \"block\" is not valid"), "{err}");
+    assert_eq!(gate.status()["mode"], "enforce");
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn attach_errors_are_clear_and_leave_nothing_behind() {
+    let lab = Lab::new("e2ed").expect("lab");
+    let ns = lab.server.name.as_str();
+    let dir = pin_dir(&lab);
+
+    let (ok, _, err) = cli(&["--netns", ns, "attach", "nosuch0"]);
+    assert!(!ok);
+    assert!(err.contains("no interface named \"nosuch0\""), "{err}");
+
+    let (ok, _, err) = cli(&["--netns", ns, "attach", &lab.server_if, "--set", "max-half-open=70000"]);
+    assert!(!ok);
+    assert!(err.contains("max-half-open: \"70000\" is not valid: expected a whole number from 0 to 65536"), "{err}");
+    assert!(!dir.exists(), "a refused attach left pins");
+
+    let (ok, _, err) = cli(&["--netns", "no-such-ns", "status", "x"]);
+    assert!(!ok);
+    assert!(err.contains("network namespace \"no-such-ns\" not found"), "{err}");
+
+    {
+        let _gate = Attached::new(&lab, &[]);
+        assert!(dir.join("xdp_link").exists());
+        let (ok, _, err) = cli(&["--netns", ns, "attach", &lab.server_if]);
+        assert!(!ok);
+        assert!(err.contains("already attached"), "{err}");
+        let link = lab.server.ip(&["link", "show", &lab.server_if]).unwrap();
+        assert!(link.contains("xdp"), "no XDP program on the interface: {link}");
+    }
+    assert!(!dir.exists(), "detach left pins");
+    let link = lab.server.ip(&["link", "show", &lab.server_if]).unwrap();
+    assert!(!link.contains("xdp"), "detach left the program attached: {link}");
+
+    let (ok, _, err) = cli(&["--netns", ns, "detach", &lab.server_if]);
+    assert!(!ok);
+    assert!(err.contains("not attached"), "{err}");
+}
