@@ -1,1 +1,39 @@
-fn main() {}
+//! Project tasks. `cargo xtask setup | test | demo`.
+
+mod demo;
+mod setup;
+mod test;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Install what this machine lacks to build and test the gate (idempotent).
+    Setup,
+    /// Set up, then run every test layer: host unit tests, then the privileged
+    /// tests (BPF_PROG_TEST_RUN tables, network-namespace end to end).
+    Test(test::Options),
+    /// Set up, then run the lab: a real server, real clients and a SYN flood,
+    /// without and with the gate, and print a before/after report.
+    Demo(demo::Options),
+}
+
+fn main() -> anyhow::Result<()> {
+    match Cli::parse().command {
+        Command::Setup => setup::run(),
+        Command::Test(o) => test::run(o),
+        Command::Demo(o) => demo::run(o),
+    }
+}
+
+/// The workspace root (the parent of this crate's directory).
+pub fn workspace_root() -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("xtask sits in the workspace").to_path_buf()
+}
