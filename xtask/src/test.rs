@@ -24,7 +24,8 @@ struct Layer {
 }
 
 const LAYERS: &[Layer] = &[
-    Layer { name: "host unit tests", args: &["test", "--workspace"] },
+    // The default members: everything but the eBPF crate, which only builds for BPF.
+    Layer { name: "host unit tests", args: &["test"] },
     Layer {
         name: "privileged tests (BPF_PROG_TEST_RUN, network namespaces)",
         args: &["test", "-p", "handshake-user", "--tests", "--", "--ignored", "--test-threads=1"],
