@@ -19,8 +19,8 @@ pub enum GateError {
     #[error("no BPF filesystem at {}: mount it with `mount -t bpf bpf {}`", .path.display(), .path.display())]
     BpffsMissing { path: PathBuf },
 
-    #[error("no BPF filesystem at {}: this looks like `ip netns exec`, which remounts /sys so pins made here would vanish with the command; run `handshake-gate --netns NAME …` from the host instead", .path.display())]
-    BpffsHiddenByNetnsExec { path: PathBuf },
+    #[error("no BPF filesystem at {}: this looks like `ip netns exec {netns}`, which remounts /sys so pins made here would vanish with the command; run `handshake-gate --netns {netns} …` from the host instead", .path.display())]
+    BpffsHiddenByNetnsExec { path: PathBuf, netns: String },
 
     #[error("network namespace {name:?} not found (looked for {}): check `ip netns list`", .path.display())]
     NetnsNotFound { name: String, path: PathBuf },

@@ -37,7 +37,7 @@ pub fn require_root() -> Result<(), GateError> {
 }
 
 /// Fails unless bpffs is mounted at [`BPFFS`], telling `ip netns exec` (which
-/// hides it) apart from a host that never mounted it.
+/// remounts /sys and so hides it) apart from a host that never mounted it.
 pub fn require_bpffs() -> Result<(), GateError> {
     let path = PathBuf::from(BPFFS);
     if let Ok(st) = nix::sys::statfs::statfs(&path)
@@ -45,12 +45,21 @@ pub fn require_bpffs() -> Result<(), GateError> {
     {
         return Ok(());
     }
-    let own = std::fs::read_link("/proc/self/ns/mnt").ok();
-    let init = std::fs::read_link("/proc/1/ns/mnt").ok();
-    if own.is_some() && init.is_some() && own != init {
-        return Err(GateError::BpffsHiddenByNetnsExec { path });
+    if let Some(name) = named_netns_of_self() {
+        return Err(GateError::BpffsHiddenByNetnsExec { path, netns: name });
     }
     Err(GateError::BpffsMissing { path })
+}
+
+/// The `ip netns` name of the namespace this process runs in, if it has one
+/// (as it does under `ip netns exec NAME`).
+fn named_netns_of_self() -> Option<String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let own = std::fs::metadata("/proc/self/ns/net").ok()?;
+    std::fs::read_dir(crate::netns::NETNS_RUN_DIR).ok()?.filter_map(Result::ok).find_map(|e| {
+        let m = std::fs::metadata(e.path()).ok()?;
+        (m.ino() == own.ino() && m.dev() == own.dev()).then(|| e.file_name().to_string_lossy().into_owned())
+    })
 }
 
 /// Creates `dir` and its parents, owner-only.

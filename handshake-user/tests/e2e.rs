@@ -186,6 +186,25 @@ fn attach_errors_are_clear_and_leave_nothing_behind() {
     assert!(err.contains("max-half-open: \"70000\" is not valid: expected a whole number from 0 to 65536"), "{err}");
     assert!(!dir.exists(), "a refused attach left pins");
 
+    // Without root.
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", GATE, "--netns", ns, "status", &lab.server_if])
+        .output()
+        .expect("run setpriv");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("needs root"), "{err}");
+
+    // Inside `ip netns exec`, which hides the host's bpffs.
+    let out = Command::new("ip")
+        .args(["netns", "exec", ns, GATE, "attach", &lab.server_if])
+        .output()
+        .expect("run ip netns exec");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&format!("looks like `ip netns exec {ns}`")) && err.contains(&format!("--netns {ns} ")), "{err}");
+    assert!(!dir.exists());
+
     let (ok, _, err) = cli(&["--netns", "no-such-ns", "status", "x"]);
     assert!(!ok);
     assert!(err.contains("network namespace \"no-such-ns\" not found"), "{err}");

@@ -8,6 +8,9 @@ pub mod status;
 use crate::args::{Cli, Command};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
+    // Every command touches BPF objects; say so before anything else fails
+    // for want of privileges.
+    handshake_user::pins::require_root()?;
     if let Some(ns) = &cli.netns {
         // First thing, before any thread exists: everything below happens in
         // that namespace, while the mount namespace (and bpffs) stays the host's.
