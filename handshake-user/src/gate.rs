@@ -67,10 +67,10 @@ impl Rollback {
 
 impl Drop for Rollback {
     fn drop(&mut self) {
-        if !self.done {
-            if let Err(e) = pins::remove_dir(&self.dir) {
-                log::warn!("could not remove {} after a failed attach: {e}", self.dir.display());
-            }
+        if !self.done
+            && let Err(e) = pins::remove_dir(&self.dir)
+        {
+            log::warn!("could not remove {} after a failed attach: {e}", self.dir.display());
         }
     }
 }

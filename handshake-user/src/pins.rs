@@ -41,7 +41,7 @@ pub fn require_root() -> Result<(), GateError> {
 pub fn require_bpffs() -> Result<(), GateError> {
     let path = PathBuf::from(BPFFS);
     if let Ok(st) = nix::sys::statfs::statfs(&path)
-        && st.filesystem_type().0 as i64 == BPF_FS_MAGIC
+        && st.filesystem_type().0 == BPF_FS_MAGIC
     {
         return Ok(());
     }

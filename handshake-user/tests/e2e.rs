@@ -57,6 +57,22 @@ impl Drop for Attached<'_> {
     }
 }
 
+/// Floods `addr` from the client namespace with `count` SYNs from `src`;
+/// returns how many were sent.
+fn flood(lab: &Lab, addr: SocketAddr, src: &str, count: u64, threads: usize) -> u64 {
+    Flood {
+        target: addr,
+        sources: Sources::One(src.parse().unwrap()),
+        count,
+        max_time: Duration::from_secs(10),
+        rate: None,
+        threads,
+    }
+    .run(&lab.client)
+    .expect("flood")
+    .sent
+}
+
 #[test]
 #[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
 fn flood_from_one_source_is_dropped_while_clients_connect() {
@@ -68,17 +84,7 @@ fn flood_from_one_source_is_dropped_while_clients_connect() {
     let before = connect_many(&lab.client, addr, 10, Duration::from_secs(2)).unwrap();
     assert_eq!(before.succeeded, 10, "clients fail with the gate attached and no flood");
 
-    let flood = Flood {
-        target: addr,
-        sources: Sources::One("198.18.0.66".parse().unwrap()),
-        count: 3_000,
-        max_time: Duration::from_secs(10),
-        rate: None,
-        threads: 2,
-    }
-    .run(&lab.client)
-    .expect("flood");
-    assert_eq!(flood.sent, 3_000);
+    assert_eq!(flood(&lab, addr, "198.18.0.66", 3_000, 2), 3_000);
 
     let during = connect_many(&lab.client, addr, 20, Duration::from_secs(2)).unwrap();
     assert_eq!(during.succeeded, 20, "a second client could not connect during the flood");
@@ -103,18 +109,7 @@ fn ipv6_flood_is_dropped_too() {
     // A first connection resolves the neighbour, so no flood packet waits
     // (and is lost) in the neighbour queue.
     assert_eq!(connect_many(&lab.client, addr, 1, Duration::from_secs(2)).unwrap().succeeded, 1);
-    let sent = Flood {
-        target: addr,
-        sources: Sources::One("2001:db8::66".parse().unwrap()),
-        count: 500,
-        max_time: Duration::from_secs(10),
-        rate: None,
-        threads: 1,
-    }
-    .run(&lab.client)
-    .expect("flood")
-    .sent;
-    assert_eq!(sent, 500);
+    assert_eq!(flood(&lab, addr, "2001:db8::66", 500, 1), 500);
     let ok = connect_many(&lab.client, addr, 10, Duration::from_secs(2)).unwrap();
     assert_eq!(ok.succeeded, 10);
     let s = gate.status();
@@ -130,25 +125,13 @@ fn set_changes_limits_live_and_counts_return_to_zero() {
     let gate = Attached::new(&lab, &["max-half-open-per-source=5", "half-open-timeout-ms=300"]);
     let ns = lab.server.name.as_str();
 
-    let flood = |count| {
-        Flood {
-            target: addr,
-            sources: Sources::One("198.18.0.77".parse().unwrap()),
-            count,
-            max_time: Duration::from_secs(5),
-            rate: None,
-            threads: 1,
-        }
-        .run(&lab.client)
-        .unwrap()
-    };
-    flood(50);
+    assert_eq!(flood(&lab, addr, "198.18.0.77", 50, 1), 50);
     assert_eq!(gate.status()["drops"]["per_source"], 45);
 
     let (ok, out, err) = cli(&["--netns", ns, "set", &lab.server_if, "max-half-open-per-source=30"]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "max-half-open-per-source: 5 -> 30");
-    flood(50);
+    assert_eq!(flood(&lab, addr, "198.18.0.77", 50, 1), 50);
     // The same 50 tuples again: the first 5 are retransmissions of tracked
     // attempts (passed, not counted twice), 25 more are admitted up to the
     // new cap of 30, and the last 20 are dropped.
