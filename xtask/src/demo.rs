@@ -163,4 +163,10 @@ fn report(phases: &[Phase], o: &Options) {
     }
     println!("\nbefore / after ({} clients per phase, {} s connect timeout, flood {} SYN/s from 198.18.0.66):", o.clients, CLIENT_TIMEOUT.as_secs(), o.rate);
     println!("{t}");
+    println!(
+        "server SYN_RECV: half-open sockets the server's kernel held for the flood at the end. With the gate,\n\
+         the flooding source gets max-half-open-per-source (20) attempts per half-open timeout (5 s), so a\n\
+         flood longer than the timeout gets a second 20. Clients that failed timed out after {} s.",
+        CLIENT_TIMEOUT.as_secs()
+    );
 }
