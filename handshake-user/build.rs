@@ -7,9 +7,16 @@ use aya_build::{Package, Toolchain};
 fn main() -> anyhow::Result<()> {
     let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../handshake-ebpf");
     // The eBPF crate uses handshake-common too.
-    println!("cargo:rerun-if-changed={}", concat!(env!("CARGO_MANIFEST_DIR"), "/../handshake-common/src"));
+    println!(
+        "cargo:rerun-if-changed={}",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/../handshake-common/src")
+    );
     aya_build::build_ebpf(
-        [Package { name: "handshake-ebpf", root_dir: root, ..Default::default() }],
+        [Package {
+            name: "handshake-ebpf",
+            root_dir: root,
+            ..Default::default()
+        }],
         Toolchain::default(),
     )
 }

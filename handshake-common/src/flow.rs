@@ -69,7 +69,9 @@ impl TcpState {
     }
 
     pub fn from_name(s: &str) -> Option<TcpState> {
-        TcpState::ALL.into_iter().find(|st| st.name().eq_ignore_ascii_case(s))
+        TcpState::ALL
+            .into_iter()
+            .find(|st| st.name().eq_ignore_ascii_case(s))
     }
 }
 
@@ -128,8 +130,14 @@ impl FlowKey {
 
     /// The (client, server) endpoints, given which side is the client.
     pub fn ends(&self, client_is_lo: bool) -> (Endpoint, Endpoint) {
-        let lo = Endpoint { addr: self.lo_addr, port: self.lo_port };
-        let hi = Endpoint { addr: self.hi_addr, port: self.hi_port };
+        let lo = Endpoint {
+            addr: self.lo_addr,
+            port: self.lo_port,
+        };
+        let hi = Endpoint {
+            addr: self.hi_addr,
+            port: self.hi_port,
+        };
         if client_is_lo { (lo, hi) } else { (hi, lo) }
     }
 }
@@ -218,7 +226,11 @@ impl SourceKey {
     /// The key for `addr` aggregated to `prefix_len` bits.
     pub fn new(family: u8, addr: &[u8; 16], prefix_len: u32) -> SourceKey {
         let width: u32 = if family == AF_INET { 32 } else { 128 };
-        let prefix = if prefix_len > width { width } else { prefix_len };
+        let prefix = if prefix_len > width {
+            width
+        } else {
+            prefix_len
+        };
         let mut masked = [0u8; 16];
         let mut i = 0;
         while i < 16 {
@@ -232,7 +244,12 @@ impl SourceKey {
             };
             i += 1;
         }
-        SourceKey { addr: masked, family, prefix_len: prefix as u8, _pad: [0; 2] }
+        SourceKey {
+            addr: masked,
+            family,
+            prefix_len: prefix as u8,
+            _pad: [0; 2],
+        }
     }
 }
 
@@ -260,7 +277,10 @@ mod tests {
     fn v4(a: [u8; 4], port: u16) -> Endpoint {
         let mut addr = [0; 16];
         addr[..4].copy_from_slice(&a);
-        Endpoint { addr, port: port.to_be() }
+        Endpoint {
+            addr,
+            port: port.to_be(),
+        }
     }
 
     #[test]
@@ -297,9 +317,14 @@ mod tests {
         assert_eq!(k.prefix_len, 32);
         assert_eq!(&k.addr[..4], &[198, 18, 7, 201]);
 
-        let v6: [u8; 16] = [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
+        let v6: [u8; 16] = [
+            0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12,
+        ];
         let k = SourceKey::new(AF_INET6, &v6, 64);
-        assert_eq!(k.addr, [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]);
+        assert_eq!(
+            k.addr,
+            [0x20, 0x01, 0x0d, 0xb8, 1, 2, 3, 4, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
     }
 
     #[test]

@@ -82,8 +82,11 @@ mod tests {
 
     #[test]
     fn only_admissions_and_fail_open_pass() {
-        let passing: std::vec::Vec<_> =
-            Reason::ALL.iter().filter(|r| !r.is_drop()).map(|r| r.name()).collect();
+        let passing: std::vec::Vec<_> = Reason::ALL
+            .iter()
+            .filter(|r| !r.is_drop())
+            .map(|r| r.name())
+            .collect();
         assert_eq!(passing, ["pass", "not_tcp", "fail_open"]);
     }
 }

@@ -156,7 +156,11 @@ mod tests {
             let mut c = WindowCounter::default();
             let t0 = start_ms * MS;
             c.add(epoch(t0, w));
-            assert_eq!(c.live(epoch(t0 + timeout_ms as u64 * MS - 1, w)), 1, "start {start_ms}");
+            assert_eq!(
+                c.live(epoch(t0 + timeout_ms as u64 * MS - 1, w)),
+                1,
+                "start {start_ms}"
+            );
             let max = timeout_ms as u64 * MS * BUCKETS as u64 / (BUCKETS as u64 - 1) + w;
             assert_eq!(c.live(epoch(t0 + max, w)), 0, "start {start_ms}");
         }

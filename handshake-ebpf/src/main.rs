@@ -5,7 +5,10 @@
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
-#![expect(internal_features, reason = "atomic_cxchg: the BPF target has no AtomicU64::compare_exchange")]
+#![expect(
+    internal_features,
+    reason = "atomic_cxchg: the BPF target has no AtomicU64::compare_exchange"
+)]
 
 mod parse;
 mod track;
@@ -16,11 +19,11 @@ use aya_ebpf::{
     maps::{Array, LruHashMap, PerCpuArray},
     programs::XdpContext,
 };
-use parse::Facts;
 use handshake_common::{
-    Config, FlowEntry, FlowKey, Mode, Reason, SourceKey, SourceState, WindowCounter,
-    ESTABLISHED_CAPACITY, HALF_OPEN_CAPACITY, SOURCES_CAPACITY,
+    Config, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, Mode, Reason,
+    SOURCES_CAPACITY, SourceKey, SourceState, WindowCounter,
 };
+use parse::Facts;
 
 /// The live limits, written by the controller. All zeroes (mode `off`) until
 /// it does, so a loaded but unconfigured program passes everything.

@@ -47,7 +47,13 @@ pub fn ingress(f: &Facts, cfg: &Config) -> Reason {
 /// A packet of a connection past its handshake; `None` when there is none
 /// (or it just ended and the packet opens a new one).
 #[inline(never)]
-fn established(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Option<Reason> {
+fn established(
+    f: &Facts,
+    key: &FlowKey,
+    src_is_lo: bool,
+    cfg: &Config,
+    now: u64,
+) -> Option<Reason> {
     let p = ESTABLISHED.get_ptr_mut(key)?;
     let e = unsafe { &mut *p };
     if machine::finished_expired(e, now, cfg) {
@@ -89,7 +95,11 @@ fn half_open(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) 
         Step::Promote(n) => {
             let stored = ESTABLISHED.insert(key, &n, 0);
             forget(key, client_is_lo, epoch, cfg);
-            if stored.is_ok() { Reason::Pass } else { Reason::FailOpen }
+            if stored.is_ok() {
+                Reason::Pass
+            } else {
+                Reason::FailOpen
+            }
         }
         Step::Remove | Step::Restart => {
             forget(key, client_is_lo, epoch, cfg);
@@ -103,7 +113,12 @@ fn half_open(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) 
 /// tracked from here as ESTABLISHED, never dropped for being unknown.
 #[inline(never)]
 fn pick_up(f: &Facts, key: &FlowKey, src_is_lo: bool, now: u64) -> Reason {
-    let fresh = machine::pick_up(u16::from_be(f.src.port), u16::from_be(f.dst.port), src_is_lo, now);
+    let fresh = machine::pick_up(
+        u16::from_be(f.src.port),
+        u16::from_be(f.dst.port),
+        src_is_lo,
+        now,
+    );
     let n = match machine::step(&fresh, dir_of(&fresh, src_is_lo), &f.seg, now) {
         Step::Update(n) => n,
         _ => fresh,
@@ -116,13 +131,21 @@ fn pick_up(f: &Facts, key: &FlowKey, src_is_lo: bool, now: u64) -> Reason {
 
 #[inline(always)]
 fn dir_of(e: &FlowEntry, src_is_lo: bool) -> Dir {
-    if (e.client_is_lo != 0) == src_is_lo { Dir::FromClient } else { Dir::FromServer }
+    if (e.client_is_lo != 0) == src_is_lo {
+        Dir::FromClient
+    } else {
+        Dir::FromServer
+    }
 }
 
 /// The source-map key of a flow's client, under the current prefix setting.
 #[inline(always)]
 fn source_key(family: u8, addr: &[u8; 16], cfg: &Config) -> SourceKey {
-    let prefix = if family == AF_INET { cfg.source_prefix_v4 } else { cfg.source_prefix_v6 };
+    let prefix = if family == AF_INET {
+        cfg.source_prefix_v4
+    } else {
+        cfg.source_prefix_v6
+    };
     SourceKey::new(family, addr, prefix)
 }
 
@@ -171,7 +194,11 @@ fn forget(key: &FlowKey, client_is_lo: u8, epoch: u32, cfg: &Config) {
     if HALF_OPEN.remove(key).is_err() {
         return;
     }
-    let client = if client_is_lo != 0 { &key.lo_addr } else { &key.hi_addr };
+    let client = if client_is_lo != 0 {
+        &key.lo_addr
+    } else {
+        &key.hi_addr
+    };
     let skey = source_key(key.family, client, cfg);
     if let Some(src) = SOURCES.get_ptr_mut(&skey) {
         sub(unsafe { &raw mut (*src).half_open }, epoch);
@@ -215,7 +242,9 @@ fn sub(counter: *mut WindowCounter, ep: u32) {
     let b = bucket(counter, ep);
     let mut cur = unsafe { core::ptr::read_volatile(b) };
     for _ in 0..CAS_TRIES {
-        let Some(next) = window::decremented(cur, ep) else { return };
+        let Some(next) = window::decremented(cur, ep) else {
+            return;
+        };
         match cas(b, cur, next) {
             Ok(()) => return,
             Err(v) => cur = v,

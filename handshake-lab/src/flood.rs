@@ -24,12 +24,14 @@ impl Sources {
     fn pick(&self, i: u64) -> IpAddr {
         match *self {
             Sources::One(a) => a,
-            Sources::Range { first: IpAddr::V4(a), count } => {
-                IpAddr::V4(Ipv4Addr::from(u32::from(a) + (i % count as u64) as u32))
-            }
-            Sources::Range { first: IpAddr::V6(a), count } => {
-                IpAddr::V6(Ipv6Addr::from(u128::from(a) + (i % count as u64) as u128))
-            }
+            Sources::Range {
+                first: IpAddr::V4(a),
+                count,
+            } => IpAddr::V4(Ipv4Addr::from(u32::from(a) + (i % count as u64) as u32)),
+            Sources::Range {
+                first: IpAddr::V6(a),
+                count,
+            } => IpAddr::V6(Ipv6Addr::from(u128::from(a) + (i % count as u64) as u128)),
         }
     }
 
@@ -80,9 +82,15 @@ impl Flood {
     /// Sends the flood from inside `ns` and waits for it to finish.
     pub fn run(&self, ns: &Netns) -> anyhow::Result<FloodReport> {
         for a in [self.target.ip(), self.sources.pick(0), self.sources.last()] {
-            anyhow::ensure!(allowed(a), "flood address {a} is outside 198.18.0.0/15 and 2001:db8::/32");
+            anyhow::ensure!(
+                allowed(a),
+                "flood address {a} is outside 198.18.0.0/15 and 2001:db8::/32"
+            );
         }
-        anyhow::ensure!(self.count > 0 && self.max_time > Duration::ZERO, "a flood must be bounded");
+        anyhow::ensure!(
+            self.count > 0 && self.max_time > Duration::ZERO,
+            "a flood must be bounded"
+        );
         let sent = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
         let threads = self.threads.max(1);
@@ -94,17 +102,32 @@ impl Flood {
             })
             .collect();
         for h in handles {
-            h.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
+            h.join()
+                .map_err(|_| anyhow::anyhow!("flood thread panicked"))??;
         }
-        Ok(FloodReport { sent: sent.load(Ordering::Relaxed), elapsed: start.elapsed() })
+        Ok(FloodReport {
+            sent: sent.load(Ordering::Relaxed),
+            elapsed: start.elapsed(),
+        })
     }
 
-    fn worker(&self, t: usize, threads: usize, sent: &AtomicU64, start: Instant) -> anyhow::Result<()> {
-        let domain = if self.target.is_ipv4() { Domain::IPV4 } else { Domain::IPV6 };
+    fn worker(
+        &self,
+        t: usize,
+        threads: usize,
+        sent: &AtomicU64,
+        start: Instant,
+    ) -> anyhow::Result<()> {
+        let domain = if self.target.is_ipv4() {
+            Domain::IPV4
+        } else {
+            Domain::IPV6
+        };
         // IPPROTO_RAW: we write the IP header ourselves (IP_HDRINCL implied).
         let sock = Socket::new(domain, Type::RAW, Some(Protocol::from(libc::IPPROTO_RAW)))?;
         let dest: socket2::SockAddr = SocketAddr::new(self.target.ip(), 0).into();
-        let per_thread = self.count / threads as u64 + u64::from((t as u64) < self.count % threads as u64);
+        let per_thread =
+            self.count / threads as u64 + u64::from((t as u64) < self.count % threads as u64);
         let per_thread_rate = self.rate.map(|r| (r as f64 / threads as f64).max(1.0));
         let mut buf = Vec::with_capacity(80);
         for i in 0..per_thread {
@@ -128,7 +151,10 @@ impl Flood {
                 (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
                 _ => anyhow::bail!("source and target families differ"),
             };
-            builder.tcp(sport, self.target.port(), seq, 64_240).syn().write(&mut buf, &[])?;
+            builder
+                .tcp(sport, self.target.port(), seq, 64_240)
+                .syn()
+                .write(&mut buf, &[])?;
             if sock.send_to(&buf, &dest).is_ok() {
                 sent.fetch_add(1, Ordering::Relaxed);
             }
@@ -153,7 +179,10 @@ mod tests {
 
     #[test]
     fn ranges_cycle_within_their_count() {
-        let s = Sources::Range { first: "198.18.100.0".parse().unwrap(), count: 300 };
+        let s = Sources::Range {
+            first: "198.18.100.0".parse().unwrap(),
+            count: 300,
+        };
         assert_eq!(s.pick(0), "198.18.100.0".parse::<IpAddr>().unwrap());
         assert_eq!(s.pick(299), "198.18.101.43".parse::<IpAddr>().unwrap());
         assert_eq!(s.pick(300), s.pick(0));

@@ -17,7 +17,9 @@ impl Netns {
         // A namespace left by a killed earlier run: remove it first.
         let _ = run("ip", &["netns", "del", name]);
         run("ip", &["netns", "add", name])?;
-        let ns = Netns { name: name.to_string() };
+        let ns = Netns {
+            name: name.to_string(),
+        };
         ns.ip(&["link", "set", "lo", "up"])?;
         Ok(ns)
     }
@@ -56,7 +58,9 @@ impl Netns {
         F: FnOnce() -> anyhow::Result<T> + Send + 'static,
         T: Send + 'static,
     {
-        self.spawn(f).join().map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
+        self.spawn(f)
+            .join()
+            .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
     }
 
     /// A `sysctl` inside the namespace, e.g. `net.ipv4.tcp_syncookies=1`.
@@ -107,18 +111,46 @@ impl Lab {
         let server = Netns::new(&format!("{id}-srv"))?;
         let client = Netns::new(&format!("{id}-cli"))?;
         let (server_if, client_if) = (format!("{id}s"), format!("{id}c"));
-        anyhow::ensure!(server_if.len() <= 15, "lab tag {tag:?} too long for interface names");
+        anyhow::ensure!(
+            server_if.len() <= 15,
+            "lab tag {tag:?} too long for interface names"
+        );
         run(
             "ip",
             &[
-                "link", "add", &server_if, "netns", &server.name, "type", "veth", "peer", "name",
-                &client_if, "netns", &client.name,
+                "link",
+                "add",
+                &server_if,
+                "netns",
+                &server.name,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &client_if,
+                "netns",
+                &client.name,
             ],
         )?;
-        let lab = Lab { client, server, server_if, client_if };
+        let lab = Lab {
+            client,
+            server,
+            server_if,
+            client_if,
+        };
         for (ns, ifname, v4, v6) in [
-            (&lab.server, &lab.server_if, Self::SERVER_V4, Self::SERVER_V6),
-            (&lab.client, &lab.client_if, Self::CLIENT_V4, Self::CLIENT_V6),
+            (
+                &lab.server,
+                &lab.server_if,
+                Self::SERVER_V4,
+                Self::SERVER_V6,
+            ),
+            (
+                &lab.client,
+                &lab.client_if,
+                Self::CLIENT_V4,
+                Self::CLIENT_V6,
+            ),
         ] {
             ns.ip(&["addr", "add", &format!("{v4}/24"), "dev", ifname])?;
             ns.ip(&["addr", "add", &format!("{v6}/64"), "dev", ifname, "nodad"])?;

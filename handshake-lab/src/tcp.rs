@@ -46,7 +46,11 @@ impl EchoServer {
             }
             Ok(())
         });
-        Ok(EchoServer { addr, stop, thread: Some(thread) })
+        Ok(EchoServer {
+            addr,
+            stop,
+            thread: Some(thread),
+        })
     }
 }
 
@@ -82,7 +86,11 @@ pub struct ConnectReport {
 
 impl ConnectReport {
     pub fn success_rate(&self) -> f64 {
-        if self.attempted == 0 { 0.0 } else { self.succeeded as f64 / self.attempted as f64 }
+        if self.attempted == 0 {
+            0.0
+        } else {
+            self.succeeded as f64 / self.attempted as f64
+        }
     }
 
     /// The `q` quantile (0..=1) of the connect times.
@@ -104,15 +112,23 @@ pub fn connect_many(
     timeout: Duration,
 ) -> anyhow::Result<ConnectReport> {
     ns.run(move || {
-        let mut r = ConnectReport { attempted: n, ..Default::default() };
+        let mut r = ConnectReport {
+            attempted: n,
+            ..Default::default()
+        };
         for i in 0..n {
             let start = Instant::now();
-            let Ok(mut s) = TcpStream::connect_timeout(&to, timeout) else { continue };
+            let Ok(mut s) = TcpStream::connect_timeout(&to, timeout) else {
+                continue;
+            };
             let took = start.elapsed();
             let msg = format!("hello {i}\n");
             let _ = s.set_read_timeout(Some(timeout));
             let mut back = vec![0u8; msg.len()];
-            if s.write_all(msg.as_bytes()).is_ok() && s.read_exact(&mut back).is_ok() && back == msg.as_bytes() {
+            if s.write_all(msg.as_bytes()).is_ok()
+                && s.read_exact(&mut back).is_ok()
+                && back == msg.as_bytes()
+            {
                 r.succeeded += 1;
                 r.connect_times.push(took);
             }

@@ -33,7 +33,10 @@ pub enum GateError {
     },
 
     #[error("the kernel refused the {program} program:\n{log_tail}")]
-    Verifier { program: &'static str, log_tail: String },
+    Verifier {
+        program: &'static str,
+        log_tail: String,
+    },
 
     #[error("could not {step}")]
     Step {
@@ -60,6 +63,9 @@ impl GateError {
         E: std::error::Error + Send + Sync + 'static,
     {
         let step = step.into();
-        move |e| GateError::Step { step, source: Box::new(e) }
+        move |e| GateError::Step {
+            step,
+            source: Box::new(e),
+        }
     }
 }

@@ -5,7 +5,10 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
-use aya::programs::{ProgramError, Xdp, XdpMode, links::{FdLink, PinnedLink}};
+use aya::programs::{
+    ProgramError, Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+};
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 use handshake_common::flow::{AF_INET, Endpoint};
 use handshake_common::{
@@ -70,7 +73,10 @@ impl Drop for Rollback {
         if !self.done
             && let Err(e) = pins::remove_dir(&self.dir)
         {
-            log::warn!("could not remove {} after a failed attach: {e}", self.dir.display());
+            log::warn!(
+                "could not remove {} after a failed attach: {e}",
+                self.dir.display()
+            );
         }
     }
 }
@@ -87,22 +93,28 @@ pub fn attach(
     pins::require_root()?;
     pins::require_bpffs()?;
     crate::settings::validate(config)?;
-    let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|_| GateError::UnknownInterface {
-        name: iface.into(),
-        netns: netns.map(str::to_string),
-    })?;
+    let ifindex =
+        nix::net::if_::if_nametoindex(iface).map_err(|_| GateError::UnknownInterface {
+            name: iface.into(),
+            netns: netns.map(str::to_string),
+        })?;
     let dir = pins::dir(iface, netns);
     if dir.exists() {
-        return Err(GateError::AlreadyAttached { iface: iface.into(), dir });
+        return Err(GateError::AlreadyAttached {
+            iface: iface.into(),
+            dir,
+        });
     }
 
     let mut ebpf = load()?;
     {
         let mut cfg: Array<_, Config> = Array::try_from(
-            ebpf.map_mut(maps::CONFIG).expect("the object defines CONFIG"),
+            ebpf.map_mut(maps::CONFIG)
+                .expect("the object defines CONFIG"),
         )
         .map_err(GateError::step("open the CONFIG map"))?;
-        cfg.set(0, config, 0).map_err(GateError::step("write the configuration"))?;
+        cfg.set(0, config, 0)
+            .map_err(GateError::step("write the configuration"))?;
     }
     let xdp: &mut Xdp = ebpf
         .program_mut(XDP_PROGRAM)
@@ -112,30 +124,48 @@ pub fn attach(
     xdp.load().map_err(|e| verifier("XDP", e))?;
 
     pins::create_dir(&dir)?;
-    let rollback = Rollback { dir: dir.clone(), done: false };
+    let rollback = Rollback {
+        dir: dir.clone(),
+        done: false,
+    };
     for name in MAP_NAMES {
         let map = ebpf.map(name).expect("the object defines every pinned map");
-        map.pin(dir.join(name)).map_err(GateError::step(format!("pin the {name} map")))?;
+        map.pin(dir.join(name))
+            .map_err(GateError::step(format!("pin the {name} map")))?;
     }
-    let xdp: &mut Xdp = ebpf.program_mut(XDP_PROGRAM).expect("loaded above").try_into().expect("XDP");
-    xdp.pin(dir.join(pins::XDP_PROG)).map_err(GateError::step("pin the XDP program"))?;
-    let link_id = xdp.attach_to_if_index(ifindex, mode.xdp()).map_err(|e| GateError::Step {
-        step: format!(
-            "attach the XDP program to {iface} in {} mode{}",
-            match mode {
-                AttachMode::Auto => "auto",
-                AttachMode::Native => "native",
-                AttachMode::Skb => "skb",
-            },
-            if mode == AttachMode::Native { " (try --mode skb)" } else { "" }
-        ),
-        source: Box::new(e),
-    })?;
-    let link = xdp.take_link(link_id).map_err(GateError::step("take the XDP link"))?;
+    let xdp: &mut Xdp = ebpf
+        .program_mut(XDP_PROGRAM)
+        .expect("loaded above")
+        .try_into()
+        .expect("XDP");
+    xdp.pin(dir.join(pins::XDP_PROG))
+        .map_err(GateError::step("pin the XDP program"))?;
+    let link_id = xdp
+        .attach_to_if_index(ifindex, mode.xdp())
+        .map_err(|e| GateError::Step {
+            step: format!(
+                "attach the XDP program to {iface} in {} mode{}",
+                match mode {
+                    AttachMode::Auto => "auto",
+                    AttachMode::Native => "native",
+                    AttachMode::Skb => "skb",
+                },
+                if mode == AttachMode::Native {
+                    " (try --mode skb)"
+                } else {
+                    ""
+                }
+            ),
+            source: Box::new(e),
+        })?;
+    let link = xdp
+        .take_link(link_id)
+        .map_err(GateError::step("take the XDP link"))?;
     let link: FdLink = link.try_into().map_err(GateError::step(
         "hold the XDP link (the kernel attached it without a BPF link, which cannot be pinned)",
     ))?;
-    link.pin(dir.join(pins::XDP_LINK)).map_err(GateError::step("pin the XDP link"))?;
+    link.pin(dir.join(pins::XDP_LINK))
+        .map_err(GateError::step("pin the XDP link"))?;
     rollback.commit();
     Ok(dir)
 }
@@ -150,11 +180,17 @@ fn load() -> Result<Ebpf, GateError> {
 /// Turns a load error into the verifier's last lines, which say why.
 fn verifier(program: &'static str, e: ProgramError) -> GateError {
     match e {
-        ProgramError::LoadError { io_error, verifier_log } => {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
             let log = verifier_log.to_string();
             let lines: Vec<&str> = log.lines().collect();
             let tail = lines[lines.len().saturating_sub(12)..].join("\n");
-            GateError::Verifier { program, log_tail: format!("{io_error}\n{tail}") }
+            GateError::Verifier {
+                program,
+                log_tail: format!("{io_error}\n{tail}"),
+            }
         }
         other => GateError::step(format!("load the {program} program"))(other),
     }
@@ -166,13 +202,19 @@ pub fn detach(iface: &str, netns: Option<&str>) -> Result<(), GateError> {
     pins::require_bpffs()?;
     let dir = pins::dir(iface, netns);
     if !dir.exists() {
-        return Err(GateError::NotAttached { iface: iface.into(), dir });
+        return Err(GateError::NotAttached {
+            iface: iface.into(),
+            dir,
+        });
     }
     let link_pin = dir.join(pins::XDP_LINK);
     if link_pin.exists() {
-        let link = PinnedLink::from_pin(&link_pin).map_err(GateError::step("open the pinned XDP link"))?;
+        let link =
+            PinnedLink::from_pin(&link_pin).map_err(GateError::step("open the pinned XDP link"))?;
         // Unpinning drops the last reference once this process lets go: detached.
-        let fd_link = link.unpin().map_err(GateError::step("unpin the XDP link"))?;
+        let fd_link = link
+            .unpin()
+            .map_err(GateError::step("unpin the XDP link"))?;
         drop(fd_link);
     }
     pins::remove_dir(&dir).map_err(GateError::step(format!("remove {}", dir.display())))
@@ -222,7 +264,9 @@ where
     let data = MapData::from_pin(dir.join(name))
         .map_err(GateError::step(format!("open the pinned {name} map")))?;
     let map = Map::from_map_data(data).map_err(GateError::step(format!("read the {name} map")))?;
-    T::try_from(map).map_err(GateError::step(format!("use the {name} map (was it made by another version?)")))
+    T::try_from(map).map_err(GateError::step(format!(
+        "use the {name} map (was it made by another version?)"
+    )))
 }
 
 impl Gate {
@@ -231,7 +275,10 @@ impl Gate {
         pins::require_bpffs()?;
         let dir = pins::dir(iface, netns);
         if !dir.exists() {
-            return Err(GateError::NotAttached { iface: iface.into(), dir });
+            return Err(GateError::NotAttached {
+                iface: iface.into(),
+                dir,
+            });
         }
         Self::open_dir(dir)
     }
@@ -250,13 +297,17 @@ impl Gate {
     }
 
     pub fn config(&self) -> Result<Config, GateError> {
-        self.config.get(&0, 0).map_err(GateError::step("read the configuration"))
+        self.config
+            .get(&0, 0)
+            .map_err(GateError::step("read the configuration"))
     }
 
     /// Writes a new configuration; the programs use it from their next packet.
     pub fn set_config(&mut self, cfg: &Config) -> Result<(), GateError> {
         crate::settings::validate(cfg)?;
-        self.config.set(0, cfg, 0).map_err(GateError::step("write the configuration"))
+        self.config
+            .set(0, cfg, 0)
+            .map_err(GateError::step("write the configuration"))
     }
 
     pub fn counters(&self) -> Result<Counters, GateError> {
@@ -264,7 +315,10 @@ impl Gate {
         for r in Reason::ALL {
             let i = r as u32;
             let sum = |m: &PerCpuArray<MapData, u64>| -> Result<u64, GateError> {
-                Ok(m.get(&i, 0).map_err(GateError::step("read the counters"))?.iter().sum())
+                Ok(m.get(&i, 0)
+                    .map_err(GateError::step("read the counters"))?
+                    .iter()
+                    .sum())
             };
             c.packets[i as usize] = sum(&self.counters)?;
             c.dropped[i as usize] = sum(&self.dropped)?;
@@ -274,7 +328,10 @@ impl Gate {
 
     /// The global half-open count the limits use now.
     pub fn half_open_now(&self, cfg: &Config, now_ns: u64) -> Result<u32, GateError> {
-        let g = self.global.get(&0, 0).map_err(GateError::step("read the global half-open count"))?;
+        let g = self
+            .global
+            .get(&0, 0)
+            .map_err(GateError::step("read the global half-open count"))?;
         Ok(g.live(now_epoch(cfg, now_ns)))
     }
 

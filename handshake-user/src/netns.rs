@@ -15,11 +15,18 @@ pub const NETNS_RUN_DIR: &str = "/var/run/netns";
 /// first thing, so all of its work happens there).
 pub fn enter(name: &str) -> Result<(), GateError> {
     if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-        return Err(GateError::NetnsNotFound { name: name.into(), path: PathBuf::from(NETNS_RUN_DIR) });
+        return Err(GateError::NetnsNotFound {
+            name: name.into(),
+            path: PathBuf::from(NETNS_RUN_DIR),
+        });
     }
     let path = PathBuf::from(NETNS_RUN_DIR).join(name);
-    let file = std::fs::File::open(&path)
-        .map_err(|_| GateError::NetnsNotFound { name: name.into(), path: path.clone() })?;
-    setns(file, CloneFlags::CLONE_NEWNET)
-        .map_err(|source| GateError::NetnsEnter { name: name.into(), source })
+    let file = std::fs::File::open(&path).map_err(|_| GateError::NetnsNotFound {
+        name: name.into(),
+        path: path.clone(),
+    })?;
+    setns(file, CloneFlags::CLONE_NEWNET).map_err(|source| GateError::NetnsEnter {
+        name: name.into(),
+        source,
+    })
 }

@@ -33,7 +33,11 @@ pub fn dir(iface: &str, netns: Option<&str>) -> PathBuf {
 
 /// Fails unless the process runs as root.
 pub fn require_root() -> Result<(), GateError> {
-    if nix::unistd::geteuid().is_root() { Ok(()) } else { Err(GateError::NotRoot) }
+    if nix::unistd::geteuid().is_root() {
+        Ok(())
+    } else {
+        Err(GateError::NotRoot)
+    }
 }
 
 /// Fails unless bpffs is mounted at [`BPFFS`], telling `ip netns exec` (which
@@ -56,10 +60,14 @@ pub fn require_bpffs() -> Result<(), GateError> {
 fn named_netns_of_self() -> Option<String> {
     use std::os::unix::fs::MetadataExt as _;
     let own = std::fs::metadata("/proc/self/ns/net").ok()?;
-    std::fs::read_dir(crate::netns::NETNS_RUN_DIR).ok()?.filter_map(Result::ok).find_map(|e| {
-        let m = std::fs::metadata(e.path()).ok()?;
-        (m.ino() == own.ino() && m.dev() == own.dev()).then(|| e.file_name().to_string_lossy().into_owned())
-    })
+    std::fs::read_dir(crate::netns::NETNS_RUN_DIR)
+        .ok()?
+        .filter_map(Result::ok)
+        .find_map(|e| {
+            let m = std::fs::metadata(e.path()).ok()?;
+            (m.ino() == own.ino() && m.dev() == own.dev())
+                .then(|| e.file_name().to_string_lossy().into_owned())
+        })
 }
 
 /// Creates `dir` and its parents, owner-only.
@@ -68,7 +76,10 @@ pub fn create_dir(dir: &Path) -> Result<(), GateError> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-        .map_err(GateError::step(format!("create the pin directory {}", dir.display())))
+        .map_err(GateError::step(format!(
+            "create the pin directory {}",
+            dir.display()
+        )))
 }
 
 /// Removes a pin directory and every pin in it, then the parents it leaves

@@ -13,7 +13,11 @@ pub enum SettingError {
     UnknownKey { key: String },
 
     #[error("{key}: {value:?} is not valid: expected {expected}")]
-    BadValue { key: &'static str, value: String, expected: String },
+    BadValue {
+        key: &'static str,
+        value: String,
+        expected: String,
+    },
 
     #[error("expected KEY=VALUE, got {arg:?}")]
     NotKeyValue { arg: String },
@@ -58,14 +62,20 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "max-half-open",
         help: "global cap on half-open attempts (0: no cap)",
-        kind: Kind::Number { min: 0, max: HALF_OPEN_CAPACITY },
+        kind: Kind::Number {
+            min: 0,
+            max: HALF_OPEN_CAPACITY,
+        },
         get: |c| c.max_half_open,
         set: |c, v| c.max_half_open = v,
     },
     Key {
         name: "max-half-open-per-source",
         help: "cap on half-open attempts per source address or prefix (0: no cap)",
-        kind: Kind::Number { min: 0, max: HALF_OPEN_CAPACITY },
+        kind: Kind::Number {
+            min: 0,
+            max: HALF_OPEN_CAPACITY,
+        },
         get: |c| c.max_half_open_per_source,
         set: |c, v| c.max_half_open_per_source = v,
     },
@@ -93,14 +103,20 @@ pub const KEYS: &[Key] = &[
     Key {
         name: "half-open-timeout-ms",
         help: "a half-open attempt is forgotten after this long (changing it restarts the counts)",
-        kind: Kind::Number { min: 100, max: 120_000 },
+        kind: Kind::Number {
+            min: 100,
+            max: 120_000,
+        },
         get: |c| c.half_open_timeout_ms,
         set: |c, v| c.half_open_timeout_ms = v,
     },
     Key {
         name: "msl-ms",
         help: "maximum segment lifetime; a closed connection stays in TIME_WAIT for 2·MSL",
-        kind: Kind::Number { min: 100, max: 600_000 },
+        kind: Kind::Number {
+            min: 100,
+            max: 600_000,
+        },
         get: |c| c.msl_ms,
         set: |c, v| c.msl_ms = v,
     },
@@ -113,7 +129,9 @@ fn known_keys() -> String {
 fn key(name: &str) -> Result<&'static Key, SettingError> {
     KEYS.iter()
         .find(|k| k.name == name)
-        .ok_or_else(|| SettingError::UnknownKey { key: name.to_string() })
+        .ok_or_else(|| SettingError::UnknownKey {
+            key: name.to_string(),
+        })
 }
 
 impl Key {
@@ -143,7 +161,11 @@ impl Key {
         match self.kind {
             Kind::Number { min, max } => {
                 let range = format!("a whole number from {min} to {max}");
-                let v: u32 = value.trim().replace('_', "").parse().map_err(|_| bad(range.clone()))?;
+                let v: u32 = value
+                    .trim()
+                    .replace('_', "")
+                    .parse()
+                    .map_err(|_| bad(range.clone()))?;
                 if v < min || v > max {
                     return Err(bad(range));
                 }
@@ -162,7 +184,9 @@ impl Key {
 pub fn apply(cfg: &mut Config, arg: &str) -> Result<(), SettingError> {
     let (k, v) = arg
         .split_once('=')
-        .ok_or_else(|| SettingError::NotKeyValue { arg: arg.to_string() })?;
+        .ok_or_else(|| SettingError::NotKeyValue {
+            arg: arg.to_string(),
+        })?;
     let key = key(k.trim())?;
     let value = key.parse(v)?;
     (key.set)(cfg, value);
@@ -208,7 +232,10 @@ pub fn validate(cfg: &Config) -> Result<(), SettingError> {
 /// max-half-open-per-source = 20
 /// ```
 pub fn from_file(base: &Config, path: &Path) -> Result<Config, SettingError> {
-    let file_err = |why: String| SettingError::File { path: path.display().to_string(), why };
+    let file_err = |why: String| SettingError::File {
+        path: path.display().to_string(),
+        why,
+    };
     let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
     from_toml(base, &text).map_err(|e| match e {
         SettingError::File { why, .. } => file_err(why),
@@ -220,7 +247,10 @@ pub fn from_file(base: &Config, path: &Path) -> Result<Config, SettingError> {
 pub fn from_toml(base: &Config, text: &str) -> Result<Config, SettingError> {
     let table: toml::Table = text
         .parse()
-        .map_err(|e: toml::de::Error| SettingError::File { path: String::new(), why: e.to_string() })?;
+        .map_err(|e: toml::de::Error| SettingError::File {
+            path: String::new(),
+            why: e.to_string(),
+        })?;
     let mut args = Vec::new();
     for (k, v) in &table {
         let v = match v {
@@ -260,7 +290,12 @@ mod tests {
     fn set_numbers_and_choices() {
         let c = apply_all(
             &Config::DEFAULT,
-            &["max-half-open-per-source=20", "mode=monitor", "overflow=PASS", "max-half-open=1_000"],
+            &[
+                "max-half-open-per-source=20",
+                "mode=monitor",
+                "overflow=PASS",
+                "max-half-open=1_000",
+            ],
         )
         .unwrap();
         assert_eq!(c.max_half_open_per_source, 20);
@@ -272,13 +307,25 @@ mod tests {
     #[test]
     fn errors_name_the_key_and_the_range() {
         let e = apply_all(&Config::DEFAULT, &["half-open-timeout-ms=5"]).unwrap_err();
-        assert_eq!(e.to_string(), "half-open-timeout-ms: \"5\" is not valid: expected a whole number from 100 to 120000");
+        assert_eq!(
+            e.to_string(),
+            "half-open-timeout-ms: \"5\" is not valid: expected a whole number from 100 to 120000"
+        );
         let e = apply_all(&Config::DEFAULT, &["mode=block"]).unwrap_err();
-        assert_eq!(e.to_string(), "mode: \"block\" is not valid: expected one of off, monitor, enforce");
+        assert_eq!(
+            e.to_string(),
+            "mode: \"block\" is not valid: expected one of off, monitor, enforce"
+        );
         let e = apply_all(&Config::DEFAULT, &["max-half-open=-1"]).unwrap_err();
         assert!(e.to_string().contains("from 0 to 65536"), "{e}");
         let e = apply_all(&Config::DEFAULT, &["max-half-open=65537"]).unwrap_err();
-        assert!(matches!(e, SettingError::BadValue { key: "max-half-open", .. }));
+        assert!(matches!(
+            e,
+            SettingError::BadValue {
+                key: "max-half-open",
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -293,17 +340,32 @@ mod tests {
     fn not_key_value() {
         assert_eq!(
             apply_all(&Config::DEFAULT, &["max-half-open"]).unwrap_err(),
-            SettingError::NotKeyValue { arg: "max-half-open".into() }
+            SettingError::NotKeyValue {
+                arg: "max-half-open".into()
+            }
         );
     }
 
     #[test]
     fn per_source_above_global_is_refused() {
-        let e = apply_all(&Config::DEFAULT, &["max-half-open=10", "max-half-open-per-source=11"])
-            .unwrap_err();
-        assert!(matches!(e, SettingError::Inconsistent { key: "max-half-open-per-source", .. }));
+        let e = apply_all(
+            &Config::DEFAULT,
+            &["max-half-open=10", "max-half-open-per-source=11"],
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            SettingError::Inconsistent {
+                key: "max-half-open-per-source",
+                ..
+            }
+        ));
         // With no global cap, any per-source cap is fine.
-        apply_all(&Config::DEFAULT, &["max-half-open=0", "max-half-open-per-source=500"]).unwrap();
+        apply_all(
+            &Config::DEFAULT,
+            &["max-half-open=0", "max-half-open-per-source=500"],
+        )
+        .unwrap();
     }
 
     #[test]
@@ -320,10 +382,16 @@ mod tests {
             "mode = \"monitor\"\nmax-half-open = 4096\nmax-half-open-per-source = 20\n",
         )
         .unwrap();
-        assert_eq!((c.mode(), c.max_half_open, c.max_half_open_per_source), (Mode::Monitor, 4096, 20));
+        assert_eq!(
+            (c.mode(), c.max_half_open, c.max_half_open_per_source),
+            (Mode::Monitor, 4096, 20)
+        );
         assert!(matches!(
             from_toml(&Config::DEFAULT, "max-half-open = [1]"),
-            Err(SettingError::BadValue { key: "max-half-open", .. })
+            Err(SettingError::BadValue {
+                key: "max-half-open",
+                ..
+            })
         ));
         assert!(from_toml(&Config::DEFAULT, "nonsense = 1").is_err());
         assert!(from_toml(&Config::DEFAULT, "mode = ").is_err());
@@ -331,8 +399,15 @@ mod tests {
 
     #[test]
     fn show_round_trips_through_apply() {
-        let c = Config { mode: Mode::Monitor as u32, max_half_open: 77, ..Config::DEFAULT };
-        let args: Vec<String> = KEYS.iter().map(|k| format!("{}={}", k.name, k.show(&c))).collect();
+        let c = Config {
+            mode: Mode::Monitor as u32,
+            max_half_open: 77,
+            ..Config::DEFAULT
+        };
+        let args: Vec<String> = KEYS
+            .iter()
+            .map(|k| format!("{}={}", k.name, k.show(&c)))
+            .collect();
         assert_eq!(apply_all(&Config::DEFAULT, &args).unwrap(), c);
     }
 }

@@ -14,7 +14,10 @@ const GATE: &str = env!("CARGO_BIN_EXE_handshake-gate");
 
 /// Runs the CLI; returns (success, stdout, stderr).
 fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(GATE).args(args).output().expect("run handshake-gate");
+    let out = Command::new(GATE)
+        .args(args)
+        .output()
+        .expect("run handshake-gate");
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -23,7 +26,10 @@ fn cli(args: &[&str]) -> (bool, String, String) {
 }
 
 fn pin_dir(lab: &Lab) -> PathBuf {
-    PathBuf::from(format!("/sys/fs/bpf/handshake-gate/netns/{}/{}", lab.server.name, lab.server_if))
+    PathBuf::from(format!(
+        "/sys/fs/bpf/handshake-gate/netns/{}/{}",
+        lab.server.name, lab.server_if
+    ))
 }
 
 /// Detaches (and removes the pins) on drop, also when the test panics.
@@ -44,7 +50,13 @@ impl<'a> Attached<'a> {
     }
 
     fn status(&self) -> Value {
-        let (ok, out, err) = cli(&["--netns", &self.lab.server.name, "status", &self.lab.server_if, "--json"]);
+        let (ok, out, err) = cli(&[
+            "--netns",
+            &self.lab.server.name,
+            "status",
+            &self.lab.server_if,
+            "--json",
+        ]);
         assert!(ok, "status failed: {err}");
         serde_json::from_str(&out).expect("status --json is JSON")
     }
@@ -52,7 +64,12 @@ impl<'a> Attached<'a> {
 
 impl Drop for Attached<'_> {
     fn drop(&mut self) {
-        let _ = cli(&["--netns", &self.lab.server.name, "detach", &self.lab.server_if]);
+        let _ = cli(&[
+            "--netns",
+            &self.lab.server.name,
+            "detach",
+            &self.lab.server_if,
+        ]);
         let _ = handshake_user::pins::remove_dir(&pin_dir(self.lab));
     }
 }
@@ -82,15 +99,24 @@ fn flood_from_one_source_is_dropped_while_clients_connect() {
 
     let gate = Attached::new(&lab, &["max-half-open-per-source=20", "max-half-open=1000"]);
     let before = connect_many(&lab.client, addr, 10, Duration::from_secs(2)).unwrap();
-    assert_eq!(before.succeeded, 10, "clients fail with the gate attached and no flood");
+    assert_eq!(
+        before.succeeded, 10,
+        "clients fail with the gate attached and no flood"
+    );
 
     assert_eq!(flood(&lab, addr, "198.18.0.66", 3_000, 2), 3_000);
 
     let during = connect_many(&lab.client, addr, 20, Duration::from_secs(2)).unwrap();
-    assert_eq!(during.succeeded, 20, "a second client could not connect during the flood");
+    assert_eq!(
+        during.succeeded, 20,
+        "a second client could not connect during the flood"
+    );
 
     let s = gate.status();
-    assert_eq!(s["half_open"], 20, "the flood should hold exactly its per-source budget: {s:#}");
+    assert_eq!(
+        s["half_open"], 20,
+        "the flood should hold exactly its per-source budget: {s:#}"
+    );
     // Every flood SYN over the cap was dropped at XDP.
     assert_eq!(s["drops"]["per_source"], 3_000 - 20, "{s:#}");
     assert_eq!(s["dropped_packets"], 3_000 - 20, "{s:#}");
@@ -108,7 +134,12 @@ fn ipv6_flood_is_dropped_too() {
     let gate = Attached::new(&lab, &["max-half-open-per-source=10"]);
     // A first connection resolves the neighbour, so no flood packet waits
     // (and is lost) in the neighbour queue.
-    assert_eq!(connect_many(&lab.client, addr, 1, Duration::from_secs(2)).unwrap().succeeded, 1);
+    assert_eq!(
+        connect_many(&lab.client, addr, 1, Duration::from_secs(2))
+            .unwrap()
+            .succeeded,
+        1
+    );
     assert_eq!(flood(&lab, addr, "2001:db8::66", 500, 1), 500);
     let ok = connect_many(&lab.client, addr, 10, Duration::from_secs(2)).unwrap();
     assert_eq!(ok.succeeded, 10);
@@ -122,13 +153,22 @@ fn set_changes_limits_live_and_counts_return_to_zero() {
     let lab = Lab::new("e2ec").expect("lab");
     let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
     let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
-    let gate = Attached::new(&lab, &["max-half-open-per-source=5", "half-open-timeout-ms=300"]);
+    let gate = Attached::new(
+        &lab,
+        &["max-half-open-per-source=5", "half-open-timeout-ms=300"],
+    );
     let ns = lab.server.name.as_str();
 
     assert_eq!(flood(&lab, addr, "198.18.0.77", 50, 1), 50);
     assert_eq!(gate.status()["drops"]["per_source"], 45);
 
-    let (ok, out, err) = cli(&["--netns", ns, "set", &lab.server_if, "max-half-open-per-source=30"]);
+    let (ok, out, err) = cli(&[
+        "--netns",
+        ns,
+        "set",
+        &lab.server_if,
+        "max-half-open-per-source=30",
+    ]);
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "max-half-open-per-source: 5 -> 30");
     assert_eq!(flood(&lab, addr, "198.18.0.77", 50, 1), 50);
@@ -147,7 +187,14 @@ fn set_changes_limits_live_and_counts_return_to_zero() {
     assert_eq!(s["top_sources"].as_array().map(Vec::len), Some(0));
 
     // A bad value is refused and changes nothing.
-    let (ok, _, err) = cli(&["--netns", ns, "set", &lab.server_if, "max-half-open-per-source=30", "mode=block"]);
+    let (ok, _, err) = cli(&[
+        "--netns",
+        ns,
+        "set",
+        &lab.server_if,
+        "max-half-open-per-source=30",
+        "mode=block",
+    ]);
     assert!(!ok);
     assert!(err.contains("mode: \"block\" is not valid"), "{err}");
     assert_eq!(gate.status()["mode"], "enforce");
@@ -164,14 +211,35 @@ fn attach_errors_are_clear_and_leave_nothing_behind() {
     assert!(!ok);
     assert!(err.contains("no interface named \"nosuch0\""), "{err}");
 
-    let (ok, _, err) = cli(&["--netns", ns, "attach", &lab.server_if, "--set", "max-half-open=70000"]);
+    let (ok, _, err) = cli(&[
+        "--netns",
+        ns,
+        "attach",
+        &lab.server_if,
+        "--set",
+        "max-half-open=70000",
+    ]);
     assert!(!ok);
-    assert!(err.contains("max-half-open: \"70000\" is not valid: expected a whole number from 0 to 65536"), "{err}");
+    assert!(
+        err.contains(
+            "max-half-open: \"70000\" is not valid: expected a whole number from 0 to 65536"
+        ),
+        "{err}"
+    );
     assert!(!dir.exists(), "a refused attach left pins");
 
     // Without root.
     let out = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", GATE, "--netns", ns, "status", &lab.server_if])
+        .args([
+            "--reuid=65534",
+            "--regid=65534",
+            "--clear-groups",
+            GATE,
+            "--netns",
+            ns,
+            "status",
+            &lab.server_if,
+        ])
         .output()
         .expect("run setpriv");
     assert!(!out.status.success());
@@ -185,12 +253,19 @@ fn attach_errors_are_clear_and_leave_nothing_behind() {
         .expect("run ip netns exec");
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&format!("looks like `ip netns exec {ns}`")) && err.contains(&format!("--netns {ns} ")), "{err}");
+    assert!(
+        err.contains(&format!("looks like `ip netns exec {ns}`"))
+            && err.contains(&format!("--netns {ns} ")),
+        "{err}"
+    );
     assert!(!dir.exists());
 
     let (ok, _, err) = cli(&["--netns", "no-such-ns", "status", "x"]);
     assert!(!ok);
-    assert!(err.contains("network namespace \"no-such-ns\" not found"), "{err}");
+    assert!(
+        err.contains("network namespace \"no-such-ns\" not found"),
+        "{err}"
+    );
 
     {
         let _gate = Attached::new(&lab, &[]);
@@ -199,11 +274,17 @@ fn attach_errors_are_clear_and_leave_nothing_behind() {
         assert!(!ok);
         assert!(err.contains("already attached"), "{err}");
         let link = lab.server.ip(&["link", "show", &lab.server_if]).unwrap();
-        assert!(link.contains("xdp"), "no XDP program on the interface: {link}");
+        assert!(
+            link.contains("xdp"),
+            "no XDP program on the interface: {link}"
+        );
     }
     assert!(!dir.exists(), "detach left pins");
     let link = lab.server.ip(&["link", "show", &lab.server_if]).unwrap();
-    assert!(!link.contains("xdp"), "detach left the program attached: {link}");
+    assert!(
+        !link.contains("xdp"),
+        "detach left the program attached: {link}"
+    );
 
     let (ok, _, err) = cli(&["--netns", ns, "detach", &lab.server_if]);
     assert!(!ok);

@@ -6,13 +6,15 @@ mod common;
 use common::*;
 use handshake_common::{Config, Mode, Overflow, Reason, TcpState};
 
-
-
 const SRV: &str = "198.18.0.1";
 const ATK: &str = "198.18.0.66";
 
 fn cfg(per_source: u32, global: u32) -> Config {
-    Config { max_half_open_per_source: per_source, max_half_open: global, ..Config::DEFAULT }
+    Config {
+        max_half_open_per_source: per_source,
+        max_half_open: global,
+        ..Config::DEFAULT
+    }
 }
 
 /// One case: a configuration, packets with the verdict each must get, and
@@ -32,7 +34,10 @@ fn syns_from(src: &str, ports: std::ops::Range<u16>) -> Vec<Vec<u8>> {
 fn cases() -> Vec<Case> {
     let mut v = Vec::new();
     // Per-source cap: exactly at the cap passes, one over drops, others unaffected.
-    let mut p: Vec<(Vec<u8>, u32)> = syns_from(ATK, 1000..1003).into_iter().map(|b| (b, XDP_PASS)).collect();
+    let mut p: Vec<(Vec<u8>, u32)> = syns_from(ATK, 1000..1003)
+        .into_iter()
+        .map(|b| (b, XDP_PASS))
+        .collect();
     p.push((syn(ATK, 1003, SRV, 80).bytes(), XDP_DROP));
     p.push((syn("198.18.0.2", 5000, SRV, 80).bytes(), XDP_PASS));
     v.push(Case {
@@ -56,8 +61,14 @@ fn cases() -> Vec<Case> {
         half_open_after: 1,
     });
     // Global cap.
-    let mut p: Vec<(Vec<u8>, u32)> =
-        (0..4).map(|i| (syn(&format!("198.18.1.{i}"), 2000, SRV, 80).bytes(), XDP_PASS)).collect();
+    let mut p: Vec<(Vec<u8>, u32)> = (0..4)
+        .map(|i| {
+            (
+                syn(&format!("198.18.1.{i}"), 2000, SRV, 80).bytes(),
+                XDP_PASS,
+            )
+        })
+        .collect();
     p.push((syn("198.18.1.9", 2000, SRV, 80).bytes(), XDP_DROP));
     v.push(Case {
         name: "global cap: the fifth source is refused",
@@ -71,7 +82,10 @@ fn cases() -> Vec<Case> {
     p2.last_mut().unwrap().1 = XDP_PASS;
     v.push(Case {
         name: "global overflow with overflow=pass passes the SYN untracked",
-        cfg: Config { overflow: Overflow::Pass as u32, ..cfg(0, 4) },
+        cfg: Config {
+            overflow: Overflow::Pass as u32,
+            ..cfg(0, 4)
+        },
         packets: p2,
         counts: &[(Reason::Pass, 5), (Reason::Global, 0)],
         half_open_after: 4,
@@ -79,7 +93,10 @@ fn cases() -> Vec<Case> {
     // Monitor: same decisions counted, nothing dropped.
     v.push(Case {
         name: "monitor mode counts the would-be drop and passes it",
-        cfg: Config { mode: Mode::Monitor as u32, ..cfg(0, 4) },
+        cfg: Config {
+            mode: Mode::Monitor as u32,
+            ..cfg(0, 4)
+        },
         packets: p.iter().map(|(b, _)| (b.clone(), XDP_PASS)).collect(),
         counts: &[(Reason::Pass, 4), (Reason::Global, 1)],
         half_open_after: 4,
@@ -87,8 +104,14 @@ fn cases() -> Vec<Case> {
     // Off: nothing tracked.
     v.push(Case {
         name: "mode off tracks nothing",
-        cfg: Config { mode: Mode::Off as u32, ..cfg(1, 1) },
-        packets: syns_from(ATK, 1000..1005).into_iter().map(|b| (b, XDP_PASS)).collect(),
+        cfg: Config {
+            mode: Mode::Off as u32,
+            ..cfg(1, 1)
+        },
+        packets: syns_from(ATK, 1000..1005)
+            .into_iter()
+            .map(|b| (b, XDP_PASS))
+            .collect(),
         counts: &[(Reason::Pass, 5), (Reason::PerSource, 0)],
         half_open_after: 0,
     });
@@ -118,10 +141,24 @@ fn cases() -> Vec<Case> {
         name: "IPv6 SYNs are tracked and capped",
         cfg: cfg(2, 100),
         packets: vec![
-            (syn("2001:db8::66", 1000, "2001:db8::1", 80).bytes(), XDP_PASS),
-            (syn("2001:db8::66", 1001, "2001:db8::1", 80).vlans(1).bytes(), XDP_PASS),
-            (syn("2001:db8::66", 1002, "2001:db8::1", 80).bytes(), XDP_DROP),
-            (syn("2001:db8::67", 1002, "2001:db8::1", 80).bytes(), XDP_PASS),
+            (
+                syn("2001:db8::66", 1000, "2001:db8::1", 80).bytes(),
+                XDP_PASS,
+            ),
+            (
+                syn("2001:db8::66", 1001, "2001:db8::1", 80)
+                    .vlans(1)
+                    .bytes(),
+                XDP_PASS,
+            ),
+            (
+                syn("2001:db8::66", 1002, "2001:db8::1", 80).bytes(),
+                XDP_DROP,
+            ),
+            (
+                syn("2001:db8::67", 1002, "2001:db8::1", 80).bytes(),
+                XDP_PASS,
+            ),
         ],
         counts: &[(Reason::Pass, 3), (Reason::PerSource, 1)],
         half_open_after: 3,
@@ -132,7 +169,6 @@ fn cases() -> Vec<Case> {
 #[test]
 #[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
 fn table() {
-
     for case in cases() {
         let h = Harness::new(case.cfg);
         for (i, (pkt, want)) in case.packets.iter().enumerate() {
@@ -141,7 +177,12 @@ fn table() {
         for (r, n) in case.counts {
             assert_eq!(h.count(*r), *n, "{}: counter {}", case.name, r.name());
         }
-        assert_eq!(h.half_open_entries().len(), case.half_open_after, "{}: half-open entries", case.name);
+        assert_eq!(
+            h.half_open_entries().len(),
+            case.half_open_after,
+            "{}: half-open entries",
+            case.name
+        );
         if case.cfg.mode() != Mode::Off {
             assert_eq!(
                 h.global_half_open(&case.cfg) as usize,
@@ -165,16 +206,28 @@ fn malformed_packets_are_counted_and_dropped() {
     // Offsets: Ethernet 14, IPv4 header 14..34, TCP 34..54.
     let table: Vec<(&str, Vec<u8>)> = vec![
         // (BPF_PROG_TEST_RUN refuses frames shorter than an Ethernet header.)
-        ("IPv4 EtherType with nothing after it", malformed(|b| b.truncate(14))),
+        (
+            "IPv4 EtherType with nothing after it",
+            malformed(|b| b.truncate(14)),
+        ),
         ("IPv4 header cut short", malformed(|b| b.truncate(14 + 12))),
         ("TCP header cut short", malformed(|b| b.truncate(34 + 10))),
         ("IHL below 5", malformed(|b| b[14] = 0x44)),
         ("IHL past the end", malformed(|b| b[14] = 0x4f)),
         ("version not 4", malformed(|b| b[14] = 0x65)),
-        ("total length past the frame", malformed(|b| b[16..18].copy_from_slice(&200u16.to_be_bytes()))),
-        ("total length shorter than the headers", malformed(|b| b[16..18].copy_from_slice(&30u16.to_be_bytes()))),
+        (
+            "total length past the frame",
+            malformed(|b| b[16..18].copy_from_slice(&200u16.to_be_bytes())),
+        ),
+        (
+            "total length shorter than the headers",
+            malformed(|b| b[16..18].copy_from_slice(&30u16.to_be_bytes())),
+        ),
         ("TCP data offset below 5", malformed(|b| b[34 + 12] = 0x40)),
-        ("TCP data offset past the end", malformed(|b| b[34 + 12] = 0xf0)),
+        (
+            "TCP data offset past the end",
+            malformed(|b| b[34 + 12] = 0xf0),
+        ),
         ("three VLAN tags", {
             let mut b = syn(ATK, 1000, SRV, 80).vlans(2).bytes();
             // Insert a third 802.1Q tag after the MACs.
@@ -183,13 +236,28 @@ fn malformed_packets_are_counted_and_dropped() {
         }),
     ];
     for mode in [Mode::Enforce, Mode::Monitor] {
-        let h = Harness::new(Config { mode: mode as u32, ..cfg(5, 100) });
+        let h = Harness::new(Config {
+            mode: mode as u32,
+            ..cfg(5, 100)
+        });
         for (name, pkt) in &table {
-            let want = if mode == Mode::Enforce { XDP_DROP } else { XDP_PASS };
+            let want = if mode == Mode::Enforce {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            };
             assert_eq!(h.run(pkt), want, "{name} ({})", mode.name());
         }
-        assert_eq!(h.count(Reason::Malformed), table.len() as u64, "{}", mode.name());
-        assert!(h.half_open_entries().is_empty(), "a malformed SYN was tracked");
+        assert_eq!(
+            h.count(Reason::Malformed),
+            table.len() as u64,
+            "{}",
+            mode.name()
+        );
+        assert!(
+            h.half_open_entries().is_empty(),
+            "a malformed SYN was tracked"
+        );
     }
 }
 
@@ -208,7 +276,10 @@ fn final_ack_promotes_and_gives_the_count_back() {
     assert!(h.half_open_entries().is_empty());
     let est = h.established_entries();
     assert_eq!(est.len(), 1);
-    assert_eq!((est[0].client_state(), est[0].server_state()), (TcpState::Established, TcpState::Established));
+    assert_eq!(
+        (est[0].client_state(), est[0].server_state()),
+        (TcpState::Established, TcpState::Established)
+    );
     assert_eq!(h.global_half_open(&c), 0, "the count was not given back");
     // The source may open a new attempt again.
     assert_eq!(h.run(&syn(ATK, 1001, SRV, 80).bytes()), XDP_PASS);
@@ -245,7 +316,10 @@ fn unknown_flows_are_picked_up_not_dropped() {
 #[test]
 #[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
 fn counts_return_to_zero_after_the_timeout() {
-    let c = Config { half_open_timeout_ms: 100, ..cfg(3, 100) };
+    let c = Config {
+        half_open_timeout_ms: 100,
+        ..cfg(3, 100)
+    };
     let h = Harness::new(c);
     for p in 1000..1003 {
         assert_eq!(h.run(&syn(ATK, p, SRV, 80).bytes()), XDP_PASS);
@@ -273,6 +347,9 @@ fn raising_the_cap_live_admits_at_once() {
     assert_eq!(h.run(&syn(ATK, 1002, SRV, 80).bytes()), XDP_PASS);
     assert_eq!(h.run(&syn(ATK, 1003, SRV, 80).bytes()), XDP_DROP);
     // Aggregating by /24 puts a neighbour in the same budget.
-    h.set(Config { source_prefix_v4: 24, ..cfg(3, 100) });
+    h.set(Config {
+        source_prefix_v4: 24,
+        ..cfg(3, 100)
+    });
     assert_eq!(h.run(&syn("198.18.0.67", 1000, SRV, 80).bytes()), XDP_PASS);
 }

@@ -49,7 +49,10 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     let root = crate::workspace_root();
     println!("demo: building the gate");
-    let status = Command::new(env!("CARGO")).args(["build", "-q", "-p", "handshake-user"]).current_dir(&root).status()?;
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "-q", "-p", "handshake-user"])
+        .current_dir(&root)
+        .status()?;
     if !status.success() {
         bail!("building handshake-gate failed");
     }
@@ -81,24 +84,50 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     // 2. Flood, kernel alone.
     let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8081);
     let _s2 = EchoServer::start(&lab.server, addr, 128)?;
-    println!("demo: phase 2 — {} SYN/s for {} s, kernel alone (tcp_syncookies=0)", o.rate, o.seconds);
+    println!(
+        "demo: phase 2 — {} SYN/s for {} s, kernel alone (tcp_syncookies=0)",
+        o.rate, o.seconds
+    );
     let (clients, sent) = under_flood(&lab, addr, &o)?;
-    phases.push(Phase { name: "flood, kernel alone", clients, flood_sent: sent, syn_recv: syn_recv(&lab, 8081)?, xdp_dropped: None });
+    phases.push(Phase {
+        name: "flood, kernel alone",
+        clients,
+        flood_sent: sent,
+        syn_recv: syn_recv(&lab, 8081)?,
+        xdp_dropped: None,
+    });
 
     // 3. Flood, gate attached.
     let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8082);
     let _s3 = EchoServer::start(&lab.server, addr, 128)?;
     let gate = |args: &[&str]| -> anyhow::Result<String> {
-        let out = Command::new(&gate_bin).arg("--netns").arg(&lab.server.name).args(args).output()?;
+        let out = Command::new(&gate_bin)
+            .arg("--netns")
+            .arg(&lab.server.name)
+            .args(args)
+            .output()?;
         if !out.status.success() {
-            bail!("handshake-gate {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "handshake-gate {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
     };
-    print!("demo: phase 3 — the same flood with the gate: {}", gate(&["attach", &lab.server_if, "--set", "max-half-open-per-source=20"])?);
+    print!(
+        "demo: phase 3 — the same flood with the gate: {}",
+        gate(&[
+            "attach",
+            &lab.server_if,
+            "--set",
+            "max-half-open-per-source=20"
+        ])?
+    );
     let result = (|| {
         let (clients, sent) = under_flood(&lab, addr, &o)?;
-        let status: serde_json::Value = serde_json::from_str(&gate(&["status", &lab.server_if, "--json"])?)?;
+        let status: serde_json::Value =
+            serde_json::from_str(&gate(&["status", &lab.server_if, "--json"])?)?;
         phases.push(Phase {
             name: "flood, gate attached",
             clients,
@@ -106,7 +135,10 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             syn_recv: syn_recv(&lab, 8082)?,
             xdp_dropped: status["dropped_packets"].as_u64(),
         });
-        println!("\n$ handshake-gate --netns {} status {}", lab.server.name, lab.server_if);
+        println!(
+            "\n$ handshake-gate --netns {} status {}",
+            lab.server.name, lab.server_if
+        );
         print!("{}", gate(&["status", &lab.server_if])?);
         anyhow::Ok(())
     })();
@@ -131,37 +163,64 @@ fn under_flood(lab: &Lab, addr: SocketAddr, o: &Options) -> anyhow::Result<(Conn
         let f = s.spawn(|| flood.run(&lab.client));
         std::thread::sleep(Duration::from_secs(1));
         let clients = connect_many(&lab.client, addr, o.clients, CLIENT_TIMEOUT);
-        let sent = f.join().map_err(|_| anyhow::anyhow!("flood thread panicked"))??.sent;
+        let sent = f
+            .join()
+            .map_err(|_| anyhow::anyhow!("flood thread panicked"))??
+            .sent;
         Ok((clients?, sent))
     })
 }
 
 /// Half-open sockets the server's kernel holds on `port`.
 fn syn_recv(lab: &Lab, port: u16) -> anyhow::Result<usize> {
-    let out = lab.server.exec("ss", &["-Htan", "state", "syn-recv", &format!("sport = :{port}")])?;
+    let out = lab.server.exec(
+        "ss",
+        &["-Htan", "state", "syn-recv", &format!("sport = :{port}")],
+    )?;
     Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
 fn ms(d: Option<Duration>) -> String {
-    d.map(|d| format!("{:.2} ms", d.as_secs_f64() * 1e3)).unwrap_or_else(|| "-".into())
+    d.map(|d| format!("{:.2} ms", d.as_secs_f64() * 1e3))
+        .unwrap_or_else(|| "-".into())
 }
 
 fn report(phases: &[Phase], o: &Options) {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
-    t.set_header(vec!["phase", "clients connected", "connect p50", "connect p99", "flood SYNs sent", "server SYN_RECV", "dropped in XDP"]);
+    t.set_header(vec![
+        "phase",
+        "clients connected",
+        "connect p50",
+        "connect p99",
+        "flood SYNs sent",
+        "server SYN_RECV",
+        "dropped in XDP",
+    ]);
     for p in phases {
         t.add_row(vec![
             p.name.to_string(),
-            format!("{}/{} ({:.0}%)", p.clients.succeeded, p.clients.attempted, p.clients.success_rate() * 100.0),
+            format!(
+                "{}/{} ({:.0}%)",
+                p.clients.succeeded,
+                p.clients.attempted,
+                p.clients.success_rate() * 100.0
+            ),
             ms(p.clients.quantile(0.5)),
             ms(p.clients.quantile(0.99)),
             p.flood_sent.to_string(),
             p.syn_recv.to_string(),
-            p.xdp_dropped.map(|d| d.to_string()).unwrap_or_else(|| "-".into()),
+            p.xdp_dropped
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "-".into()),
         ]);
     }
-    println!("\nbefore / after ({} clients per phase, {} s connect timeout, flood {} SYN/s from 198.18.0.66):", o.clients, CLIENT_TIMEOUT.as_secs(), o.rate);
+    println!(
+        "\nbefore / after ({} clients per phase, {} s connect timeout, flood {} SYN/s from 198.18.0.66):",
+        o.clients,
+        CLIENT_TIMEOUT.as_secs(),
+        o.rate
+    );
     println!("{t}");
     println!(
         "server SYN_RECV: half-open sockets the server's kernel held for the flood at the end. With the gate,\n\

@@ -12,8 +12,14 @@ use std::time::Instant;
 
 use anyhow::{Context as _, bail};
 
-const APT_PACKAGES: &[&str] =
-    &["llvm-22-dev", "libpolly-22-dev", "libzstd-dev", "hping3", "iproute2", "ethtool"];
+const APT_PACKAGES: &[&str] = &[
+    "llvm-22-dev",
+    "libpolly-22-dev",
+    "libzstd-dev",
+    "hping3",
+    "iproute2",
+    "ethtool",
+];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
 
@@ -29,11 +35,15 @@ fn ok(cmd: &mut Command) -> bool {
 }
 
 fn output(cmd: &mut Command) -> String {
-    cmd.output().map(|o| String::from_utf8_lossy(&o.stdout).into_owned()).unwrap_or_default()
+    cmd.output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+        .unwrap_or_default()
 }
 
 fn run_cmd(cmd: &mut Command) -> anyhow::Result<()> {
-    let status = cmd.status().with_context(|| format!("could not start {cmd:?}"))?;
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed ({status})");
     }
@@ -50,13 +60,17 @@ pub fn run() -> anyhow::Result<()> {
         .iter()
         .copied()
         .filter(|p| {
-            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p])).contains("install ok installed")
+            !output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .contains("install ok installed")
         })
         .collect();
     if missing.is_empty() {
         step("Debian packages: all present");
     } else {
-        step(&format!("Debian packages: installing {}", missing.join(" ")));
+        step(&format!(
+            "Debian packages: installing {}",
+            missing.join(" ")
+        ));
         run_cmd(Command::new("apt-get").args(["update", "-qq"]))?;
         run_cmd(
             Command::new("apt-get")
@@ -66,27 +80,50 @@ pub fn run() -> anyhow::Result<()> {
         )?;
     }
 
-    if output(Command::new("rustup").args(["toolchain", "list"])).lines().any(|l| l.starts_with("nightly")) {
+    if output(Command::new("rustup").args(["toolchain", "list"]))
+        .lines()
+        .any(|l| l.starts_with("nightly"))
+    {
         step("nightly toolchain: present");
     } else {
         step("nightly toolchain: installing");
-        run_cmd(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal"]))?;
+        run_cmd(Command::new("rustup").args([
+            "toolchain",
+            "install",
+            "nightly",
+            "--profile",
+            "minimal",
+        ]))?;
     }
-    if output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-        .lines()
-        .any(|l| l.starts_with("rust-src"))
+    if output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .lines()
+    .any(|l| l.starts_with("rust-src"))
     {
         step("rust-src for nightly: present");
     } else {
         step("rust-src for nightly: installing");
-        run_cmd(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))?;
+        run_cmd(Command::new("rustup").args([
+            "component",
+            "add",
+            "rust-src",
+            "--toolchain",
+            "nightly",
+        ]))?;
     }
 
     let linker = output(Command::new("bpf-linker").arg("--version"));
     if linker.trim() == format!("bpf-linker {BPF_LINKER_VERSION}") {
         step(&format!("bpf-linker {BPF_LINKER_VERSION}: present"));
     } else {
-        step(&format!("bpf-linker {BPF_LINKER_VERSION}: building against LLVM 22 (about two minutes)"));
+        step(&format!(
+            "bpf-linker {BPF_LINKER_VERSION}: building against LLVM 22 (about two minutes)"
+        ));
         run_cmd(
             Command::new("cargo")
                 .args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION])

@@ -25,10 +25,21 @@ struct Layer {
 
 const LAYERS: &[Layer] = &[
     // The default members: everything but the eBPF crate, which only builds for BPF.
-    Layer { name: "host unit tests", args: &["test"] },
+    Layer {
+        name: "host unit tests",
+        args: &["test"],
+    },
     Layer {
         name: "privileged tests (BPF_PROG_TEST_RUN, network namespaces)",
-        args: &["test", "-p", "handshake-user", "--tests", "--", "--ignored", "--test-threads=1"],
+        args: &[
+            "test",
+            "-p",
+            "handshake-user",
+            "--tests",
+            "--",
+            "--ignored",
+            "--test-threads=1",
+        ],
     },
 ];
 
@@ -41,12 +52,20 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     for layer in LAYERS {
         println!("\n== {} ==", layer.name);
         let start = Instant::now();
-        let status = Command::new(env!("CARGO")).args(layer.args).current_dir(&root).status()?;
+        let status = Command::new(env!("CARGO"))
+            .args(layer.args)
+            .current_dir(&root)
+            .status()?;
         results.push((layer.name, status.success(), start.elapsed()));
     }
     println!("\n== summary ==");
     for (name, ok, took) in &results {
-        println!("{:<60} {:>4} {:>7.1}s", name, if *ok { "ok" } else { "FAIL" }, took.as_secs_f64());
+        println!(
+            "{:<60} {:>4} {:>7.1}s",
+            name,
+            if *ok { "ok" } else { "FAIL" },
+            took.as_secs_f64()
+        );
     }
     let failed: Vec<_> = results.iter().filter(|r| !r.1).map(|r| r.0).collect();
     if !failed.is_empty() {

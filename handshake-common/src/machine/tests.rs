@@ -9,7 +9,12 @@ const J: u32 = 1_000;
 const K: u32 = 900_000;
 
 fn seg(flags: u8, seq: u32, ack: u32, payload_len: u32) -> Segment {
-    Segment { flags, seq, ack, payload_len }
+    Segment {
+        flags,
+        seq,
+        ack,
+        payload_len,
+    }
 }
 
 /// A connection as the gate tracks it, driven packet by packet. Starts with
@@ -23,7 +28,11 @@ struct Conn {
 impl Conn {
     fn syn() -> Conn {
         let e = open(&seg(SYN, J, 0, 0), true, 0, 7);
-        Conn { entry: e, now: 0, established_map: false }
+        Conn {
+            entry: e,
+            now: 0,
+            established_map: false,
+        }
     }
 
     fn established() -> Conn {
@@ -87,7 +96,12 @@ fn final_ack_with_the_wrong_ack_is_rejected() {
     let mut c = Conn::syn();
     c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
     for wrong in [K, K + 2, 0, K.wrapping_add(1 << 31)] {
-        let st = step(&c.entry, Dir::FromClient, &seg(ACK, J + 1, wrong, 0), 2 * MS);
+        let st = step(
+            &c.entry,
+            Dir::FromClient,
+            &seg(ACK, J + 1, wrong, 0),
+            2 * MS,
+        );
         assert_eq!(st, Step::Reject(Reason::BadAck), "ack {wrong}");
     }
     c.expect(SynSent, SynRcvd);
@@ -191,7 +205,10 @@ fn simultaneous_close() {
 #[test]
 fn fin_with_payload_is_acked_after_the_payload() {
     let mut c = Conn::established();
-    c.pass(Dir::FromClient, seg(FIN | ACK | tcp::PSH, J + 1, K + 1, 100));
+    c.pass(
+        Dir::FromClient,
+        seg(FIN | ACK | tcp::PSH, J + 1, K + 1, 100),
+    );
     assert_eq!(c.entry.client_fin_seq, J + 101);
     // Acking only the data does not ack the FIN.
     c.pass(Dir::FromServer, seg(ACK, K + 1, J + 101, 0));
@@ -213,13 +230,21 @@ fn retransmitted_fin_changes_nothing() {
 
 #[test]
 fn rst_removes_in_every_state() {
-    let mut states = [Conn::syn(), Conn::syn(), Conn::established(), Conn::established()];
+    let mut states = [
+        Conn::syn(),
+        Conn::syn(),
+        Conn::established(),
+        Conn::established(),
+    ];
     states[1].pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
     states[3].pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
     for c in &states {
         for dir in [Dir::FromClient, Dir::FromServer] {
             for f in [RST, RST | ACK] {
-                assert_eq!(step(&c.entry, dir, &seg(f, 0, 0, 0), c.now + MS), Step::Remove);
+                assert_eq!(
+                    step(&c.entry, dir, &seg(f, 0, 0, 0), c.now + MS),
+                    Step::Remove
+                );
             }
         }
     }
@@ -232,7 +257,15 @@ fn new_syn_on_a_tuple_in_time_wait_restarts() {
     c.pass(Dir::FromServer, seg(FIN | ACK, K + 1, J + 2, 0));
     c.pass(Dir::FromClient, seg(ACK, J + 2, K + 2, 0));
     c.expect(TimeWait, Closed);
-    assert_eq!(step(&c.entry, Dir::FromClient, &seg(SYN, J + 99_999, 0, 0), c.now), Step::Restart);
+    assert_eq!(
+        step(
+            &c.entry,
+            Dir::FromClient,
+            &seg(SYN, J + 99_999, 0, 0),
+            c.now
+        ),
+        Step::Restart
+    );
     // A SYN on a live connection is not a new attempt.
     let live = Conn::established();
     assert!(matches!(
@@ -243,7 +276,10 @@ fn new_syn_on_a_tuple_in_time_wait_restarts() {
 
 #[test]
 fn time_wait_lasts_two_msl() {
-    let cfg = Config { msl_ms: 1_000, ..Config::DEFAULT };
+    let cfg = Config {
+        msl_ms: 1_000,
+        ..Config::DEFAULT
+    };
     let mut c = Conn::established();
     c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
     c.pass(Dir::FromServer, seg(FIN | ACK, K + 1, J + 2, 0));
@@ -258,7 +294,10 @@ fn time_wait_lasts_two_msl() {
 
 #[test]
 fn half_open_timeout() {
-    let cfg = Config { half_open_timeout_ms: 3_000, ..Config::DEFAULT };
+    let cfg = Config {
+        half_open_timeout_ms: 3_000,
+        ..Config::DEFAULT
+    };
     let c = Conn::syn();
     assert!(!half_open_expired(&c.entry, 3_000 * MS - 1, &cfg));
     assert!(half_open_expired(&c.entry, 3_000 * MS, &cfg));
@@ -268,7 +307,10 @@ fn half_open_timeout() {
 fn loose_pick_up_guesses_the_client_by_port() {
     // A packet from 198.18.0.2:40000 (lo) to :80 — the source is the client.
     let e = pick_up(40_000, 80, true, 5);
-    assert_eq!((e.client_state(), e.server_state()), (Established, Established));
+    assert_eq!(
+        (e.client_state(), e.server_state()),
+        (Established, Established)
+    );
     assert_eq!(e.client_is_lo, 1);
     assert!(e.has(flags::PICKED_UP));
     // The server's reply, where the source is the server.
@@ -285,19 +327,78 @@ fn sequence_comparison_wraps() {
 
 #[test]
 fn admission_per_source_before_global() {
-    let cfg = Config { max_half_open: 10, max_half_open_per_source: 3, ..Config::DEFAULT };
+    let cfg = Config {
+        max_half_open: 10,
+        max_half_open_per_source: 3,
+        ..Config::DEFAULT
+    };
     let table = [
-        (Occupancy { source: 0, global: 0 }, Admission::Track),
-        (Occupancy { source: 2, global: 9 }, Admission::Track),
-        (Occupancy { source: 3, global: 0 }, Admission::Refuse(Reason::PerSource)),
-        (Occupancy { source: 3, global: 10 }, Admission::Refuse(Reason::PerSource)),
-        (Occupancy { source: 0, global: 10 }, Admission::Refuse(Reason::Global)),
+        (
+            Occupancy {
+                source: 0,
+                global: 0,
+            },
+            Admission::Track,
+        ),
+        (
+            Occupancy {
+                source: 2,
+                global: 9,
+            },
+            Admission::Track,
+        ),
+        (
+            Occupancy {
+                source: 3,
+                global: 0,
+            },
+            Admission::Refuse(Reason::PerSource),
+        ),
+        (
+            Occupancy {
+                source: 3,
+                global: 10,
+            },
+            Admission::Refuse(Reason::PerSource),
+        ),
+        (
+            Occupancy {
+                source: 0,
+                global: 10,
+            },
+            Admission::Refuse(Reason::Global),
+        ),
     ];
     for (occ, want) in table {
         assert_eq!(admit_syn(&cfg, &occ), want, "{occ:?}");
     }
-    let pass = Config { overflow: Overflow::Pass as u32, ..cfg };
-    assert_eq!(admit_syn(&pass, &Occupancy { source: 0, global: 10 }), Admission::PassUntracked);
-    let unlimited = Config { max_half_open: 0, max_half_open_per_source: 0, ..cfg };
-    assert_eq!(admit_syn(&unlimited, &Occupancy { source: 1 << 30, global: 1 << 30 }), Admission::Track);
+    let pass = Config {
+        overflow: Overflow::Pass as u32,
+        ..cfg
+    };
+    assert_eq!(
+        admit_syn(
+            &pass,
+            &Occupancy {
+                source: 0,
+                global: 10
+            }
+        ),
+        Admission::PassUntracked
+    );
+    let unlimited = Config {
+        max_half_open: 0,
+        max_half_open_per_source: 0,
+        ..cfg
+    };
+    assert_eq!(
+        admit_syn(
+            &unlimited,
+            &Occupancy {
+                source: 1 << 30,
+                global: 1 << 30
+            }
+        ),
+        Admission::Track
+    );
 }

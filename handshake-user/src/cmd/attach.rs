@@ -28,7 +28,13 @@ pub fn run(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
 }
 
 fn describe_caps(cfg: &Config) -> String {
-    let cap = |v: u32| if v == 0 { "none".to_string() } else { v.to_string() };
+    let cap = |v: u32| {
+        if v == 0 {
+            "none".to_string()
+        } else {
+            v.to_string()
+        }
+    };
     format!(
         "max-half-open {}, per source {}",
         cap(cfg.max_half_open),

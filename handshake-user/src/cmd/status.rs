@@ -20,15 +20,19 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let top = gate.top_sources(&cfg, now, TOP);
 
     if a.json {
-        let limits: Map<String, Value> =
-            KEYS.iter().map(|k| (k.name.to_string(), k.json(&cfg))).collect();
+        let limits: Map<String, Value> = KEYS
+            .iter()
+            .map(|k| (k.name.to_string(), k.json(&cfg)))
+            .collect();
         let drops: Map<String, Value> = Reason::ALL
             .iter()
             .filter(|r| r.is_drop())
             .map(|r| (r.name().to_string(), counters.get(*r).into()))
             .collect();
-        let packets: Map<String, Value> =
-            Reason::ALL.iter().map(|r| (r.name().to_string(), counters.get(*r).into())).collect();
+        let packets: Map<String, Value> = Reason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), counters.get(*r).into()))
+            .collect();
         let out = json!({
             "interface": a.iface,
             "netns": netns,
@@ -45,7 +49,11 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
         return Ok(());
     }
 
-    println!("handshake-gate on {}{}", a.iface, netns.map(|n| format!(" (netns {n})")).unwrap_or_default());
+    println!(
+        "handshake-gate on {}{}",
+        a.iface,
+        netns.map(|n| format!(" (netns {n})")).unwrap_or_default()
+    );
     println!();
     let mut t = table(&["limit", "value"]);
     for k in KEYS {
@@ -81,7 +89,11 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
         t.add_row(vec![
             r.name().to_string(),
             counters.packets[r as usize].to_string(),
-            if r.is_drop() { counters.dropped[r as usize].to_string() } else { "-".into() },
+            if r.is_drop() {
+                counters.dropped[r as usize].to_string()
+            } else {
+                "-".into()
+            },
         ]);
     }
     println!("{t}");

@@ -34,14 +34,18 @@ impl Harness {
     }
 
     pub fn set(&mut self, cfg: Config) {
-        let mut a: Array<_, Config> = Array::try_from(self.ebpf.map_mut(maps::CONFIG).unwrap()).unwrap();
+        let mut a: Array<_, Config> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).unwrap()).unwrap();
         a.set(0, cfg, 0).unwrap();
     }
 
     /// Runs one packet through the program; returns the XDP action.
     pub fn run(&self, pkt: &[u8]) -> u32 {
         let xdp: &Xdp = self.ebpf.program("gate").unwrap().try_into().unwrap();
-        let opts = TestRunOptions { data_in: Some(pkt), ..Default::default() };
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            ..Default::default()
+        };
         xdp.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
     }
 
@@ -59,18 +63,27 @@ impl Harness {
     }
 
     pub fn half_open_entries(&self) -> Vec<FlowEntry> {
-        self.flows(maps::HALF_OPEN).into_iter().map(|(_, e)| e).collect()
+        self.flows(maps::HALF_OPEN)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
     }
 
     pub fn established_entries(&self) -> Vec<FlowEntry> {
-        self.flows(maps::ESTABLISHED).into_iter().map(|(_, e)| e).collect()
+        self.flows(maps::ESTABLISHED)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
     }
 
     /// The global half-open count the limits see now.
     pub fn global_half_open(&self, cfg: &Config) -> u32 {
-        let a: Array<_, WindowCounter> = Array::try_from(self.ebpf.map(maps::GLOBAL).unwrap()).unwrap();
+        let a: Array<_, WindowCounter> =
+            Array::try_from(self.ebpf.map(maps::GLOBAL).unwrap()).unwrap();
         let w = window::bucket_width_ns(cfg.half_open_timeout_ms);
-        a.get(&0, 0).unwrap().live(window::epoch(handshake_user::monotonic_ns(), w))
+        a.get(&0, 0)
+            .unwrap()
+            .live(window::epoch(handshake_user::monotonic_ns(), w))
     }
 }
 
@@ -110,19 +123,35 @@ pub fn syn(src: &str, sport: u16, dst: &str, dport: u16) -> Tcp {
 impl Tcp {
     /// The final ACK of the handshake (client → server).
     pub fn then_ack(&self, ack: u32) -> Tcp {
-        Tcp { syn: false, seq: self.seq + 1, ack: Some(ack), ..self.clone() }
+        Tcp {
+            syn: false,
+            seq: self.seq + 1,
+            ack: Some(ack),
+            ..self.clone()
+        }
     }
 
     pub fn then_rst(&self) -> Tcp {
-        Tcp { syn: false, rst: true, seq: self.seq + 1, ..self.clone() }
+        Tcp {
+            syn: false,
+            rst: true,
+            seq: self.seq + 1,
+            ..self.clone()
+        }
     }
 
     pub fn with_seq(&self, seq: u32) -> Tcp {
-        Tcp { seq, ..self.clone() }
+        Tcp {
+            seq,
+            ..self.clone()
+        }
     }
 
     pub fn vlans(&self, n: usize) -> Tcp {
-        Tcp { vlans: n, ..self.clone() }
+        Tcp {
+            vlans: n,
+            ..self.clone()
+        }
     }
 
     pub fn bytes(&self) -> Vec<u8> {
@@ -130,11 +159,21 @@ impl Tcp {
         let v = |id| VlanId::try_new(id).unwrap();
         let ip = match (self.vlans, self.src, self.dst) {
             (0, IpAddr::V4(s), IpAddr::V4(d)) => eth.ipv4(s.octets(), d.octets(), 64),
-            (1, IpAddr::V4(s), IpAddr::V4(d)) => eth.single_vlan(v(10)).ipv4(s.octets(), d.octets(), 64),
-            (2, IpAddr::V4(s), IpAddr::V4(d)) => eth.double_vlan(v(10), v(20)).ipv4(s.octets(), d.octets(), 64),
+            (1, IpAddr::V4(s), IpAddr::V4(d)) => {
+                eth.single_vlan(v(10)).ipv4(s.octets(), d.octets(), 64)
+            }
+            (2, IpAddr::V4(s), IpAddr::V4(d)) => {
+                eth.double_vlan(v(10), v(20))
+                    .ipv4(s.octets(), d.octets(), 64)
+            }
             (0, IpAddr::V6(s), IpAddr::V6(d)) => eth.ipv6(s.octets(), d.octets(), 64),
-            (1, IpAddr::V6(s), IpAddr::V6(d)) => eth.single_vlan(v(10)).ipv6(s.octets(), d.octets(), 64),
-            (2, IpAddr::V6(s), IpAddr::V6(d)) => eth.double_vlan(v(10), v(20)).ipv6(s.octets(), d.octets(), 64),
+            (1, IpAddr::V6(s), IpAddr::V6(d)) => {
+                eth.single_vlan(v(10)).ipv6(s.octets(), d.octets(), 64)
+            }
+            (2, IpAddr::V6(s), IpAddr::V6(d)) => {
+                eth.double_vlan(v(10), v(20))
+                    .ipv6(s.octets(), d.octets(), 64)
+            }
             other => panic!("cannot build {other:?}"),
         };
         let mut b = ip.tcp(self.sport, self.dport, self.seq, 64_240);
