@@ -145,21 +145,25 @@ impl FlowKey {
 /// Bits of [`FlowEntry::flags`].
 pub mod flags {
     /// The server's SYN-ACK was seen, so `server_isn` is known.
-    pub const SERVER_ISN_KNOWN: u8 = 1 << 0;
+    pub const SERVER_ISN_KNOWN: u16 = 1 << 0;
     /// The client sent a FIN; its sequence number is `client_fin_seq`.
-    pub const CLIENT_FIN: u8 = 1 << 1;
+    pub const CLIENT_FIN: u16 = 1 << 1;
     /// The server sent a FIN; its sequence number is `server_fin_seq`.
-    pub const SERVER_FIN: u8 = 1 << 2;
+    pub const SERVER_FIN: u16 = 1 << 2;
     /// The client's FIN was acknowledged.
-    pub const CLIENT_FIN_ACKED: u8 = 1 << 3;
+    pub const CLIENT_FIN_ACKED: u16 = 1 << 3;
     /// The server's FIN was acknowledged.
-    pub const SERVER_FIN_ACKED: u8 = 1 << 4;
+    pub const SERVER_FIN_ACKED: u16 = 1 << 4;
     /// The client sent its FIN before it had the server's (active closer).
-    pub const CLIENT_CLOSED_FIRST: u8 = 1 << 5;
+    pub const CLIENT_CLOSED_FIRST: u16 = 1 << 5;
     /// The server sent its FIN before it had the client's (active closer).
-    pub const SERVER_CLOSED_FIRST: u8 = 1 << 6;
+    pub const SERVER_CLOSED_FIRST: u16 = 1 << 6;
     /// Picked up mid-flow (loose mode): the handshake was never seen.
-    pub const PICKED_UP: u8 = 1 << 7;
+    pub const PICKED_UP: u16 = 1 << 7;
+    /// The attempt holds a half-open count (an arriving SYN admitted under
+    /// the limits, in bucket `epoch`); only such an entry gives one back.
+    /// A SYN this host sends is tracked without a count.
+    pub const COUNTED: u16 = 1 << 8;
 }
 
 /// A tracked connection. Used by both the half-open and the established map.
@@ -181,19 +185,21 @@ pub struct FlowEntry {
     pub client_fin_seq: u32,
     /// Sequence number of the server's FIN (host order), if [`flags::SERVER_FIN`].
     pub server_fin_seq: u32,
-    /// Half-open bucket epoch the attempt was counted in (see [`crate::window`]).
+    /// Half-open bucket epoch the attempt was counted in (see [`crate::window`]),
+    /// if [`flags::COUNTED`].
     pub epoch: u32,
+    /// [`flags`] bits.
+    pub flags: u16,
     /// A [`TcpState`].
     pub client_state: u8,
     /// A [`TcpState`].
     pub server_state: u8,
     /// 1 when the client is the key's `lo` end.
     pub client_is_lo: u8,
-    /// [`flags`] bits.
-    pub flags: u8,
+    pub _pad: [u8; 3],
 }
 
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 48);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 56);
 
 impl FlowEntry {
     pub fn client_state(&self) -> TcpState {
@@ -204,7 +210,7 @@ impl FlowEntry {
         TcpState::from_u8(self.server_state).unwrap_or(TcpState::Closed)
     }
 
-    pub const fn has(&self, flag: u8) -> bool {
+    pub const fn has(&self, flag: u16) -> bool {
         self.flags & flag != 0
     }
 }

@@ -24,16 +24,24 @@ pub use flow::{FlowEntry, FlowKey, SourceKey, SourceState, TcpState};
 pub use reason::Reason;
 pub use window::WindowCounter;
 
-/// Names of the maps shared by the kernel programs and the controller; the
-/// controller pins each under this name.
+/// Names of the programs and maps in the kernel object; the controller pins
+/// each map under its name.
 pub mod maps {
+    /// The XDP program (arriving packets).
+    pub const XDP_PROGRAM: &str = "handshake_in";
+    /// The TC classifier on egress (leaving packets).
+    pub const TC_PROGRAM: &str = "handshake_out";
     /// One-entry array holding [`crate::Config`].
     pub const CONFIG: &str = "CONFIG";
-    /// Per-CPU array of `u64` packet counts indexed by [`crate::Reason`].
+    /// Per-CPU array of `u64` counts of arriving packets (XDP) indexed by
+    /// [`crate::Reason`].
     pub const COUNTERS: &str = "COUNTERS";
     /// Per-CPU array of `u64` counts of packets actually dropped, indexed by
     /// [`crate::Reason`] (differs from `COUNTERS` in `monitor` mode).
     pub const DROPPED: &str = "DROPPED";
+    /// Per-CPU array of `u64` counts of leaving packets (TC egress) indexed
+    /// by [`crate::Reason`]; the egress program never drops.
+    pub const EGRESS: &str = "EGRESS";
     /// LRU hash [`crate::FlowKey`] → [`crate::FlowEntry`] of half-open attempts.
     pub const HALF_OPEN: &str = "HALF_OPEN";
     /// LRU hash [`crate::FlowKey`] → [`crate::FlowEntry`] of connections past

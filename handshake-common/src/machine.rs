@@ -73,18 +73,53 @@ pub const fn seq_geq(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
 }
 
-/// A new half-open entry for a client's SYN.
-pub fn open(seg: &Segment, client_is_lo: bool, now_ns: u64, epoch: u32) -> FlowEntry {
+/// A new half-open entry for a client's SYN. `counted`: the attempt took a
+/// half-open count in bucket `epoch` (an arriving SYN admitted under the
+/// limits); a SYN this host sends is tracked uncounted.
+pub fn open(
+    seg: &Segment,
+    client_is_lo: bool,
+    now_ns: u64,
+    epoch: u32,
+    counted: bool,
+) -> FlowEntry {
     FlowEntry {
         created_ns: now_ns,
         last_seen_ns: now_ns,
         changed_ns: now_ns,
         client_isn: seg.seq,
         epoch,
+        flags: if counted { flags::COUNTED } else { 0 },
         client_state: TcpState::SynSent as u8,
         server_state: TcpState::Listen as u8,
         client_is_lo: client_is_lo as u8,
         ..FlowEntry::default()
+    }
+}
+
+/// What to do with a packet of a flow that has no entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Untracked {
+    /// A pure SYN: a new attempt (admitted under the limits when it arrives;
+    /// tracked uncounted when this host sends it).
+    Open,
+    /// An RST (nothing to close) or a SYN-ACK / odd SYN of an attempt never
+    /// tracked (passed untracked on overflow, or begun while the gate was
+    /// off): passed, not tracked.
+    Ignore,
+    /// Anything else: a flow that began before the gate (or whose entry was
+    /// evicted), picked up as ESTABLISHED with [`pick_up`].
+    PickUp,
+}
+
+/// Classifies a packet of a flow with no entry.
+pub const fn untracked(seg: &Segment) -> Untracked {
+    if seg.is_pure_syn() {
+        Untracked::Open
+    } else if seg.has(tcp::RST) || seg.has(tcp::SYN) {
+        Untracked::Ignore
+    } else {
+        Untracked::PickUp
     }
 }
 
@@ -111,31 +146,56 @@ pub fn half_open_expired(e: &FlowEntry, now_ns: u64, cfg: &Config) -> bool {
     now_ns.saturating_sub(e.created_ns) >= cfg.half_open_timeout_ns()
 }
 
-/// Whether an established-map entry is finished: an end in TIME_WAIT (or both
-/// CLOSED) for 2·MSL.
+/// Whether both ends are done: each in TIME_WAIT or CLOSED.
+pub fn finished(e: &FlowEntry) -> bool {
+    let done = |s: TcpState| matches!(s, TcpState::TimeWait | TcpState::Closed);
+    done(e.client_state()) && done(e.server_state())
+}
+
+/// Whether an established-map entry is finished and 2·MSL have passed since
+/// it finished (TIME_WAIT is over).
 pub fn finished_expired(e: &FlowEntry, now_ns: u64, cfg: &Config) -> bool {
-    let (c, s) = (e.client_state(), e.server_state());
-    let over = c == TcpState::TimeWait
-        || s == TcpState::TimeWait
-        || (c == TcpState::Closed && s == TcpState::Closed);
-    over && now_ns.saturating_sub(e.changed_ns) >= cfg.time_wait_ns()
+    finished(e) && now_ns.saturating_sub(e.changed_ns) >= cfg.time_wait_ns()
+}
+
+/// Whether the entry is still in its handshake: the server has not seen the
+/// final ACK (LISTEN or SYN_RCVD). Such an entry lives in the half-open map.
+pub fn in_handshake(e: &FlowEntry) -> bool {
+    matches!(e.server_state(), TcpState::Listen | TcpState::SynRcvd)
 }
 
 /// Advances a tracked connection by one segment.
+///
+/// - RST in any state ends the connection (both kernels drop their sockets).
+/// - In the handshake: the client's SYN (SYN_SENT / LISTEN), the server's
+///   SYN-ACK, which must acknowledge J+1 (the client, receiving it, is
+///   ESTABLISHED; the server SYN_RCVD), and the client's final ACK, which
+///   must acknowledge K+1 of a SYN-ACK that was seen (both ESTABLISHED).
+///   Anything else claiming to complete the handshake is `bad_ack`.
+/// - After it: the teardown, from FINs and the ACKs that cover them.
+/// - A pure SYN on a finished tuple (both ends TIME_WAIT or CLOSED) starts a
+///   new connection: [`Step::Restart`].
 pub fn step(e: &FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
     if seg.has(tcp::RST) {
         return Step::Remove;
     }
     let mut n = *e;
     n.last_seen_ns = now_ns;
-    if e.client_state() == TcpState::SynSent {
+    if in_handshake(e) {
         return handshake(n, dir, seg, now_ns);
     }
-    let client_done = matches!(e.client_state(), TcpState::TimeWait | TcpState::Closed);
-    if dir == Dir::FromClient && seg.is_pure_syn() && client_done {
+    if seg.is_pure_syn() && finished(e) {
         return Step::Restart;
     }
     Step::Update(teardown(n, dir, seg, now_ns))
+}
+
+fn set_states(n: &mut FlowEntry, client: TcpState, server: TcpState, now_ns: u64) {
+    if n.client_state != client as u8 || n.server_state != server as u8 {
+        n.client_state = client as u8;
+        n.server_state = server as u8;
+        n.changed_ns = now_ns;
+    }
 }
 
 fn handshake(mut n: FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
@@ -146,19 +206,18 @@ fn handshake(mut n: FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
             if seg.seq != n.client_isn {
                 // A new attempt on the same tuple replaces the old one.
                 n.client_isn = seg.seq;
-                n.server_state = TcpState::Listen as u8;
                 n.flags &= !flags::SERVER_ISN_KNOWN;
-                n.changed_ns = now_ns;
+                set_states(&mut n, TcpState::SynSent, TcpState::Listen, now_ns);
             }
             Step::Update(n)
         }
         Dir::FromClient if ack && !syn => {
-            if n.has(flags::SERVER_ISN_KNOWN) && seg.ack != n.server_isn.wrapping_add(1) {
+            if !n.has(flags::SERVER_ISN_KNOWN) || seg.ack != n.server_isn.wrapping_add(1) {
                 return Step::Reject(Reason::BadAck);
             }
-            n.client_state = TcpState::Established as u8;
-            n.server_state = TcpState::Established as u8;
-            n.changed_ns = now_ns;
+            set_states(&mut n, TcpState::Established, TcpState::Established, now_ns);
+            // Its half-open count is given back as it leaves the half-open map.
+            n.flags &= !flags::COUNTED;
             // The final ACK may already carry data or a FIN.
             Step::Promote(teardown(n, dir, seg, now_ns))
         }
@@ -166,12 +225,11 @@ fn handshake(mut n: FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
             if seg.ack != n.client_isn.wrapping_add(1) {
                 return Step::Reject(Reason::BadAck);
             }
-            if !(n.has(flags::SERVER_ISN_KNOWN) && n.server_isn == seg.seq) {
-                n.server_isn = seg.seq;
-                n.flags |= flags::SERVER_ISN_KNOWN;
-                n.server_state = TcpState::SynRcvd as u8;
-                n.changed_ns = now_ns;
-            }
+            // A retransmitted SYN-ACK carries the same K; a different K
+            // (the server restarted the attempt) replaces it.
+            n.server_isn = seg.seq;
+            n.flags |= flags::SERVER_ISN_KNOWN;
+            set_states(&mut n, TcpState::Established, TcpState::SynRcvd, now_ns);
             Step::Update(n)
         }
         _ => Step::Update(n),
@@ -180,11 +238,11 @@ fn handshake(mut n: FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
 
 /// The bits and FIN sequence numbers of the sending end and its peer.
 struct Ends {
-    me_fin: u8,
-    me_acked: u8,
-    me_first: u8,
-    peer_fin: u8,
-    peer_acked: u8,
+    me_fin: u16,
+    me_acked: u16,
+    me_first: u16,
+    peer_fin: u16,
+    peer_acked: u16,
 }
 
 const FROM_CLIENT: Ends = Ends {
@@ -227,11 +285,7 @@ fn teardown(mut n: FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> FlowEntry
     }
     let client = side_state(&n, &FROM_CLIENT);
     let server = side_state(&n, &FROM_SERVER);
-    if client as u8 != n.client_state || server as u8 != n.server_state {
-        n.client_state = client as u8;
-        n.server_state = server as u8;
-        n.changed_ns = now_ns;
-    }
+    set_states(&mut n, client, server, now_ns);
     n
 }
 

@@ -1,7 +1,10 @@
 //! The handshake-gate kernel side: an XDP program on the protected
-//! interface's ingress. It parses each packet, hands the facts to the pure
-//! state machine in `handshake-common`, applies the verdict and counts it
-//! under its reason at one exit point.
+//! interface's ingress (`handshake_in`) and a TC classifier on its egress
+//! (`handshake_out`), sharing one set of maps, so the gate sees both sides of
+//! every connection: the client's SYN and final ACK, the server's SYN-ACK and
+//! FIN. Each parses the packet, hands the facts to the pure state machine in
+//! `handshake-common`, applies the verdict and counts it under its reason at
+//! its one exit point.
 #![no_std]
 #![no_main]
 #![feature(core_intrinsics)]
@@ -14,10 +17,10 @@ mod parse;
 mod track;
 
 use aya_ebpf::{
-    bindings::xdp_action,
-    macros::{map, xdp},
+    bindings::{TC_ACT_OK, xdp_action},
+    macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray},
-    programs::XdpContext,
+    programs::{TcContext, XdpContext},
 };
 use handshake_common::{
     Config, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, Mode, Reason,
@@ -30,13 +33,19 @@ use parse::Facts;
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Packets per reason. Per CPU: the controller sums the CPUs.
+/// Arriving packets per reason. Per CPU: the controller sums the CPUs.
 #[map(name = "COUNTERS")]
 static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
-/// Packets actually dropped per reason (0 in `monitor` mode). Per CPU.
+/// Arriving packets actually dropped per reason (0 in `monitor` mode). Per CPU.
 #[map(name = "DROPPED")]
 static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+
+/// Leaving packets per reason. Per CPU. The egress program never drops, so
+/// a drop reason here (say `bad_ack` on a SYN-ACK) means this host's own
+/// stack disagreed with the gate's record; the packet left anyway.
+#[map(name = "EGRESS")]
+static EGRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
 
 /// Half-open attempts. Separate from `ESTABLISHED`, so a SYN flood can only
 /// evict other half-open attempts, never an established connection.
@@ -59,31 +68,69 @@ static SOURCES: LruHashMap<SourceKey, SourceState> =
 static GLOBAL: Array<WindowCounter> = Array::with_max_entries(1, 0);
 
 /// Per-CPU scratch space for the parsed packet, which would not fit on the
-/// 512-byte BPF stack next to everything else. Only this CPU's program uses
-/// its slot, and XDP runs to completion on one CPU.
+/// 512-byte BPF stack next to everything else: slot 0 for the XDP program,
+/// slot 1 for the egress program, so neither can overwrite the other's
+/// should one ever run nested in the other on a CPU. Each program runs to
+/// completion on its CPU.
 #[map(name = "SCRATCH")]
-static SCRATCH: PerCpuArray<Facts> = PerCpuArray::with_max_entries(1, 0);
+static SCRATCH: PerCpuArray<Facts> = PerCpuArray::with_max_entries(2, 0);
+
+/// Bytes the egress program makes sure are in the skb's linear part before
+/// parsing: Ethernet, two VLAN tags, IPv6 with a few extension headers and
+/// a TCP header with options. Locally built TCP packets have their headers
+/// linear already, so this rarely copies anything.
+const EGRESS_PULL: u32 = 256;
 
 #[xdp]
-pub fn gate(ctx: XdpContext) -> u32 {
+pub fn handshake_in(ctx: XdpContext) -> u32 {
     let (Some(cfg), Some(facts)) = (CONFIG.get(0), SCRATCH.get_ptr_mut(0)) else {
-        return finish(Reason::FailOpen, Mode::Off);
+        return finish_in(Reason::FailOpen, Mode::Off);
     };
     let facts = unsafe { &mut *facts };
     let mode = cfg.mode();
-    let reason = match parse::parse(&ctx, facts) {
-        parse::Parsed::NotTcp => Reason::NotTcp,
-        parse::Parsed::Malformed => Reason::Malformed,
-        parse::Parsed::Tcp if mode == Mode::Off => Reason::Pass,
-        parse::Parsed::Tcp => track::ingress(facts, cfg),
-    };
-    finish(reason, mode)
+    let reason = verdict(&ctx, facts, cfg, track::Side::Ingress);
+    finish_in(reason, mode)
 }
 
-/// The one exit point: counts the packet under its reason and turns the
-/// reason into an action according to the mode.
+#[classifier]
+pub fn handshake_out(ctx: TcContext) -> i32 {
+    let (Some(cfg), Some(facts)) = (CONFIG.get(0), SCRATCH.get_ptr_mut(1)) else {
+        return finish_out(Reason::FailOpen);
+    };
+    let facts = unsafe { &mut *facts };
+    let want = if ctx.len() < EGRESS_PULL {
+        ctx.len()
+    } else {
+        EGRESS_PULL
+    };
+    if ((ctx.data_end() - ctx.data()) as u32) < want {
+        // Fails only on a packet the parser then finds truncated.
+        let _ = ctx.pull_data(want);
+    }
+    let reason = verdict(&ctx, facts, cfg, track::Side::Egress);
+    finish_out(reason)
+}
+
+/// Parses and tracks one packet; the reason for its verdict.
 #[inline(always)]
-fn finish(reason: Reason, mode: Mode) -> u32 {
+fn verdict<C: parse::Packet>(
+    ctx: &C,
+    facts: &mut Facts,
+    cfg: &Config,
+    side: track::Side,
+) -> Reason {
+    match parse::parse(ctx, facts) {
+        parse::Parsed::NotTcp => Reason::NotTcp,
+        parse::Parsed::Malformed => Reason::Malformed,
+        parse::Parsed::Tcp if cfg.mode() == Mode::Off => Reason::Pass,
+        parse::Parsed::Tcp => track::track(facts, cfg, side),
+    }
+}
+
+/// The XDP program's one exit point: counts the packet under its reason and
+/// turns the reason into an action according to the mode.
+#[inline(always)]
+fn finish_in(reason: Reason, mode: Mode) -> u32 {
     bump(&COUNTERS, reason);
     if reason.is_drop() && mode == Mode::Enforce {
         bump(&DROPPED, reason);
@@ -91,6 +138,15 @@ fn finish(reason: Reason, mode: Mode) -> u32 {
     } else {
         xdp_action::XDP_PASS
     }
+}
+
+/// The egress program's one exit point: counts the packet under its reason
+/// and lets it leave. What this host sends is its own stack's doing;
+/// dropping it would protect nothing.
+#[inline(always)]
+fn finish_out(reason: Reason) -> i32 {
+    bump(&EGRESS, reason);
+    TC_ACT_OK
 }
 
 #[inline(always)]

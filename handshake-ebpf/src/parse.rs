@@ -19,7 +19,7 @@
 
 use core::mem::size_of;
 
-use aya_ebpf::programs::XdpContext;
+use aya_ebpf::programs::{TcContext, XdpContext};
 use handshake_common::flow::{AF_INET, AF_INET6, Endpoint};
 
 use handshake_common::machine::Segment;
@@ -60,9 +60,53 @@ pub enum Parsed {
     Malformed,
 }
 
+/// What the parser needs of a program's context: where the packet's bytes
+/// are. XDP sees the frame as it arrived; TC egress sees the skb's linear
+/// part, which the egress program first makes cover the headers.
+pub trait Packet {
+    fn data(&self) -> usize;
+    fn data_end(&self) -> usize;
+    /// The whole packet's length: the IP lengths are checked against it.
+    /// For TC this counts the skb's paged data too (a TSO segment's payload
+    /// sits there); XDP programs here see single-buffer frames.
+    fn len(&self) -> usize;
+}
+
+impl Packet for XdpContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        XdpContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        XdpContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        // Opaque to the optimiser: otherwise it folds the comparisons this
+        // feeds into arithmetic on `data_end`, which the verifier refuses.
+        core::hint::black_box(XdpContext::data_end(self) - XdpContext::data(self))
+    }
+}
+
+impl Packet for TcContext {
+    #[inline(always)]
+    fn data(&self) -> usize {
+        TcContext::data(self)
+    }
+    #[inline(always)]
+    fn data_end(&self) -> usize {
+        TcContext::data_end(self)
+    }
+    #[inline(always)]
+    fn len(&self) -> usize {
+        TcContext::len(self) as usize
+    }
+}
+
 /// A pointer to a `T` at `offset`, if the whole `T` lies inside the packet.
 #[inline(always)]
-pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
+pub fn ptr_at<C: Packet, T>(ctx: &C, offset: usize) -> Option<*const T> {
     let start = ctx.data();
     let end = ctx.data_end();
     if start + offset + size_of::<T>() > end {
@@ -73,7 +117,7 @@ pub fn ptr_at<T>(ctx: &XdpContext, offset: usize) -> Option<*const T> {
 
 /// Where the IP header starts and which protocol it is, after the VLAN tags.
 #[inline(always)]
-fn l3(ctx: &XdpContext) -> Result<(usize, u16), Parsed> {
+fn l3<C: Packet>(ctx: &C) -> Result<(usize, u16), Parsed> {
     let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Parsed::Malformed)?;
     let mut proto = u16::from_be(unsafe { (*eth).ether_type });
     let mut off = EthHdr::LEN;
@@ -94,7 +138,7 @@ fn l3(ctx: &XdpContext) -> Result<(usize, u16), Parsed> {
 
 /// Classifies a packet, filling `out` for TCP.
 #[inline(always)]
-pub fn parse(ctx: &XdpContext, out: &mut Facts) -> Parsed {
+pub fn parse<C: Packet>(ctx: &C, out: &mut Facts) -> Parsed {
     let (off, proto) = match l3(ctx) {
         Ok(v) => v,
         Err(p) => return p,
@@ -110,7 +154,7 @@ pub fn parse(ctx: &XdpContext, out: &mut Facts) -> Parsed {
 }
 
 #[inline(always)]
-fn ipv4(ctx: &XdpContext, off: usize, out: &mut Facts) -> Result<Parsed, Parsed> {
+fn ipv4<C: Packet>(ctx: &C, off: usize, out: &mut Facts) -> Result<Parsed, Parsed> {
     let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(Parsed::Malformed)?;
     let ip = unsafe { &*ip };
     let ihl = ip.ihl() as usize;
@@ -124,7 +168,7 @@ fn ipv4(ctx: &XdpContext, off: usize, out: &mut Facts) -> Result<Parsed, Parsed>
         return Ok(Parsed::NotTcp);
     }
     let tot_len = ip.tot_len() as usize;
-    let avail = ctx.data_end() - ctx.data() - off;
+    let avail = ctx.len() - off;
     if tot_len > avail {
         return Err(Parsed::Malformed);
     }
@@ -143,7 +187,7 @@ fn ipv4(ctx: &XdpContext, off: usize, out: &mut Facts) -> Result<Parsed, Parsed>
 }
 
 #[inline(always)]
-fn ipv6(ctx: &XdpContext, off: usize, out: &mut Facts) -> Result<Parsed, Parsed> {
+fn ipv6<C: Packet>(ctx: &C, off: usize, out: &mut Facts) -> Result<Parsed, Parsed> {
     let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(Parsed::Malformed)?;
     let ip = unsafe { &*ip };
     if ip.vcf[0] >> 4 != 6 {
@@ -153,7 +197,7 @@ fn ipv6(ctx: &XdpContext, off: usize, out: &mut Facts) -> Result<Parsed, Parsed>
     out.src.addr = ip.src_addr;
     out.dst.addr = ip.dst_addr;
     let mut payload = ip.payload_len() as usize;
-    if payload > ctx.data_end() - ctx.data() - off - Ipv6Hdr::LEN {
+    if payload > ctx.len() - off - Ipv6Hdr::LEN {
         return Err(Parsed::Malformed);
     }
     let mut next = ip.next_hdr;
@@ -194,7 +238,7 @@ fn ipv6(ctx: &XdpContext, off: usize, out: &mut Facts) -> Result<Parsed, Parsed>
 }
 
 #[inline(always)]
-fn tcp(ctx: &XdpContext, off: usize, l4_len: usize, out: &mut Facts) -> Result<Parsed, Parsed> {
+fn tcp<C: Packet>(ctx: &C, off: usize, l4_len: usize, out: &mut Facts) -> Result<Parsed, Parsed> {
     let th_ptr: *const TcpHdr = ptr_at(ctx, off).ok_or(Parsed::Malformed)?;
     let th = unsafe { &*th_ptr };
     let doff = th.doff() as usize * 4;

@@ -6,8 +6,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use handshake_common::{
     Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter,
-    flow::AF_INET,
-    machine::{self, Admission, Dir, Occupancy, Step, tcp},
+    flow::{AF_INET, flags},
+    machine::{self, Admission, Dir, Occupancy, Step, Untracked},
     window,
 };
 
@@ -19,13 +19,22 @@ use crate::{ESTABLISHED, GLOBAL, HALF_OPEN, SOURCES};
 /// decrement an overcount, likewise).
 const CAS_TRIES: usize = 4;
 
-/// A packet arriving on the protected interface.
+/// Where a packet crosses the protected interface.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// Arriving (XDP): new SYNs are admitted under the limits.
+    Ingress,
+    /// Leaving (TC egress): this host's own SYNs are tracked, uncounted.
+    Egress,
+}
+
+/// A TCP packet crossing the protected interface, in either direction.
 ///
 /// Each stage below is its own BPF function (`inline(never)`): the verifier
 /// adds up the stack frames of nested calls only, so siblings keep the
 /// combined stack under the 512-byte limit.
 #[inline(never)]
-pub fn ingress(f: &Facts, cfg: &Config) -> Reason {
+pub fn track(f: &Facts, cfg: &Config, side: Side) -> Reason {
     let now = unsafe { bpf_ktime_get_ns() };
     let (key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
     if let Some(r) = established(f, &key, src_is_lo, cfg, now) {
@@ -34,14 +43,12 @@ pub fn ingress(f: &Facts, cfg: &Config) -> Reason {
     if let Some(r) = half_open(f, &key, src_is_lo, cfg, now) {
         return r;
     }
-    if f.seg.is_pure_syn() {
-        return new_syn(f, &key, src_is_lo, cfg, now);
+    match machine::untracked(&f.seg) {
+        Untracked::Open if side == Side::Ingress => new_syn(f, &key, src_is_lo, cfg, now),
+        Untracked::Open => outbound_syn(f, &key, src_is_lo, now),
+        Untracked::Ignore => Reason::Pass,
+        Untracked::PickUp => pick_up(f, &key, src_is_lo, now),
     }
-    if f.seg.has(tcp::RST) || f.seg.has(tcp::SYN) {
-        // Nothing to close, or a SYN-ACK / odd SYN of a flow never tracked.
-        return Reason::Pass;
-    }
-    pick_up(f, &key, src_is_lo, now)
 }
 
 /// A packet of a connection past its handshake; `None` when there is none
@@ -83,6 +90,11 @@ fn half_open(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) 
     let p = HALF_OPEN.get_ptr_mut(key)?;
     let e = unsafe { &mut *p };
     let (client_is_lo, epoch) = (e.client_is_lo, e.epoch);
+    let epoch = if e.has(flags::COUNTED) {
+        Some(epoch)
+    } else {
+        None
+    };
     if machine::half_open_expired(e, now, cfg) {
         forget(key, client_is_lo, epoch, cfg);
         return None;
@@ -176,7 +188,7 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
         Admission::Refuse(r) => r,
         Admission::PassUntracked => Reason::Pass,
         Admission::Track => {
-            let e = machine::open(&f.seg, src_is_lo, now, ep);
+            let e = machine::open(&f.seg, src_is_lo, now, ep, true);
             if HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64).is_ok() {
                 add(unsafe { &raw mut (*src).half_open }, ep);
                 add(global, ep);
@@ -187,13 +199,29 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
     }
 }
 
-/// Deletes a half-open entry and gives its count back. Only the CPU whose
-/// delete succeeds gives it back, so racing deletes count once.
+/// A SYN this host sends: tracked so the gate follows the connection, but
+/// it takes no half-open count and meets no limit (the limits protect this
+/// host from what arrives).
+#[inline(never)]
+fn outbound_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, now: u64) -> Reason {
+    let e = machine::open(&f.seg, src_is_lo, now, 0, false);
+    // Not stored: another CPU stored this very SYN first, or the map is full
+    // of half-open attempts (the LRU evicts one, so that is rare).
+    let _ = HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64);
+    Reason::Pass
+}
+
+/// Deletes a half-open entry and gives back its count, if it holds one
+/// (`epoch`: the bucket it was counted in). Only the CPU whose delete
+/// succeeds gives it back, so racing deletes count once.
 #[inline(always)]
-fn forget(key: &FlowKey, client_is_lo: u8, epoch: u32, cfg: &Config) {
+fn forget(key: &FlowKey, client_is_lo: u8, epoch: Option<u32>, cfg: &Config) {
     if HALF_OPEN.remove(key).is_err() {
         return;
     }
+    let Some(epoch) = epoch else {
+        return;
+    };
     let client = if client_is_lo != 0 {
         &key.lo_addr
     } else {

@@ -34,9 +34,9 @@ pub enum Command {
     ///
     /// Example: handshake-gate status eth0 --json
     Status(StatusArgs),
-    /// List tracked connections, like `ss`.
+    /// List tracked connections, like `ss`: both ends' states, age, last seen.
     ///
-    /// Example: handshake-gate conns eth0 --state SYN_SENT --json
+    /// Example: handshake-gate conns eth0 --state SYN_RCVD --source 198.18.0.0/24 --json
     Conns(ConnsArgs),
     /// Change limits of an attached gate, live (no reattach, no lost state).
     ///
@@ -94,6 +94,10 @@ pub struct ConnsArgs {
     /// Only connections to or from this port.
     #[arg(long, value_name = "PORT")]
     pub port: Option<u16>,
+    /// Only connections whose client address is in this prefix
+    /// (e.g. 198.18.0.0/24, 2001:db8::/64; a bare address means just it).
+    #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
+    pub source: Option<ipnet::IpNet>,
     /// Print JSON (stable field names) instead of a table.
     #[arg(long)]
     pub json: bool,
@@ -107,4 +111,14 @@ pub struct SetArgs {
     /// Settings to change.
     #[arg(required = true, value_name = "KEY=VALUE")]
     pub settings: Vec<String>,
+}
+
+/// A prefix, or a bare address as its own /32 or /128.
+fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+    s.parse::<ipnet::IpNet>()
+        .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+        .map(|n| n.trunc())
+        .map_err(|_| {
+            format!("{s:?} is not an address or prefix (like 198.18.0.0/24 or 2001:db8::/64)")
+        })
 }

@@ -4,10 +4,11 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
 use aya::programs::{
-    ProgramError, Xdp, XdpMode,
+    LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
+    tc::{self, NlOptions, TcAttachOptions, TcError},
 };
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 use handshake_common::flow::{AF_INET, Endpoint};
@@ -41,38 +42,45 @@ impl AttachMode {
 }
 
 /// Every map the controller pins, by name.
-const MAP_NAMES: [&str; 7] = [
+const MAP_NAMES: [&str; 8] = [
     maps::CONFIG,
     maps::COUNTERS,
     maps::DROPPED,
+    maps::EGRESS,
     maps::HALF_OPEN,
     maps::ESTABLISHED,
     maps::SOURCES,
     maps::GLOBAL,
 ];
 
-/// Name of the XDP program in the object.
-const XDP_PROGRAM: &str = "gate";
-
-/// Removes a pin directory on drop unless [`Rollback::commit`] was called, so
-/// a failed attach leaves nothing behind. Links still held by this process
-/// detach when their owners drop.
-struct Rollback {
+/// Undoes a half-done attach on drop unless [`Rollback::commit`] was
+/// called: removes the pin directory (links held only by this process then
+/// detach as their owners drop) and a netlink TC filter, which no process
+/// holds.
+struct Rollback<'a> {
     dir: PathBuf,
+    iface: &'a str,
+    tc_filter: bool,
     done: bool,
 }
 
-impl Rollback {
+impl Rollback<'_> {
     fn commit(mut self) {
         self.done = true;
     }
 }
 
-impl Drop for Rollback {
+impl Drop for Rollback<'_> {
     fn drop(&mut self) {
-        if !self.done
-            && let Err(e) = pins::remove_dir(&self.dir)
+        if self.done {
+            return;
+        }
+        if self.tc_filter
+            && let Err(e) = detach_tc_filter(self.iface)
         {
+            log::warn!("could not remove the TC filter after a failed attach: {e}");
+        }
+        if let Err(e) = pins::remove_dir(&self.dir) {
             log::warn!(
                 "could not remove {} after a failed attach: {e}",
                 self.dir.display()
@@ -81,9 +89,20 @@ impl Drop for Rollback {
     }
 }
 
+/// How the egress program is attached on this kernel: a TCX link (Linux
+/// 6.6+), pinned like the XDP link, or else a netlink filter on a `clsact`
+/// qdisc, which stays attached with no process holding it and is removed by
+/// the program's name.
+fn tcx_available() -> bool {
+    use aya::util::KernelVersion;
+    KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
+}
+
 /// Loads the gate on `iface`, with `config`, and pins it all under
-/// [`pins::dir`]. The process can exit afterwards; the gate keeps working.
-/// On any failure nothing stays attached or pinned.
+/// [`pins::dir`]: the XDP program on ingress and the TC program on egress,
+/// as one unit. The process can exit afterwards; the gate keeps working.
+/// On any failure nothing stays attached or pinned, and the error names the
+/// step that failed.
 pub fn attach(
     iface: &str,
     netns: Option<&str>,
@@ -116,16 +135,18 @@ pub fn attach(
         cfg.set(0, config, 0)
             .map_err(GateError::step("write the configuration"))?;
     }
-    let xdp: &mut Xdp = ebpf
-        .program_mut(XDP_PROGRAM)
-        .expect("the object defines the XDP program")
-        .try_into()
-        .map_err(GateError::step("find the XDP program"))?;
-    xdp.load().map_err(|e| verifier("XDP", e))?;
+    xdp_program(&mut ebpf)
+        .load()
+        .map_err(|e| verifier("XDP", e))?;
+    tc_program(&mut ebpf)
+        .load()
+        .map_err(|e| verifier("TC egress", e))?;
 
     pins::create_dir(&dir)?;
-    let rollback = Rollback {
+    let mut rollback = Rollback {
         dir: dir.clone(),
+        iface,
+        tc_filter: false,
         done: false,
     };
     for name in MAP_NAMES {
@@ -133,13 +154,22 @@ pub fn attach(
         map.pin(dir.join(name))
             .map_err(GateError::step(format!("pin the {name} map")))?;
     }
-    let xdp: &mut Xdp = ebpf
-        .program_mut(XDP_PROGRAM)
-        .expect("loaded above")
-        .try_into()
-        .expect("XDP");
-    xdp.pin(dir.join(pins::XDP_PROG))
+    xdp_program(&mut ebpf)
+        .pin(dir.join(pins::XDP_PROG))
         .map_err(GateError::step("pin the XDP program"))?;
+    tc_program(&mut ebpf)
+        .pin(dir.join(pins::TC_PROG))
+        .map_err(GateError::step("pin the TC egress program"))?;
+
+    // Egress first: by the time SYNs are admitted, their SYN-ACKs are seen.
+    let tc_link = attach_tc(tc_program(&mut ebpf), iface, &mut rollback)?;
+    if let Some(link) = tc_link {
+        link.pin(dir.join(pins::TC_LINK))
+            .map_err(GateError::step("pin the TC egress link"))?;
+    }
+    fail_point("xdp")?;
+
+    let xdp = xdp_program(&mut ebpf);
     let link_id = xdp
         .attach_to_if_index(ifindex, mode.xdp())
         .map_err(|e| GateError::Step {
@@ -170,6 +200,100 @@ pub fn attach(
     Ok(dir)
 }
 
+/// A test hook: `HANDSHAKE_GATE_FAIL_AT=xdp` makes attach fail just before
+/// the XDP program is attached, with the egress program already in place,
+/// so the tests can check that a failed attach leaves nothing behind.
+fn fail_point(at: &str) -> Result<(), GateError> {
+    if std::env::var("HANDSHAKE_GATE_FAIL_AT").is_ok_and(|v| v == at) {
+        return Err(GateError::Step {
+            step: format!("continue past the injected failure at {at:?}"),
+            source: Box::new(std::io::Error::other("HANDSHAKE_GATE_FAIL_AT is set")),
+        });
+    }
+    Ok(())
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(maps::XDP_PROGRAM)
+        .expect("the object defines the XDP program")
+        .try_into()
+        .expect("an XDP program")
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
+    ebpf.program_mut(maps::TC_PROGRAM)
+        .expect("the object defines the TC program")
+        .try_into()
+        .expect("a TC classifier")
+}
+
+/// Attaches the egress program: a TCX link to pin where the kernel has TCX,
+/// else a netlink filter (recorded in `rollback`), which needs no pin.
+fn attach_tc(
+    tc: &mut SchedClassifier,
+    iface: &str,
+    rollback: &mut Rollback<'_>,
+) -> Result<Option<FdLink>, GateError> {
+    if tcx_available() {
+        let id = tc
+            .attach_with_options(
+                iface,
+                TcAttachType::Egress,
+                TcAttachOptions::TcxOrder(LinkOrder::default()),
+            )
+            .map_err(GateError::step(format!(
+                "attach the TC egress program to {iface} (TCX)"
+            )))?;
+        let link = tc
+            .take_link(id)
+            .map_err(GateError::step("take the TC egress link"))?;
+        let link: FdLink = link
+            .try_into()
+            .map_err(GateError::step("hold the TC egress link"))?;
+        return Ok(Some(link));
+    }
+    match tc::qdisc_add_clsact(iface) {
+        Ok(()) => {}
+        // Already there (another tool's filters may hang off it): share it.
+        Err(TcError::NetlinkError(e)) if e.raw_os_error() == Some(libc::EEXIST) => {}
+        Err(e) => {
+            return Err(GateError::step(format!(
+                "add the clsact qdisc to {iface} for the TC egress program"
+            ))(e));
+        }
+    }
+    let id = tc
+        .attach_with_options(
+            iface,
+            TcAttachType::Egress,
+            TcAttachOptions::Netlink(NlOptions::default()),
+        )
+        .map_err(GateError::step(format!(
+            "attach the TC egress program to {iface} (netlink)"
+        )))?;
+    rollback.tc_filter = true;
+    let link = tc
+        .take_link(id)
+        .map_err(GateError::step("take the TC egress filter"))?;
+    // Dropping the link would remove the filter; it must outlive this process.
+    std::mem::forget(link);
+    Ok(None)
+}
+
+/// Removes the netlink egress filter by the program's name; nothing to do
+/// when there is none (or the interface is gone).
+fn detach_tc_filter(iface: &str) -> Result<(), TcError> {
+    match tc::qdisc_detach_program(iface, TcAttachType::Egress, maps::TC_PROGRAM) {
+        Err(TcError::IoError(e))
+            if matches!(e.kind(), std::io::ErrorKind::NotFound)
+                || e.raw_os_error() == Some(libc::ENODEV) =>
+        {
+            Ok(())
+        }
+        other => other,
+    }
+}
+
 fn load() -> Result<Ebpf, GateError> {
     EbpfLoader::new()
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
@@ -196,7 +320,7 @@ fn verifier(program: &'static str, e: ProgramError) -> GateError {
     }
 }
 
-/// Detaches the gate from `iface` and removes its pins.
+/// Detaches the gate (both programs) from `iface` and removes its pins.
 pub fn detach(iface: &str, netns: Option<&str>) -> Result<(), GateError> {
     pins::require_root()?;
     pins::require_bpffs()?;
@@ -207,26 +331,43 @@ pub fn detach(iface: &str, netns: Option<&str>) -> Result<(), GateError> {
             dir,
         });
     }
-    let link_pin = dir.join(pins::XDP_LINK);
-    if link_pin.exists() {
-        let link =
-            PinnedLink::from_pin(&link_pin).map_err(GateError::step("open the pinned XDP link"))?;
-        // Unpinning drops the last reference once this process lets go: detached.
-        let fd_link = link
-            .unpin()
-            .map_err(GateError::step("unpin the XDP link"))?;
-        drop(fd_link);
+    // Ingress first, so no SYN is admitted whose SYN-ACK goes unseen.
+    unpin_link(&dir.join(pins::XDP_LINK), "XDP")?;
+    let tc_link = dir.join(pins::TC_LINK);
+    if tc_link.exists() {
+        unpin_link(&tc_link, "TC egress")?;
+    } else {
+        detach_tc_filter(iface).map_err(GateError::step(format!(
+            "remove the TC egress filter from {iface}"
+        )))?;
     }
     pins::remove_dir(&dir).map_err(GateError::step(format!("remove {}", dir.display())))
+}
+
+/// Unpins a link; with no process holding it, that detaches its program.
+fn unpin_link(pin: &Path, what: &str) -> Result<(), GateError> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    let link = PinnedLink::from_pin(pin)
+        .map_err(GateError::step(format!("open the pinned {what} link")))?;
+    let fd_link = link
+        .unpin()
+        .map_err(GateError::step(format!("unpin the {what} link")))?;
+    drop(fd_link);
+    Ok(())
 }
 
 /// Packet counts per reason, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Counters {
-    /// Packets that got each reason (would-be drops included in monitor mode).
+    /// Arriving packets that got each reason (would-be drops included in
+    /// monitor mode).
     pub packets: [u64; Reason::COUNT as usize],
-    /// Packets actually dropped for each reason.
+    /// Arriving packets actually dropped for each reason.
     pub dropped: [u64; Reason::COUNT as usize],
+    /// Leaving packets per reason (the egress program never drops).
+    pub egress: [u64; Reason::COUNT as usize],
 }
 
 impl Counters {
@@ -251,6 +392,7 @@ pub struct Gate {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     dropped: PerCpuArray<MapData, u64>,
+    egress: PerCpuArray<MapData, u64>,
     half_open: HashMap<MapData, FlowKey, FlowEntry>,
     established: HashMap<MapData, FlowKey, FlowEntry>,
     sources: HashMap<MapData, SourceKey, SourceState>,
@@ -288,6 +430,7 @@ impl Gate {
             config: open_map(&dir, maps::CONFIG)?,
             counters: open_map(&dir, maps::COUNTERS)?,
             dropped: open_map(&dir, maps::DROPPED)?,
+            egress: open_map(&dir, maps::EGRESS)?,
             half_open: open_map(&dir, maps::HALF_OPEN)?,
             established: open_map(&dir, maps::ESTABLISHED)?,
             sources: open_map(&dir, maps::SOURCES)?,
@@ -322,6 +465,7 @@ impl Gate {
             };
             c.packets[i as usize] = sum(&self.counters)?;
             c.dropped[i as usize] = sum(&self.dropped)?;
+            c.egress[i as usize] = sum(&self.egress)?;
         }
         Ok(c)
     }
@@ -350,11 +494,12 @@ impl Gate {
         v
     }
 
-    /// Every connection still tracked (expired entries left out).
-    pub fn conns(&self, cfg: &Config, now_ns: u64) -> Vec<Conn> {
+    /// Every connection still tracked (expired entries left out), read in
+    /// batches.
+    pub fn conns(&self, cfg: &Config, now_ns: u64) -> Result<Vec<Conn>, GateError> {
         let mut out = Vec::new();
         for (map, half_open) in [(&self.half_open, true), (&self.established, false)] {
-            for (k, e) in map.iter().filter_map(Result::ok) {
+            for (k, e) in read_flows(map)? {
                 let expired = if half_open {
                     machine::half_open_expired(&e, now_ns, cfg)
                 } else {
@@ -371,7 +516,19 @@ impl Gate {
                 }
             }
         }
-        out
+        Ok(out)
+    }
+}
+
+/// A flow map's entries: in batches, or by a walk where the kernel cannot
+/// batch.
+fn read_flows(
+    map: &HashMap<MapData, FlowKey, FlowEntry>,
+) -> Result<Vec<(FlowKey, FlowEntry)>, GateError> {
+    match crate::batch::read_all(map.map()) {
+        Ok(v) => Ok(v),
+        Err(e) if crate::batch::unsupported(&e) => Ok(map.iter().filter_map(Result::ok).collect()),
+        Err(e) => Err(GateError::step("read the connection maps")(e)),
     }
 }
 

@@ -2,6 +2,7 @@
 //! interface, pins them so they outlive the process, tunes their limits and
 //! reads back their state.
 
+pub mod batch;
 pub mod error;
 pub mod gate;
 pub mod netns;

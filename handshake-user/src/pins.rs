@@ -2,9 +2,12 @@
 //!
 //! Layout: `/sys/fs/bpf/handshake-gate/host/IFACE/` for an interface of the
 //! host's own network namespace, `/sys/fs/bpf/handshake-gate/netns/NAME/IFACE/`
-//! for one in the named namespace. Each holds the program (`xdp_prog`), its
-//! link (`xdp_link`) and one pin per map, by the map's name. Directories are
-//! created owner-only (0700); the kernel creates pins 0600.
+//! for one in the named namespace. Each holds the XDP program (`xdp_prog`)
+//! and its link (`xdp_link`), the TC egress program (`tc_prog`) and, where
+//! the kernel has TCX (6.6+), its link (`tc_link`; older kernels hold a
+//! netlink filter instead, which needs no pin), and one pin per map, by the
+//! map's name. Directories are created owner-only (0700); the kernel creates
+//! pins 0600.
 
 use std::os::unix::fs::DirBuilderExt as _;
 use std::path::{Path, PathBuf};
@@ -19,6 +22,10 @@ pub const ROOT: &str = "/sys/fs/bpf/handshake-gate";
 pub const XDP_PROG: &str = "xdp_prog";
 /// Pin of the XDP link (removing it, with no process holding the link, detaches).
 pub const XDP_LINK: &str = "xdp_link";
+/// Pin of the TC egress program.
+pub const TC_PROG: &str = "tc_prog";
+/// Pin of the TC egress TCX link (Linux 6.6+).
+pub const TC_LINK: &str = "tc_link";
 
 /// `statfs` magic of a BPF filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

@@ -4,6 +4,7 @@
 mod common;
 
 use common::*;
+use handshake_common::machine::tcp::SYN;
 use handshake_common::{Config, Mode, Overflow, Reason, TcpState};
 
 const SRV: &str = "198.18.0.1";
@@ -271,8 +272,11 @@ fn final_ack_promotes_and_gives_the_count_back() {
     assert_eq!(h.global_half_open(&c), 1);
     // At the per-source cap now.
     assert_eq!(h.run(&syn(ATK, 1001, SRV, 80).bytes()), XDP_DROP);
-    // XDP alone never sees the SYN-ACK: the ACK completes the handshake.
-    assert_eq!(h.run(&s.then_ack(77).bytes()), XDP_PASS);
+    // The server's SYN-ACK leaves through the egress program.
+    let k = 77_000;
+    let syn_ack = s.reverse().seg(SYN, k, Some(s.seq + 1), 0);
+    assert_eq!(h.run_out(&syn_ack.bytes()), TC_ACT_OK);
+    assert_eq!(h.run(&s.then_ack(k + 1).bytes()), XDP_PASS);
     assert!(h.half_open_entries().is_empty());
     let est = h.established_entries();
     assert_eq!(est.len(), 1);

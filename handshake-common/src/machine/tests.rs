@@ -2,6 +2,7 @@
 
 use super::*;
 use crate::flow::TcpState::*;
+use std::{vec, vec::Vec};
 use tcp::{ACK, FIN, RST, SYN};
 
 const MS: u64 = 1_000_000;
@@ -27,7 +28,7 @@ struct Conn {
 
 impl Conn {
     fn syn() -> Conn {
-        let e = open(&seg(SYN, J, 0, 0), true, 0, 7);
+        let e = open(&seg(SYN, J, 0, 0), true, 0, 7, true);
         Conn {
             entry: e,
             now: 0,
@@ -76,12 +77,33 @@ fn three_way_handshake_as_in_the_seed() {
     c.expect(SynSent, Listen);
     // SYN-ACK: ack = J+1, seq = K.
     c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
-    c.expect(SynSent, SynRcvd);
+    // The client, receiving a SYN-ACK that acknowledges J+1, is ESTABLISHED
+    // (as its kernel reports); the server waits in SYN_RCVD.
+    c.expect(Established, SynRcvd);
     assert_eq!(c.entry.server_isn, K);
+    assert!(
+        in_handshake(&c.entry),
+        "still half-open until the final ACK"
+    );
     // The server checks ack == K+1.
     let st = c.pass(Dir::FromClient, seg(ACK, J + 1, K + 1, 0));
     assert!(matches!(st, Step::Promote(_)));
     c.expect(Established, Established);
+    assert!(
+        !c.entry.has(flags::COUNTED),
+        "the count goes back on promotion"
+    );
+    assert!(!in_handshake(&c.entry));
+}
+
+#[test]
+fn final_ack_carrying_data_and_fin_promotes_into_the_teardown() {
+    let mut c = Conn::syn();
+    c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
+    let st = c.pass(Dir::FromClient, seg(ACK | FIN, J + 1, K + 1, 5));
+    assert!(matches!(st, Step::Promote(_)));
+    c.expect(FinWait1, CloseWait);
+    assert_eq!(c.entry.client_fin_seq, J + 6);
 }
 
 #[test]
@@ -104,16 +126,45 @@ fn final_ack_with_the_wrong_ack_is_rejected() {
         );
         assert_eq!(st, Step::Reject(Reason::BadAck), "ack {wrong}");
     }
-    c.expect(SynSent, SynRcvd);
+    c.expect(Established, SynRcvd);
 }
 
 #[test]
-fn final_ack_unvalidated_when_the_syn_ack_was_not_seen() {
-    // XDP alone never sees the SYN-ACK: the ACK completes the handshake.
+fn final_ack_before_any_syn_ack_is_rejected() {
+    // Nothing offered a K yet, so no ACK can complete the handshake (a
+    // blind ACK guessing at it).
+    let c = Conn::syn();
+    for ack in [0, J + 1, K + 1] {
+        let st = step(&c.entry, Dir::FromClient, &seg(ACK, J + 1, ack, 0), MS);
+        assert_eq!(st, Step::Reject(Reason::BadAck), "ack {ack}");
+    }
+}
+
+#[test]
+fn other_packets_in_the_handshake_change_nothing() {
     let mut c = Conn::syn();
-    let st = c.pass(Dir::FromClient, seg(ACK, J + 1, 12_345, 0));
-    assert!(matches!(st, Step::Promote(_)));
-    c.expect(Established, Established);
+    c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
+    let before = c.entry;
+    for (dir, s) in [
+        (Dir::FromServer, seg(ACK, K + 1, J + 1, 0)),
+        (Dir::FromServer, seg(SYN | ACK, K, J + 1, 0)),
+        (Dir::FromServer, seg(tcp::PSH | ACK, K + 1, J + 1, 10)),
+    ] {
+        c.pass(dir, s);
+        assert_eq!(
+            (
+                c.entry.client_state(),
+                c.entry.server_state(),
+                c.entry.changed_ns
+            ),
+            (
+                before.client_state(),
+                before.server_state(),
+                before.changed_ns
+            ),
+            "{dir:?} {s:?}"
+        );
+    }
 }
 
 #[test]
@@ -129,7 +180,7 @@ fn retransmitted_syn_changes_nothing() {
     c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
     c.pass(Dir::FromClient, seg(SYN, J, 0, 0));
     c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
-    c.expect(SynSent, SynRcvd);
+    c.expect(Established, SynRcvd);
 }
 
 #[test]
@@ -228,22 +279,63 @@ fn retransmitted_fin_changes_nothing() {
     assert_eq!(c.entry.client_fin_seq, J + 1);
 }
 
+/// A connection driven into each reachable pair of states.
+fn every_state() -> Vec<Conn> {
+    let fin = |c: &mut Conn, d: Dir, seq, ack| c.pass(d, seg(FIN | ACK, seq, ack, 0));
+    let ack = |c: &mut Conn, d: Dir, seq, ack| c.pass(d, seg(ACK, seq, ack, 0));
+    let mut v = vec![Conn::syn(), Conn::syn(), Conn::established()];
+    v[1].pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
+    // FIN_WAIT_1 / CLOSE_WAIT, FIN_WAIT_2 / CLOSE_WAIT, TIME_WAIT / LAST_ACK,
+    // TIME_WAIT / CLOSED: the client closes first.
+    for n in 1..=4 {
+        let mut c = Conn::established();
+        fin(&mut c, Dir::FromClient, J + 1, K + 1);
+        if n >= 2 {
+            ack(&mut c, Dir::FromServer, K + 1, J + 2);
+        }
+        if n >= 3 {
+            fin(&mut c, Dir::FromServer, K + 1, J + 2);
+        }
+        if n >= 4 {
+            ack(&mut c, Dir::FromClient, J + 2, K + 2);
+        }
+        v.push(c);
+    }
+    // CLOSING / CLOSING, then TIME_WAIT / TIME_WAIT: simultaneous close.
+    for n in 1..=2 {
+        let mut c = Conn::established();
+        fin(&mut c, Dir::FromClient, J + 1, K + 1);
+        fin(&mut c, Dir::FromServer, K + 1, J + 1);
+        if n == 2 {
+            ack(&mut c, Dir::FromServer, K + 2, J + 2);
+            ack(&mut c, Dir::FromClient, J + 2, K + 2);
+        }
+        v.push(c);
+    }
+    v
+}
+
+#[test]
+fn every_state_is_reached() {
+    let got: std::collections::BTreeSet<_> = every_state()
+        .iter()
+        .flat_map(|c| [c.entry.client_state(), c.entry.server_state()])
+        .collect();
+    let want: std::collections::BTreeSet<_> = TcpState::ALL.into_iter().collect();
+    assert_eq!(got, want);
+}
+
 #[test]
 fn rst_removes_in_every_state() {
-    let mut states = [
-        Conn::syn(),
-        Conn::syn(),
-        Conn::established(),
-        Conn::established(),
-    ];
-    states[1].pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
-    states[3].pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
-    for c in &states {
+    for c in every_state() {
         for dir in [Dir::FromClient, Dir::FromServer] {
             for f in [RST, RST | ACK] {
                 assert_eq!(
                     step(&c.entry, dir, &seg(f, 0, 0, 0), c.now + MS),
-                    Step::Remove
+                    Step::Remove,
+                    "{:?} / {:?}",
+                    c.entry.client_state(),
+                    c.entry.server_state()
                 );
             }
         }
@@ -266,12 +358,41 @@ fn new_syn_on_a_tuple_in_time_wait_restarts() {
         ),
         Step::Restart
     );
-    // A SYN on a live connection is not a new attempt.
-    let live = Conn::established();
-    assert!(matches!(
-        step(&live.entry, Dir::FromClient, &seg(SYN, J, 0, 0), live.now),
-        Step::Update(_)
-    ));
+    // The former server may open the next connection on the tuple too.
+    assert_eq!(
+        step(&c.entry, Dir::FromServer, &seg(SYN, 5, 0, 0), c.now),
+        Step::Restart
+    );
+    // A SYN on a connection that is not finished is not a new attempt.
+    for live in every_state().iter().filter(|c| !finished(&c.entry)) {
+        for dir in [Dir::FromClient, Dir::FromServer] {
+            assert!(
+                matches!(
+                    step(&live.entry, dir, &seg(SYN, J + 7, 0, 0), live.now),
+                    Step::Update(_)
+                ),
+                "{:?}",
+                live.entry
+            );
+        }
+    }
+}
+
+#[test]
+fn untracked_packets() {
+    assert_eq!(untracked(&seg(SYN, J, 0, 0)), Untracked::Open);
+    for f in [SYN | ACK, RST, RST | ACK, SYN | FIN, SYN | RST] {
+        assert_eq!(untracked(&seg(f, J, 0, 0)), Untracked::Ignore, "{f:#x}");
+    }
+    for f in [ACK, ACK | tcp::PSH, FIN | ACK, FIN, 0] {
+        assert_eq!(untracked(&seg(f, J, 0, 0)), Untracked::PickUp, "{f:#x}");
+    }
+}
+
+#[test]
+fn only_admitted_syns_hold_a_count() {
+    assert!(open(&seg(SYN, J, 0, 0), true, 0, 3, true).has(flags::COUNTED));
+    assert!(!open(&seg(SYN, J, 0, 0), true, 0, 3, false).has(flags::COUNTED));
 }
 
 #[test]

@@ -27,12 +27,13 @@ pub fn run(a: ConnsArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let cfg = gate.config()?;
     let now = handshake_user::monotonic_ns();
     let mut conns: Vec<Conn> = gate
-        .conns(&cfg, now)
+        .conns(&cfg, now)?
         .into_iter()
         .filter(|c| {
             state.is_none_or(|s| c.entry.client_state() == s || c.entry.server_state() == s)
         })
         .filter(|c| a.port.is_none_or(|p| c.client.1 == p || c.server.1 == p))
+        .filter(|c| a.source.is_none_or(|net| net.contains(&c.client.0)))
         .collect();
     conns.sort_by_key(|c| c.entry.created_ns);
     let age_ms = |c: &Conn| now.saturating_sub(c.entry.created_ns) / 1_000_000;
@@ -49,6 +50,7 @@ pub fn run(a: ConnsArgs, netns: Option<&str>) -> anyhow::Result<()> {
                     "server_state": c.entry.server_state().name(),
                     "age_ms": age_ms(c),
                     "idle_ms": idle_ms(c),
+                    "half_open": c.half_open,
                 })
             })
             .collect();

@@ -15,7 +15,7 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let now = handshake_user::monotonic_ns();
     let counters = gate.counters()?;
     let half_open = gate.half_open_now(&cfg, now)?;
-    let conns = gate.conns(&cfg, now);
+    let conns = gate.conns(&cfg, now)?;
     let [client, server] = gate::state_counts(&conns);
     let top = gate.top_sources(&cfg, now, TOP);
 
@@ -29,10 +29,12 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
             .filter(|r| r.is_drop())
             .map(|r| (r.name().to_string(), counters.get(*r).into()))
             .collect();
-        let packets: Map<String, Value> = Reason::ALL
-            .iter()
-            .map(|r| (r.name().to_string(), counters.get(*r).into()))
-            .collect();
+        let by_reason = |v: &[u64]| -> Map<String, Value> {
+            Reason::ALL
+                .iter()
+                .map(|r| (r.name().to_string(), v[*r as usize].into()))
+                .collect()
+        };
         let out = json!({
             "interface": a.iface,
             "netns": netns,
@@ -42,7 +44,8 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
             "states": { "client": client, "server": server },
             "drops": drops,
             "dropped_packets": counters.dropped.iter().sum::<u64>(),
-            "packets": packets,
+            "packets": by_reason(&counters.packets),
+            "egress": by_reason(&counters.egress),
             "top_sources": top.iter().map(|(s, n)| json!({"source": s, "half_open": n})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
@@ -84,7 +87,7 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
         println!("{t}\n");
     }
 
-    let mut t = table(&["verdict", "packets", "dropped"]);
+    let mut t = table(&["verdict", "arriving", "dropped", "leaving"]);
     for r in Reason::ALL {
         t.add_row(vec![
             r.name().to_string(),
@@ -94,6 +97,7 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
             } else {
                 "-".into()
             },
+            counters.egress[r as usize].to_string(),
         ]);
     }
     println!("{t}");

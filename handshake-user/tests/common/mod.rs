@@ -5,18 +5,21 @@
 use std::net::IpAddr;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use aya::programs::{TestRun, TestRunOptions, Xdp};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
 use etherparse::{PacketBuilder, VlanId};
 use handshake_common::{Config, FlowEntry, FlowKey, Reason, WindowCounter, maps, window};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+/// The egress program's only verdict: let the packet leave.
+pub const TC_ACT_OK: u32 = 0;
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
-/// The real XDP program, loaded but attached nowhere.
+/// The real programs, XDP ingress and TC egress, sharing their maps,
+/// loaded but attached nowhere.
 pub struct Harness {
     pub ebpf: Ebpf,
 }
@@ -26,8 +29,19 @@ impl Harness {
         let mut ebpf = EbpfLoader::new()
             .load(handshake_user::ebpf_object())
             .expect("load the BPF object");
-        let xdp: &mut Xdp = ebpf.program_mut("gate").unwrap().try_into().unwrap();
+        let xdp: &mut Xdp = ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
         xdp.load().expect("the verifier accepts the XDP program");
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(maps::TC_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tc.load()
+            .expect("the verifier accepts the TC egress program");
         let mut h = Harness { ebpf };
         h.set(cfg);
         h
@@ -39,9 +53,14 @@ impl Harness {
         a.set(0, cfg, 0).unwrap();
     }
 
-    /// Runs one packet through the program; returns the XDP action.
+    /// Runs one arriving packet through the XDP program; returns its action.
     pub fn run(&self, pkt: &[u8]) -> u32 {
-        let xdp: &Xdp = self.ebpf.program("gate").unwrap().try_into().unwrap();
+        let xdp: &Xdp = self
+            .ebpf
+            .program(maps::XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
         let opts = TestRunOptions {
             data_in: Some(pkt),
             ..Default::default()
@@ -49,11 +68,34 @@ impl Harness {
         xdp.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
     }
 
-    /// Packets counted under `r`, summed over CPUs.
-    pub fn count(&self, r: Reason) -> u64 {
-        let a: PerCpuArray<_, u64> =
-            PerCpuArray::try_from(self.ebpf.map(maps::COUNTERS).unwrap()).unwrap();
+    /// Runs one leaving packet through the TC egress program; returns its action.
+    pub fn run_out(&self, pkt: &[u8]) -> u32 {
+        let tc: &SchedClassifier = self
+            .ebpf
+            .program(maps::TC_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            ..Default::default()
+        };
+        tc.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+    }
+
+    fn per_cpu_sum(&self, map: &str, r: Reason) -> u64 {
+        let a: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map).unwrap()).unwrap();
         a.get(&(r as u32), 0).unwrap().iter().sum()
+    }
+
+    /// Arriving packets counted under `r`, summed over CPUs.
+    pub fn count(&self, r: Reason) -> u64 {
+        self.per_cpu_sum(maps::COUNTERS, r)
+    }
+
+    /// Leaving packets counted under `r`, summed over CPUs.
+    pub fn count_out(&self, r: Reason) -> u64 {
+        self.per_cpu_sum(maps::EGRESS, r)
     }
 
     fn flows(&self, name: &str) -> Vec<(FlowKey, FlowEntry)> {
@@ -127,6 +169,32 @@ impl Tcp {
             syn: false,
             seq: self.seq + 1,
             ack: Some(ack),
+            ..self.clone()
+        }
+    }
+
+    /// A segment from the other end of this flow.
+    pub fn reverse(&self) -> Tcp {
+        Tcp {
+            src: self.dst,
+            dst: self.src,
+            sport: self.dport,
+            dport: self.sport,
+            ..self.clone()
+        }
+    }
+
+    /// This flow's segment with exactly these flags (SYN, FIN, RST from
+    /// `flags`; ACK when `ack` is given), seq, ack and payload length.
+    pub fn seg(&self, flags: u8, seq: u32, ack: Option<u32>, payload: usize) -> Tcp {
+        use handshake_common::machine::tcp;
+        Tcp {
+            syn: flags & tcp::SYN != 0,
+            fin: flags & tcp::FIN != 0,
+            rst: flags & tcp::RST != 0,
+            seq,
+            ack,
+            payload: vec![b'x'; payload],
             ..self.clone()
         }
     }
