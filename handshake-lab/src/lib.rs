@@ -8,10 +8,12 @@
 //! when it drops, also on panic.
 
 pub mod flood;
+pub mod hold;
 pub mod netns;
 pub mod tcp;
 
 pub use flood::{Flood, FloodReport, Sources};
+pub use hold::{Hold, Hook, kernel_state, listening};
 pub use netns::{Lab, Netns};
 pub use tcp::{ConnectReport, EchoServer, connect_many};
 

@@ -2,77 +2,14 @@
 //! a real server listens behind it, real clients connect, a bounded SYN flood
 //! hits it. Needs root; `cargo xtask test` runs it.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
+use common::{Attached, GATE, cli, pin_dir};
 use handshake_lab::{EchoServer, Flood, Lab, Sources, connect_many};
-use serde_json::Value;
-
-const GATE: &str = env!("CARGO_BIN_EXE_handshake-gate");
-
-/// Runs the CLI; returns (success, stdout, stderr).
-fn cli(args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(GATE)
-        .args(args)
-        .output()
-        .expect("run handshake-gate");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-fn pin_dir(lab: &Lab) -> PathBuf {
-    PathBuf::from(format!(
-        "/sys/fs/bpf/handshake-gate/netns/{}/{}",
-        lab.server.name, lab.server_if
-    ))
-}
-
-/// Detaches (and removes the pins) on drop, also when the test panics.
-struct Attached<'a> {
-    lab: &'a Lab,
-}
-
-impl<'a> Attached<'a> {
-    fn new(lab: &'a Lab, settings: &[&str]) -> Attached<'a> {
-        let mut args = vec!["--netns", &lab.server.name, "attach", &lab.server_if];
-        for s in settings {
-            args.extend(["--set", s]);
-        }
-        let (ok, out, err) = cli(&args);
-        assert!(ok, "attach failed: {err}");
-        assert!(out.contains("attached to"), "{out}");
-        Attached { lab }
-    }
-
-    fn status(&self) -> Value {
-        let (ok, out, err) = cli(&[
-            "--netns",
-            &self.lab.server.name,
-            "status",
-            &self.lab.server_if,
-            "--json",
-        ]);
-        assert!(ok, "status failed: {err}");
-        serde_json::from_str(&out).expect("status --json is JSON")
-    }
-}
-
-impl Drop for Attached<'_> {
-    fn drop(&mut self) {
-        let _ = cli(&[
-            "--netns",
-            &self.lab.server.name,
-            "detach",
-            &self.lab.server_if,
-        ]);
-        let _ = handshake_user::pins::remove_dir(&pin_dir(self.lab));
-    }
-}
 
 /// Floods `addr` from the client namespace with `count` SYNs from `src`;
 /// returns how many were sent.

@@ -2,7 +2,8 @@
 //! already there, so a second run takes seconds.
 //!
 //! - Debian packages: LLVM 22 (bpf-linker links against it), hping3 (an
-//!   independent SYN flooder), iproute2 and ethtool (the lab).
+//!   independent SYN flooder), iproute2 and ethtool (the lab), nftables (the
+//!   state tests hold back chosen segments to freeze a connection in a state).
 //! - The nightly toolchain's `rust-src` (the BPF target builds `core` from source).
 //! - bpf-linker 0.13.0, built against Debian's LLVM 22.
 //! - bpffs mounted at /sys/fs/bpf (where the gate pins itself).
@@ -19,6 +20,7 @@ const APT_PACKAGES: &[&str] = &[
     "hping3",
     "iproute2",
     "ethtool",
+    "nftables",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

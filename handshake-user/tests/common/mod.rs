@@ -1,6 +1,13 @@
 //! Shared support for the privileged tests: a loaded (not attached) gate to
 //! drive with `BPF_PROG_TEST_RUN`, and packets built with etherparse.
-#![allow(dead_code, reason = "each test binary uses part of this module")]
+#![allow(
+    dead_code,
+    unused_imports,
+    reason = "each test binary uses part of this module"
+)]
+
+pub mod cli;
+pub use cli::{Attached, GATE, cli, pin_dir};
 
 use std::net::IpAddr;
 

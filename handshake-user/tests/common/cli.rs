@@ -1,0 +1,78 @@
+//! Driving the real `handshake-gate` binary against a lab's server side.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use handshake_lab::Lab;
+use serde_json::Value;
+
+pub const GATE: &str = env!("CARGO_BIN_EXE_handshake-gate");
+
+/// Runs the CLI; returns (success, stdout, stderr).
+pub fn cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(GATE)
+        .args(args)
+        .output()
+        .expect("run handshake-gate");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+pub fn pin_dir(lab: &Lab) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/bpf/handshake-gate/netns/{}/{}",
+        lab.server.name, lab.server_if
+    ))
+}
+
+/// The gate attached to the lab's server interface. Detaches (and removes
+/// the pins) on drop, also when the test panics.
+pub struct Attached<'a> {
+    pub lab: &'a Lab,
+}
+
+impl<'a> Attached<'a> {
+    pub fn new(lab: &'a Lab, settings: &[&str]) -> Attached<'a> {
+        let mut args = vec!["--netns", &lab.server.name, "attach", &lab.server_if];
+        for s in settings {
+            args.extend(["--set", s]);
+        }
+        let (ok, out, err) = cli(&args);
+        assert!(ok, "attach failed: {err}");
+        assert!(out.contains("attached to"), "{out}");
+        Attached { lab }
+    }
+
+    /// Runs a command against this gate (`--netns NS CMD IFACE ARGS…`);
+    /// panics with its stderr if it fails.
+    pub fn run(&self, cmd: &str, args: &[&str]) -> String {
+        let mut all = vec!["--netns", &self.lab.server.name, cmd, &self.lab.server_if];
+        all.extend_from_slice(args);
+        let (ok, out, err) = cli(&all);
+        assert!(ok, "{cmd} failed: {err}");
+        out
+    }
+
+    pub fn status(&self) -> Value {
+        serde_json::from_str(&self.run("status", &["--json"])).expect("status --json is JSON")
+    }
+
+    pub fn conns(&self) -> Vec<Value> {
+        serde_json::from_str(&self.run("conns", &["--json"])).expect("conns --json is JSON")
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        let _ = cli(&[
+            "--netns",
+            &self.lab.server.name,
+            "detach",
+            &self.lab.server_if,
+        ]);
+        let _ = handshake_user::pins::remove_dir(&pin_dir(self.lab));
+    }
+}
