@@ -92,9 +92,13 @@ impl Drop for Rollback<'_> {
 /// How the egress program is attached on this kernel: a TCX link (Linux
 /// 6.6+), pinned like the XDP link, or else a netlink filter on a `clsact`
 /// qdisc, which stays attached with no process holding it and is removed by
-/// the program's name.
+/// the program's name. `HANDSHAKE_GATE_TC_ATTACH=netlink` forces the
+/// netlink way, so the tests cover it on a TCX kernel too.
 fn tcx_available() -> bool {
     use aya::util::KernelVersion;
+    if std::env::var("HANDSHAKE_GATE_TC_ATTACH").is_ok_and(|v| v == "netlink") {
+        return false;
+    }
     KernelVersion::current().is_ok_and(|v| v >= KernelVersion::new(6, 6, 0))
 }
 

@@ -227,3 +227,109 @@ fn attach_errors_are_clear_and_leave_nothing_behind() {
     assert!(!ok);
     assert!(err.contains("not attached"), "{err}");
 }
+
+/// Names of the gate's programs loaded in the kernel right now (by anyone).
+fn gate_programs_loaded() -> Vec<String> {
+    use handshake_common::maps::{TC_PROGRAM, XDP_PROGRAM};
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter_map(|p| p.name_as_str().map(str::to_string))
+        .filter(|n| n == XDP_PROGRAM || n == TC_PROGRAM)
+        .collect()
+}
+
+/// Waits (up to 2 s) until none of the gate's programs is loaded: the
+/// kernel releases a deleted TC filter's program from deferred work, not
+/// at once. Returns what is still loaded.
+fn gate_programs_unloaded() -> Vec<String> {
+    let start = std::time::Instant::now();
+    loop {
+        let left = gate_programs_loaded();
+        if left.is_empty() || start.elapsed() > Duration::from_secs(2) {
+            return left;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `tc filter show dev IFACE egress` in the server namespace.
+fn egress_filters(lab: &Lab) -> String {
+    lab.server
+        .exec("tc", &["filter", "show", "dev", &lab.server_if, "egress"])
+        .unwrap_or_default()
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns, XDP and TC; run by `cargo xtask test`"]
+fn a_failure_halfway_through_attach_leaves_nothing_and_both_tc_ways_detach_cleanly() {
+    let lab = Lab::new("e2ef").expect("lab");
+    let ns = lab.server.name.as_str();
+    let dir = pin_dir(&lab);
+    let left = gate_programs_unloaded();
+    assert!(
+        left.is_empty(),
+        "the gate's programs are loaded already (another test or gate?): {left:?}"
+    );
+    for tc_way in ["tcx", "netlink"] {
+        // Fails after the egress program is attached and pinned, before XDP.
+        let out = Command::new(GATE)
+            .args(["--netns", ns, "attach", &lab.server_if])
+            .env("HANDSHAKE_GATE_TC_ATTACH", tc_way)
+            .env("HANDSHAKE_GATE_FAIL_AT", "xdp")
+            .output()
+            .expect("run handshake-gate");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "{tc_way}: the injected failure did not fail attach"
+        );
+        assert!(err.contains("injected failure"), "{tc_way}: {err}");
+        assert!(!dir.exists(), "{tc_way}: a failed attach left pins");
+        assert_eq!(
+            egress_filters(&lab).trim(),
+            "",
+            "{tc_way}: a failed attach left a filter"
+        );
+        let left = gate_programs_unloaded();
+        assert!(
+            left.is_empty(),
+            "{tc_way}: a failed attach left programs loaded: {left:?}"
+        );
+
+        // A whole attach, then detach.
+        let out = Command::new(GATE)
+            .args(["--netns", ns, "attach", &lab.server_if])
+            .env("HANDSHAKE_GATE_TC_ATTACH", tc_way)
+            .output()
+            .expect("run handshake-gate");
+        assert!(
+            out.status.success(),
+            "{tc_way}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut loaded = gate_programs_loaded();
+        loaded.sort();
+        assert_eq!(loaded, ["handshake_in", "handshake_out"], "{tc_way}");
+        assert_eq!(dir.join("tc_link").exists(), tc_way == "tcx", "{tc_way}");
+        if tc_way == "netlink" {
+            assert!(
+                egress_filters(&lab).contains("handshake_out"),
+                "{tc_way}: no egress filter: {}",
+                egress_filters(&lab)
+            );
+        }
+        let (ok, _, err) = cli(&["--netns", ns, "detach", &lab.server_if]);
+        assert!(ok, "{tc_way}: {err}");
+        assert!(!dir.exists(), "{tc_way}: detach left pins");
+        assert_eq!(
+            egress_filters(&lab).trim(),
+            "",
+            "{tc_way}: detach left a filter"
+        );
+        let left = gate_programs_unloaded();
+        assert!(
+            left.is_empty(),
+            "{tc_way}: detach left programs loaded: {left:?}"
+        );
+    }
+}
