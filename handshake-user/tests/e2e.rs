@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Attached, GATE, cli, pin_dir};
+use common::{Attached, GATE, cli, cli_with, pin_dir};
 use handshake_lab::{EchoServer, Flood, Lab, Sources, connect_many};
 
 /// Floods `addr` from the client namespace with `count` SYNs from `src`;
@@ -270,66 +270,38 @@ fn a_failure_halfway_through_attach_leaves_nothing_and_both_tc_ways_detach_clean
         left.is_empty(),
         "the gate's programs are loaded already (another test or gate?): {left:?}"
     );
-    for tc_way in ["tcx", "netlink"] {
-        // Fails after the egress program is attached and pinned, before XDP.
-        let out = Command::new(GATE)
-            .args(["--netns", ns, "attach", &lab.server_if])
-            .env("HANDSHAKE_GATE_TC_ATTACH", tc_way)
-            .env("HANDSHAKE_GATE_FAIL_AT", "xdp")
-            .output()
-            .expect("run handshake-gate");
-        let err = String::from_utf8_lossy(&out.stderr);
-        assert!(
-            !out.status.success(),
-            "{tc_way}: the injected failure did not fail attach"
-        );
-        assert!(err.contains("injected failure"), "{tc_way}: {err}");
-        assert!(!dir.exists(), "{tc_way}: a failed attach left pins");
-        assert_eq!(
-            egress_filters(&lab).trim(),
-            "",
-            "{tc_way}: a failed attach left a filter"
-        );
+    // Nothing of the gate is left: no pins, no egress filter, no program.
+    let nothing_left = |what: &str| {
+        assert!(!dir.exists(), "{what} left pins");
+        assert_eq!(egress_filters(&lab).trim(), "", "{what} left a filter");
         let left = gate_programs_unloaded();
-        assert!(
-            left.is_empty(),
-            "{tc_way}: a failed attach left programs loaded: {left:?}"
-        );
+        assert!(left.is_empty(), "{what} left programs loaded: {left:?}");
+    };
+    let attach = ["--netns", ns, "attach", &lab.server_if];
+    for tc_way in ["tcx", "netlink"] {
+        let way = ("HANDSHAKE_GATE_TC_ATTACH", tc_way);
+        // Fails after the egress program is attached and pinned, before XDP.
+        let (ok, _, err) = cli_with(&attach, &[way, ("HANDSHAKE_GATE_FAIL_AT", "xdp")]);
+        assert!(!ok, "{tc_way}: the injected failure did not fail attach");
+        assert!(err.contains("injected failure"), "{tc_way}: {err}");
+        nothing_left(&format!("{tc_way}: a failed attach"));
 
         // A whole attach, then detach.
-        let out = Command::new(GATE)
-            .args(["--netns", ns, "attach", &lab.server_if])
-            .env("HANDSHAKE_GATE_TC_ATTACH", tc_way)
-            .output()
-            .expect("run handshake-gate");
-        assert!(
-            out.status.success(),
-            "{tc_way}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let (ok, _, err) = cli_with(&attach, &[way]);
+        assert!(ok, "{tc_way}: {err}");
         let mut loaded = gate_programs_loaded();
         loaded.sort();
         assert_eq!(loaded, ["handshake_in", "handshake_out"], "{tc_way}");
         assert_eq!(dir.join("tc_link").exists(), tc_way == "tcx", "{tc_way}");
         if tc_way == "netlink" {
+            let filters = egress_filters(&lab);
             assert!(
-                egress_filters(&lab).contains("handshake_out"),
-                "{tc_way}: no egress filter: {}",
-                egress_filters(&lab)
+                filters.contains("handshake_out"),
+                "{tc_way}: no egress filter: {filters}"
             );
         }
         let (ok, _, err) = cli(&["--netns", ns, "detach", &lab.server_if]);
         assert!(ok, "{tc_way}: {err}");
-        assert!(!dir.exists(), "{tc_way}: detach left pins");
-        assert_eq!(
-            egress_filters(&lab).trim(),
-            "",
-            "{tc_way}: detach left a filter"
-        );
-        let left = gate_programs_unloaded();
-        assert!(
-            left.is_empty(),
-            "{tc_way}: detach left programs loaded: {left:?}"
-        );
+        nothing_left(&format!("{tc_way}: detach"));
     }
 }

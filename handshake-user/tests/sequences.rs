@@ -72,21 +72,18 @@ use End::{C, S};
 use Reason::{BadAck, Pass};
 
 /// SYN, SYN-ACK, final ACK.
+#[rustfmt::skip]
 fn handshake() -> Vec<Pkt> {
     vec![
         p(C, SYN, J, None, Pass, Some((SynSent, Listen))),
         p(S, SYN, K, Some(J + 1), Pass, Some((Established, SynRcvd))),
-        p(
-            C,
-            0,
-            J + 1,
-            Some(K + 1),
-            Pass,
-            Some((Established, Established)),
-        ),
+        p(C, 0, J + 1, Some(K + 1), Pass, Some((Established, Established))),
     ]
 }
 
+/// One line per packet: who sends it, its flags, seq and ack, the reason it
+/// must be counted under, and both states after it.
+#[rustfmt::skip]
 fn script(name: &str) -> (Host, Vec<Pkt>) {
     let mut v = Vec::new();
     let host = match name {
@@ -94,126 +91,35 @@ fn script(name: &str) -> (Host, Vec<Pkt>) {
             v.push(p(C, SYN, J, None, Pass, Some((SynSent, Listen))));
             // A retransmitted SYN changes nothing.
             v.push(p(C, SYN, J, None, Pass, Some((SynSent, Listen))));
-            v.push(p(
-                S,
-                SYN,
-                K,
-                Some(J + 1),
-                Pass,
-                Some((Established, SynRcvd)),
-            ));
+            v.push(p(S, SYN, K, Some(J + 1), Pass, Some((Established, SynRcvd))));
             // A final ACK with the wrong number is out of state.
-            v.push(p(
-                C,
-                0,
-                J + 1,
-                Some(K + 2),
-                BadAck,
-                Some((Established, SynRcvd)),
-            ));
-            v.push(p(
-                C,
-                0,
-                J + 1,
-                Some(K + 1),
-                Pass,
-                Some((Established, Established)),
-            ));
+            v.push(p(C, 0, J + 1, Some(K + 2), BadAck, Some((Established, SynRcvd))));
+            v.push(p(C, 0, J + 1, Some(K + 1), Pass, Some((Established, Established))));
             v.push(data(C, J + 1, K + 1, 10, (Established, Established)));
             v.push(data(S, K + 1, J + 11, 20, (Established, Established)));
-            v.push(p(
-                C,
-                FIN,
-                J + 11,
-                Some(K + 21),
-                Pass,
-                Some((FinWait1, CloseWait)),
-            ));
-            v.push(p(
-                S,
-                0,
-                K + 21,
-                Some(J + 12),
-                Pass,
-                Some((FinWait2, CloseWait)),
-            ));
-            v.push(p(
-                S,
-                FIN,
-                K + 21,
-                Some(J + 12),
-                Pass,
-                Some((TimeWait, LastAck)),
-            ));
-            v.push(p(
-                C,
-                0,
-                J + 12,
-                Some(K + 22),
-                Pass,
-                Some((TimeWait, Closed)),
-            ));
+            v.push(p(C, FIN, J + 11, Some(K + 21), Pass, Some((FinWait1, CloseWait))));
+            v.push(p(S, 0, K + 21, Some(J + 12), Pass, Some((FinWait2, CloseWait))));
+            v.push(p(S, FIN, K + 21, Some(J + 12), Pass, Some((TimeWait, LastAck))));
+            v.push(p(C, 0, J + 12, Some(K + 22), Pass, Some((TimeWait, Closed))));
             // A new SYN on the tuple in TIME_WAIT opens a new connection.
             v.push(p(C, SYN, J + 9_000, None, Pass, Some((SynSent, Listen))));
             Host::Server
         }
         "server closes first" => {
             v.extend(handshake());
-            v.push(p(
-                S,
-                FIN,
-                K + 1,
-                Some(J + 1),
-                Pass,
-                Some((CloseWait, FinWait1)),
-            ));
-            v.push(p(
-                C,
-                0,
-                J + 1,
-                Some(K + 2),
-                Pass,
-                Some((CloseWait, FinWait2)),
-            ));
-            v.push(p(
-                C,
-                FIN,
-                J + 1,
-                Some(K + 2),
-                Pass,
-                Some((LastAck, TimeWait)),
-            ));
+            v.push(p(S, FIN, K + 1, Some(J + 1), Pass, Some((CloseWait, FinWait1))));
+            v.push(p(C, 0, J + 1, Some(K + 2), Pass, Some((CloseWait, FinWait2))));
+            v.push(p(C, FIN, J + 1, Some(K + 2), Pass, Some((LastAck, TimeWait))));
             v.push(p(S, 0, K + 2, Some(J + 2), Pass, Some((Closed, TimeWait))));
             Host::Server
         }
         "simultaneous close" => {
             v.extend(handshake());
-            v.push(p(
-                C,
-                FIN,
-                J + 1,
-                Some(K + 1),
-                Pass,
-                Some((FinWait1, CloseWait)),
-            ));
+            v.push(p(C, FIN, J + 1, Some(K + 1), Pass, Some((FinWait1, CloseWait))));
             // The server's FIN crosses the client's: it does not ack it.
-            v.push(p(
-                S,
-                FIN,
-                K + 1,
-                Some(J + 1),
-                Pass,
-                Some((Closing, Closing)),
-            ));
+            v.push(p(S, FIN, K + 1, Some(J + 1), Pass, Some((Closing, Closing))));
             v.push(p(S, 0, K + 2, Some(J + 2), Pass, Some((TimeWait, Closing))));
-            v.push(p(
-                C,
-                0,
-                J + 2,
-                Some(K + 2),
-                Pass,
-                Some((TimeWait, TimeWait)),
-            ));
+            v.push(p(C, 0, J + 2, Some(K + 2), Pass, Some((TimeWait, TimeWait))));
             Host::Server
         }
         "RST from the server while established" => {
@@ -223,22 +129,8 @@ fn script(name: &str) -> (Host, Vec<Pkt>) {
         }
         "RST from the client in FIN_WAIT_2" => {
             v.extend(handshake());
-            v.push(p(
-                C,
-                FIN,
-                J + 1,
-                Some(K + 1),
-                Pass,
-                Some((FinWait1, CloseWait)),
-            ));
-            v.push(p(
-                S,
-                0,
-                K + 1,
-                Some(J + 2),
-                Pass,
-                Some((FinWait2, CloseWait)),
-            ));
+            v.push(p(C, FIN, J + 1, Some(K + 1), Pass, Some((FinWait1, CloseWait))));
+            v.push(p(S, 0, K + 1, Some(J + 2), Pass, Some((FinWait2, CloseWait))));
             v.push(p(C, RST, J + 2, None, Pass, None));
             Host::Server
         }
@@ -255,61 +147,19 @@ fn script(name: &str) -> (Host, Vec<Pkt>) {
         "this host's own SYN-ACK acking the wrong number is counted, not dropped" => {
             v.push(p(C, SYN, J, None, Pass, Some((SynSent, Listen))));
             v.push(p(S, SYN, K, Some(J + 5), BadAck, Some((SynSent, Listen))));
-            v.push(p(
-                S,
-                SYN,
-                K,
-                Some(J + 1),
-                Pass,
-                Some((Established, SynRcvd)),
-            ));
+            v.push(p(S, SYN, K, Some(J + 1), Pass, Some((Established, SynRcvd))));
             Host::Server
         }
         "this host as the client" => {
             v.push(p(C, SYN, J, None, Pass, Some((SynSent, Listen))));
             // A SYN-ACK that does not acknowledge J+1 is dropped on arrival.
             v.push(p(S, SYN, K, Some(J + 7), BadAck, Some((SynSent, Listen))));
-            v.push(p(
-                S,
-                SYN,
-                K,
-                Some(J + 1),
-                Pass,
-                Some((Established, SynRcvd)),
-            ));
-            v.push(p(
-                C,
-                0,
-                J + 1,
-                Some(K + 1),
-                Pass,
-                Some((Established, Established)),
-            ));
+            v.push(p(S, SYN, K, Some(J + 1), Pass, Some((Established, SynRcvd))));
+            v.push(p(C, 0, J + 1, Some(K + 1), Pass, Some((Established, Established))));
             v.push(data(S, K + 1, J + 1, 100, (Established, Established)));
-            v.push(p(
-                C,
-                FIN,
-                J + 1,
-                Some(K + 101),
-                Pass,
-                Some((FinWait1, CloseWait)),
-            ));
-            v.push(p(
-                S,
-                FIN,
-                K + 101,
-                Some(J + 2),
-                Pass,
-                Some((TimeWait, LastAck)),
-            ));
-            v.push(p(
-                C,
-                0,
-                J + 2,
-                Some(K + 102),
-                Pass,
-                Some((TimeWait, Closed)),
-            ));
+            v.push(p(C, FIN, J + 1, Some(K + 101), Pass, Some((FinWait1, CloseWait))));
+            v.push(p(S, FIN, K + 101, Some(J + 2), Pass, Some((TimeWait, LastAck))));
+            v.push(p(C, 0, J + 2, Some(K + 102), Pass, Some((TimeWait, Closed))));
             Host::Client
         }
         other => panic!("no script {other:?}"),

@@ -10,8 +10,14 @@ pub const GATE: &str = env!("CARGO_BIN_EXE_handshake-gate");
 
 /// Runs the CLI; returns (success, stdout, stderr).
 pub fn cli(args: &[&str]) -> (bool, String, String) {
+    cli_with(args, &[])
+}
+
+/// Runs the CLI with extra environment variables; returns (success, stdout, stderr).
+pub fn cli_with(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
     let out = Command::new(GATE)
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .expect("run handshake-gate");
     (

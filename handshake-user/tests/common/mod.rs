@@ -7,7 +7,7 @@
 )]
 
 pub mod cli;
-pub use cli::{Attached, GATE, cli, pin_dir};
+pub use cli::{Attached, GATE, cli, cli_with, pin_dir};
 
 use std::net::IpAddr;
 
@@ -62,32 +62,25 @@ impl Harness {
 
     /// Runs one arriving packet through the XDP program; returns its action.
     pub fn run(&self, pkt: &[u8]) -> u32 {
-        let xdp: &Xdp = self
-            .ebpf
-            .program(maps::XDP_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let opts = TestRunOptions {
-            data_in: Some(pkt),
-            ..Default::default()
-        };
-        xdp.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+        let xdp: &Xdp = self.program(maps::XDP_PROGRAM);
+        xdp.test_run(packet(pkt))
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
     }
 
     /// Runs one leaving packet through the TC egress program; returns its action.
     pub fn run_out(&self, pkt: &[u8]) -> u32 {
-        let tc: &SchedClassifier = self
-            .ebpf
-            .program(maps::TC_PROGRAM)
-            .unwrap()
-            .try_into()
-            .unwrap();
-        let opts = TestRunOptions {
-            data_in: Some(pkt),
-            ..Default::default()
-        };
-        tc.test_run(opts).expect("BPF_PROG_TEST_RUN").return_value
+        let tc: &SchedClassifier = self.program(maps::TC_PROGRAM);
+        tc.test_run(packet(pkt))
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    fn program<'a, P>(&'a self, name: &str) -> &'a P
+    where
+        &'a P: TryFrom<&'a aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        self.ebpf.program(name).unwrap().try_into().unwrap()
     }
 
     fn per_cpu_sum(&self, map: &str, r: Reason) -> u64 {
@@ -133,6 +126,13 @@ impl Harness {
         a.get(&0, 0)
             .unwrap()
             .live(window::epoch(handshake_user::monotonic_ns(), w))
+    }
+}
+
+fn packet(pkt: &[u8]) -> TestRunOptions<'_> {
+    TestRunOptions {
+        data_in: Some(pkt),
+        ..Default::default()
     }
 }
 
