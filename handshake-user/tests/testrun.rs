@@ -357,3 +357,42 @@ fn raising_the_cap_live_admits_at_once() {
     });
     assert_eq!(h.run(&syn("198.18.0.67", 1000, SRV, 80).bytes()), XDP_PASS);
 }
+
+#[test]
+#[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
+fn batched_reads_see_every_entry_once() {
+    use aya::maps::{HashMap, IterableMap as _, MapData};
+    use handshake_common::{FlowEntry, FlowKey, maps};
+    let mut h = Harness::new(cfg(0, 0));
+    // More than two batches' worth, so the position token is followed.
+    let n = 2 * handshake_user::batch::BATCH as usize + 123;
+    {
+        let mut m: HashMap<&mut MapData, FlowKey, FlowEntry> =
+            HashMap::try_from(h.ebpf.map_mut(maps::ESTABLISHED).unwrap()).unwrap();
+        for i in 0..n as u32 {
+            let mut k = FlowKey::default();
+            k.lo_addr[..4].copy_from_slice(&i.to_be_bytes());
+            let e = FlowEntry {
+                created_ns: u64::from(i),
+                ..FlowEntry::default()
+            };
+            m.insert(k, e, 0).unwrap();
+        }
+    }
+    let m: HashMap<&MapData, FlowKey, FlowEntry> =
+        HashMap::try_from(h.ebpf.map(maps::ESTABLISHED).unwrap()).unwrap();
+    let mut got: Vec<u64> = handshake_user::batch::read_all::<FlowKey, FlowEntry>(m.map())
+        .expect("BPF_MAP_LOOKUP_BATCH")
+        .into_iter()
+        .map(|(k, e)| {
+            assert_eq!(
+                u64::from(u32::from_be_bytes(k.lo_addr[..4].try_into().unwrap())),
+                e.created_ns,
+                "a value under the wrong key"
+            );
+            e.created_ns
+        })
+        .collect();
+    got.sort_unstable();
+    assert_eq!(got, (0..n as u64).collect::<Vec<_>>());
+}
