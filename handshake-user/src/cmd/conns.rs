@@ -57,14 +57,17 @@ pub fn run(a: ConnsArgs, netns: Option<&str>) -> anyhow::Result<()> {
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
     }
-    let mut t = table(&[
-        "client",
-        "server",
-        "client state",
-        "server state",
-        "age",
-        "last seen",
-    ]);
+    let mut t = table(
+        &[
+            "client",
+            "server",
+            "client state",
+            "server state",
+            "age",
+            "last seen",
+        ],
+        4,
+    );
     for c in &conns {
         t.add_row(vec![
             addr(c.client),

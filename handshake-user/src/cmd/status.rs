@@ -1,4 +1,4 @@
-use comfy_table::{Table, presets::NOTHING};
+use comfy_table::{CellAlignment, Table, presets::NOTHING};
 use handshake_common::Reason;
 use handshake_user::gate::{self, Gate};
 use handshake_user::settings::KEYS;
@@ -58,7 +58,7 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
         netns.map(|n| format!(" (netns {n})")).unwrap_or_default()
     );
     println!();
-    let mut t = table(&["limit", "value"]);
+    let mut t = table(&["limit", "value"], 2);
     for k in KEYS {
         t.add_row(vec![k.name.to_string(), k.show(&cfg)]);
     }
@@ -66,7 +66,7 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
 
     println!("half-open now: {half_open}");
     if !top.is_empty() {
-        let mut t = table(&["top source", "half-open"]);
+        let mut t = table(&["top source", "half-open"], 1);
         for (s, n) in &top {
             t.add_row(vec![s.clone(), n.to_string()]);
         }
@@ -74,7 +74,7 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
     }
     println!();
 
-    let mut t = table(&["state", "client side", "server side"]);
+    let mut t = table(&["state", "client side", "server side"], 1);
     for (name, c) in &client {
         let s = server[name];
         if *c != 0 || s != 0 {
@@ -87,7 +87,7 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
         println!("{t}\n");
     }
 
-    let mut t = table(&["verdict", "arriving", "dropped", "leaving"]);
+    let mut t = table(&["verdict", "arriving", "dropped", "leaving"], 1);
     for r in Reason::ALL {
         t.add_row(vec![
             r.name().to_string(),
@@ -104,10 +104,14 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A borderless table with right-aligned numbers, headed by `header`.
-pub fn table(header: &[&str]) -> Table {
+/// A borderless table headed by `header`; every column after the first
+/// `left` columns holds numbers and is right-aligned.
+pub fn table(header: &[&str], left: usize) -> Table {
     let mut t = Table::new();
     t.load_preset(NOTHING);
     t.set_header(header.to_vec());
+    for col in t.column_iter_mut().skip(left) {
+        col.set_cell_alignment(CellAlignment::Right);
+    }
     t
 }
