@@ -31,13 +31,15 @@ impl Mode {
     }
 }
 
-/// What happens to a SYN that would exceed the global half-open cap.
+/// What happens to a SYN that would exceed the global or the per-port
+/// half-open cap (a source over its own cap is always refused).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Overflow {
-    /// Drop it (counted as `global`).
+    /// Drop it (counted as `global` or `per_port`).
     Drop = 0,
-    /// Pass it untracked, so the kernel's own SYN cookies answer it.
+    /// Pass it untracked, so the kernel's own SYN cookies answer it
+    /// (counted under the cap's reason all the same).
     Pass = 1,
 }
 
@@ -81,18 +83,25 @@ pub struct Config {
     pub syn_burst: u32,
     /// Share of `max_half_open` (percent) kept for recently verified sources.
     pub verified_reserve_pct: u32,
+    /// A source that completed a handshake counts as verified for this long.
+    pub verified_ttl_s: u32,
+    /// 1: only ports in the `ALLOWED_PORTS` bitmap take SYNs; 0: every port.
+    pub ports_restricted: u32,
     /// A half-open attempt with no final ACK after this long is forgotten.
     pub half_open_timeout_ms: u32,
     /// Maximum segment lifetime; TIME_WAIT lasts twice this.
     pub msl_ms: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 48);
+const _: () = assert!(core::mem::size_of::<Config>() == 56);
 
 impl Config {
-    /// Defaults: enforce, a global cap far below the map's capacity, a
-    /// per-source cap that a busy NAT still fits under, a 5 s half-open timeout
-    /// (the kernel's own is 63 s), and Linux's 60 s TIME_WAIT (MSL 30 s).
+    /// Defaults: enforce, a global cap far below the map's capacity with a
+    /// fifth of it kept for sources verified in the last ten minutes, a
+    /// per-source cap that a busy NAT still fits under, no per-port cap or
+    /// SYN rate (a burst of 20 once a rate is set), every port open, a 5 s
+    /// half-open timeout (the kernel's own is 63 s), and Linux's 60 s
+    /// TIME_WAIT (MSL 30 s).
     pub const DEFAULT: Config = Config {
         mode: Mode::Enforce as u32,
         overflow: Overflow::Drop as u32,
@@ -102,8 +111,10 @@ impl Config {
         source_prefix_v4: 32,
         source_prefix_v6: 128,
         syn_rate_per_source: 0,
-        syn_burst: 0,
-        verified_reserve_pct: 0,
+        syn_burst: 20,
+        verified_reserve_pct: 20,
+        verified_ttl_s: 600,
+        ports_restricted: 0,
         half_open_timeout_ms: 5_000,
         msl_ms: 30_000,
     };

@@ -1,5 +1,6 @@
 //! Flow keys and the per-connection record.
 
+use crate::admit::TokenBucket;
 use crate::window::WindowCounter;
 
 /// The TCP states of the seed's diagrams, one per side of a connection.
@@ -259,12 +260,15 @@ impl SourceKey {
     }
 }
 
-/// Per-source state: its half-open count.
+/// Per-source state: its half-open count and its SYN token bucket.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct SourceState {
     pub half_open: WindowCounter,
+    pub syn_tokens: TokenBucket,
 }
+
+const _: () = assert!(core::mem::size_of::<SourceState>() == 80);
 
 #[cfg(feature = "user")]
 mod pod {

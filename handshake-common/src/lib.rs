@@ -13,6 +13,7 @@
 #[cfg(test)]
 extern crate std;
 
+pub mod admit;
 pub mod config;
 pub mod flow;
 pub mod machine;
@@ -51,6 +52,17 @@ pub mod maps {
     pub const SOURCES: &str = "SOURCES";
     /// One-entry array holding the global half-open [`crate::WindowCounter`].
     pub const GLOBAL: &str = "GLOBAL";
+    /// Array of [`crate::PORT_COUNT`] half-open [`crate::WindowCounter`]s,
+    /// one per destination port (host byte order index).
+    pub const PORTS: &str = "PORTS";
+    /// Array of [`crate::PORT_WORDS`] `u64`s: a bitmap of the ports that take
+    /// SYNs when `ports_restricted` is set; port `p` is bit `p % 64` of word
+    /// `p / 64`.
+    pub const ALLOWED_PORTS: &str = "ALLOWED_PORTS";
+    /// LRU hash [`crate::SourceKey`] → `u64`: when each source last completed
+    /// a handshake (monotonic ns). Only completed handshakes enter it, so a
+    /// spoofed flood cannot push the verified sources out.
+    pub const VERIFIED: &str = "VERIFIED";
 }
 
 /// Capacity of the half-open map. `max-half-open` may not exceed it, so with a
@@ -60,3 +72,9 @@ pub const HALF_OPEN_CAPACITY: u32 = 65_536;
 pub const ESTABLISHED_CAPACITY: u32 = 262_144;
 /// Capacity of the per-source map; LRU, so the least recently seen sources go first.
 pub const SOURCES_CAPACITY: u32 = 65_536;
+/// Capacity of the verified-source map; LRU.
+pub const VERIFIED_CAPACITY: u32 = 65_536;
+/// TCP ports: the per-port counters have one slot for each.
+pub const PORT_COUNT: u32 = 65_536;
+/// `u64` words of the allowed-ports bitmap.
+pub const PORT_WORDS: u32 = PORT_COUNT / 64;

@@ -8,7 +8,7 @@
 //! sender's state changes for sending it and the receiver's for receiving it,
 //! so one packet moves both columns.
 
-use crate::config::{Config, Overflow};
+use crate::config::Config;
 use crate::flow::{FlowEntry, TcpState, flags};
 use crate::reason::Reason;
 
@@ -305,42 +305,6 @@ fn side_state(n: &FlowEntry, e: &Ends) -> TcpState {
             (false, false) => TcpState::LastAck,
         },
     }
-}
-
-/// Half-open attempts in force when a new SYN arrives.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Occupancy {
-    /// Attempts from the SYN's source (address or prefix).
-    pub source: u32,
-    /// Attempts in all.
-    pub global: u32,
-}
-
-/// What to do with a new SYN.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Admission {
-    /// Track it as a half-open attempt and pass it.
-    Track,
-    /// Pass it without tracking (global overflow with `overflow=pass`: the
-    /// kernel's SYN cookies answer it).
-    PassUntracked,
-    /// Refuse it for this reason.
-    Refuse(Reason),
-}
-
-/// Decides on a new SYN. A source over its own cap is refused first: that
-/// source is the attacker, whatever the global budget says.
-pub fn admit_syn(cfg: &Config, occ: &Occupancy) -> Admission {
-    if cfg.max_half_open_per_source != 0 && occ.source >= cfg.max_half_open_per_source {
-        return Admission::Refuse(Reason::PerSource);
-    }
-    if cfg.max_half_open != 0 && occ.global >= cfg.max_half_open {
-        return match cfg.overflow() {
-            Overflow::Drop => Admission::Refuse(Reason::Global),
-            Overflow::Pass => Admission::PassUntracked,
-        };
-    }
-    Admission::Track
 }
 
 #[cfg(test)]

@@ -27,11 +27,14 @@ pub enum Reason {
     BadAck = 8,
     /// A map update or lookup failed; the packet passed (fail open).
     FailOpen = 9,
+    /// A SYN over the global or per-port cap, passed untracked so the
+    /// kernel's own SYN cookies answer it (`overflow=pass`).
+    OverflowPass = 10,
 }
 
 impl Reason {
     /// Number of reasons: the length of the counter arrays.
-    pub const COUNT: u32 = 10;
+    pub const COUNT: u32 = 11;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -45,11 +48,15 @@ impl Reason {
         Reason::PortClosed,
         Reason::BadAck,
         Reason::FailOpen,
+        Reason::OverflowPass,
     ];
 
     /// Whether a packet with this reason is dropped in `enforce` mode.
     pub const fn is_drop(self) -> bool {
-        !matches!(self, Reason::Pass | Reason::NotTcp | Reason::FailOpen)
+        !matches!(
+            self,
+            Reason::Pass | Reason::NotTcp | Reason::FailOpen | Reason::OverflowPass
+        )
     }
 
     /// Stable snake_case name, used in `status --json` and metrics.
@@ -65,6 +72,7 @@ impl Reason {
             Reason::PortClosed => "port_closed",
             Reason::BadAck => "bad_ack",
             Reason::FailOpen => "fail_open",
+            Reason::OverflowPass => "overflow_pass",
         }
     }
 }
@@ -87,6 +95,6 @@ mod tests {
             .filter(|r| !r.is_drop())
             .map(|r| r.name())
             .collect();
-        assert_eq!(passing, ["pass", "not_tcp", "fail_open"]);
+        assert_eq!(passing, ["pass", "not_tcp", "fail_open", "overflow_pass"]);
     }
 }

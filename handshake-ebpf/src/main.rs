@@ -23,8 +23,8 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use handshake_common::{
-    Config, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, Mode, Reason,
-    SOURCES_CAPACITY, SourceKey, SourceState, WindowCounter,
+    Config, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, Mode, PORT_COUNT,
+    PORT_WORDS, Reason, SOURCES_CAPACITY, SourceKey, SourceState, VERIFIED_CAPACITY, WindowCounter,
 };
 use parse::Facts;
 
@@ -66,6 +66,22 @@ static SOURCES: LruHashMap<SourceKey, SourceState> =
 /// The global half-open count. One entry shared by all CPUs (updated atomically).
 #[map(name = "GLOBAL")]
 static GLOBAL: Array<WindowCounter> = Array::with_max_entries(1, 0);
+
+/// Half-open counts per destination port (index: the port, host order).
+/// Shared by all CPUs (updated atomically). An array, so no port's count is
+/// ever evicted.
+#[map(name = "PORTS")]
+static PORTS: Array<WindowCounter> = Array::with_max_entries(PORT_COUNT, 0);
+
+/// The ports that take SYNs when `ports_restricted` is set, as a bitmap.
+/// Written by the controller only.
+#[map(name = "ALLOWED_PORTS")]
+static ALLOWED_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
+
+/// When each source last completed a handshake. Shared by all CPUs; only a
+/// validated final ACK writes it, so spoofed SYNs cannot fill it.
+#[map(name = "VERIFIED")]
+static VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(VERIFIED_CAPACITY, 0);
 
 /// Per-CPU scratch space for the parsed packet, which would not fit on the
 /// 512-byte BPF stack next to everything else: slot 0 for the XDP program,

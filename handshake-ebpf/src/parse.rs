@@ -20,7 +20,7 @@
 use core::mem::size_of;
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use handshake_common::flow::{AF_INET, AF_INET6, Endpoint};
+use handshake_common::flow::{AF_INET, AF_INET6, Endpoint, FlowKey};
 
 use handshake_common::machine::Segment;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr};
@@ -51,6 +51,9 @@ pub struct Facts {
     pub src: Endpoint,
     pub dst: Endpoint,
     pub seg: Segment,
+    /// The flow's normalised key, filled in by the tracker (kept here, off
+    /// the stack).
+    pub key: FlowKey,
 }
 
 pub enum Parsed {

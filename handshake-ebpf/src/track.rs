@@ -6,13 +6,14 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use handshake_common::{
     Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter,
+    admit::{self, Admission, Occupancy, SynFacts},
     flow::{AF_INET, flags},
-    machine::{self, Admission, Dir, Occupancy, Step, Untracked},
+    machine::{self, Dir, Step, Untracked},
     window,
 };
 
 use crate::parse::Facts;
-use crate::{ESTABLISHED, GLOBAL, HALF_OPEN, SOURCES};
+use crate::{ALLOWED_PORTS, ESTABLISHED, GLOBAL, HALF_OPEN, PORTS, SOURCES, VERIFIED};
 
 /// Compare-and-exchange attempts on a contended bucket before giving up (a
 /// lost increment is an undercount until the bucket ages out; a lost
@@ -34,20 +35,22 @@ pub enum Side {
 /// adds up the stack frames of nested calls only, so siblings keep the
 /// combined stack under the 512-byte limit.
 #[inline(never)]
-pub fn track(f: &Facts, cfg: &Config, side: Side) -> Reason {
+pub fn track(f: &mut Facts, cfg: &Config, side: Side) -> Reason {
     let now = unsafe { bpf_ktime_get_ns() };
-    let (key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
-    if let Some(r) = established(f, &key, src_is_lo, cfg, now) {
+    let src_is_lo;
+    (f.key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
+    let (f, key) = (&*f, &f.key);
+    if let Some(r) = established(f, key, src_is_lo, cfg, now) {
         return r;
     }
-    if let Some(r) = half_open(f, &key, src_is_lo, cfg, now) {
+    if let Some(r) = half_open(f, key, src_is_lo, cfg, now) {
         return r;
     }
     match machine::untracked(&f.seg) {
-        Untracked::Open if side == Side::Ingress => new_syn(f, &key, src_is_lo, cfg, now),
-        Untracked::Open => outbound_syn(f, &key, src_is_lo, now),
+        Untracked::Open if side == Side::Ingress => new_syn(f, key, src_is_lo, cfg, now),
+        Untracked::Open => outbound_syn(f, key, src_is_lo, now),
         Untracked::Ignore => Reason::Pass,
-        Untracked::PickUp => pick_up(f, &key, src_is_lo, now),
+        Untracked::PickUp => pick_up(f, key, src_is_lo, now),
     }
 }
 
@@ -106,6 +109,10 @@ fn half_open(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) 
         }
         Step::Promote(n) => {
             let stored = ESTABLISHED.insert(key, &n, 0);
+            // Only an arriving SYN holds a count: its client is remote.
+            if epoch.is_some() {
+                verify(key, client_is_lo, cfg, now);
+            }
             forget(key, client_is_lo, epoch, cfg);
             if stored.is_ok() {
                 Reason::Pass
@@ -161,41 +168,88 @@ fn source_key(family: u8, addr: &[u8; 16], cfg: &Config) -> SourceKey {
     SourceKey::new(family, addr, prefix)
 }
 
-/// A SYN of a flow not tracked yet: admit it under the limits, or not.
+/// An arriving SYN of a flow not tracked yet: admit it under the limits, or
+/// not, in the order [`admit::admit_syn`] documents. A closed port is
+/// refused before any map is touched, so a flood at closed ports costs one
+/// array lookup and leaves the per-source map alone.
 #[inline(never)]
 fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Reason {
+    let port = u16::from_be(f.dst.port) as u32;
+    if !port_allowed(cfg, port) {
+        return Reason::PortClosed;
+    }
     let width = window::bucket_width_ns(cfg.half_open_timeout_ms);
     let ep = window::epoch(now, width);
     let skey = source_key(f.family, &f.src.addr, cfg);
     let src = match SOURCES.get_ptr_mut(&skey) {
         Some(p) => p,
         None => {
-            let _ = SOURCES.insert(&skey, &SourceState::default(), BPF_NOEXIST as u64);
+            let _ = SOURCES.insert(&skey, &NEW_SOURCE, BPF_NOEXIST as u64);
             match SOURCES.get_ptr_mut(&skey) {
                 Some(p) => p,
                 None => return Reason::FailOpen,
             }
         }
     };
-    let Some(global) = GLOBAL.get_ptr_mut(0) else {
+    let (Some(global), Some(port_count)) = (GLOBAL.get_ptr_mut(0), PORTS.get_ptr_mut(port)) else {
         return Reason::FailOpen;
     };
+    let within_rate = admit::take_token(
+        unsafe { &mut (*src).syn_tokens },
+        now,
+        cfg.syn_rate_per_source,
+        cfg.syn_burst,
+    );
+    let verified =
+        unsafe { VERIFIED.get(&skey) }.is_some_and(|t| admit::still_verified(*t, now, cfg));
     let occ = Occupancy {
         source: unsafe { (*src).half_open.live(ep) },
+        port: unsafe { (*port_count).live(ep) },
         global: unsafe { (*global).live(ep) },
     };
-    match machine::admit_syn(cfg, &occ) {
+    let facts = SynFacts {
+        port_allowed: true,
+        within_rate,
+        verified,
+    };
+    match admit::admit_syn(cfg, &occ, &facts) {
         Admission::Refuse(r) => r,
-        Admission::PassUntracked => Reason::Pass,
+        Admission::PassUntracked => Reason::OverflowPass,
         Admission::Track => {
             let e = machine::open(&f.seg, src_is_lo, now, ep, true);
             if HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64).is_ok() {
                 add(unsafe { &raw mut (*src).half_open }, ep);
+                add(port_count, ep);
                 add(global, ep);
             }
             // Not stored means another CPU stored this very SYN first.
             Reason::Pass
         }
+    }
+}
+
+/// A new source's state: inserted from read-only data rather than built on
+/// the 512-byte stack, where its 80 bytes do not fit beside the rest.
+static NEW_SOURCE: SourceState = SourceState {
+    half_open: WindowCounter {
+        buckets: [0; window::BUCKETS],
+    },
+    syn_tokens: admit::TokenBucket {
+        nano_tokens: 0,
+        refilled_ns: 0,
+    },
+};
+
+/// Whether `port` (host order) takes SYNs: every port does unless a list
+/// is set. A failed lookup fails open.
+#[inline(always)]
+fn port_allowed(cfg: &Config, port: u32) -> bool {
+    if cfg.ports_restricted == 0 {
+        return true;
+    }
+    match ALLOWED_PORTS.get(port / 64) {
+        Some(word) => word & (1u64 << (port % 64)) != 0,
+        None => true,
     }
 }
 
@@ -231,9 +285,29 @@ fn forget(key: &FlowKey, client_is_lo: u8, epoch: Option<u32>, cfg: &Config) {
     if let Some(src) = SOURCES.get_ptr_mut(&skey) {
         sub(unsafe { &raw mut (*src).half_open }, epoch);
     }
+    let server_port = if client_is_lo != 0 {
+        key.hi_port
+    } else {
+        key.lo_port
+    };
+    if let Some(port) = PORTS.get_ptr_mut(u16::from_be(server_port) as u32) {
+        sub(port, epoch);
+    }
     if let Some(global) = GLOBAL.get_ptr_mut(0) {
         sub(global, epoch);
     }
+}
+
+/// Marks the client of a connection whose arriving final ACK completed the
+/// handshake as verified: it keeps a share of the global budget reserved.
+#[inline(always)]
+fn verify(key: &FlowKey, client_is_lo: u8, cfg: &Config, now: u64) {
+    let client = if client_is_lo != 0 {
+        &key.lo_addr
+    } else {
+        &key.hi_addr
+    };
+    let _ = VERIFIED.insert(&source_key(key.family, client, cfg), &now, 0);
 }
 
 /// Compare-and-exchange on a bucket shared by all CPUs. The BPF target has no

@@ -17,6 +17,7 @@ use handshake_common::{
     maps, window,
 };
 
+use crate::settings::Settings;
 use crate::{GateError, pins};
 
 /// How the XDP program is attached.
@@ -42,7 +43,7 @@ impl AttachMode {
 }
 
 /// Every map the controller pins, by name.
-const MAP_NAMES: [&str; 8] = [
+const MAP_NAMES: [&str; 11] = [
     maps::CONFIG,
     maps::COUNTERS,
     maps::DROPPED,
@@ -51,6 +52,9 @@ const MAP_NAMES: [&str; 8] = [
     maps::ESTABLISHED,
     maps::SOURCES,
     maps::GLOBAL,
+    maps::PORTS,
+    maps::ALLOWED_PORTS,
+    maps::VERIFIED,
 ];
 
 /// Undoes a half-done attach on drop unless [`Rollback::commit`] was
@@ -111,11 +115,11 @@ pub fn attach(
     iface: &str,
     netns: Option<&str>,
     mode: AttachMode,
-    config: &Config,
+    settings: &Settings,
 ) -> Result<PathBuf, GateError> {
     pins::require_root()?;
     pins::require_bpffs()?;
-    crate::settings::validate(config)?;
+    crate::settings::validate(settings)?;
     let ifindex =
         nix::net::if_::if_nametoindex(iface).map_err(|_| GateError::UnknownInterface {
             name: iface.into(),
@@ -130,15 +134,6 @@ pub fn attach(
     }
 
     let mut ebpf = load()?;
-    {
-        let mut cfg: Array<_, Config> = Array::try_from(
-            ebpf.map_mut(maps::CONFIG)
-                .expect("the object defines CONFIG"),
-        )
-        .map_err(GateError::step("open the CONFIG map"))?;
-        cfg.set(0, config, 0)
-            .map_err(GateError::step("write the configuration"))?;
-    }
     xdp_program(&mut ebpf)
         .load()
         .map_err(|e| verifier("XDP", e))?;
@@ -158,6 +153,8 @@ pub fn attach(
         map.pin(dir.join(name))
             .map_err(GateError::step(format!("pin the {name} map")))?;
     }
+    // Through the pins, as every later command does.
+    Gate::open_dir(dir.clone())?.set_settings(settings)?;
     xdp_program(&mut ebpf)
         .pin(dir.join(pins::XDP_PROG))
         .map_err(GateError::step("pin the XDP program"))?;
@@ -401,6 +398,8 @@ pub struct Gate {
     established: HashMap<MapData, FlowKey, FlowEntry>,
     sources: HashMap<MapData, SourceKey, SourceState>,
     global: Array<MapData, WindowCounter>,
+    ports: Array<MapData, WindowCounter>,
+    allowed_ports: Array<MapData, u64>,
 }
 
 fn open_map<T>(dir: &Path, name: &str) -> Result<T, GateError>
@@ -439,6 +438,8 @@ impl Gate {
             established: open_map(&dir, maps::ESTABLISHED)?,
             sources: open_map(&dir, maps::SOURCES)?,
             global: open_map(&dir, maps::GLOBAL)?,
+            ports: open_map(&dir, maps::PORTS)?,
+            allowed_ports: open_map(&dir, maps::ALLOWED_PORTS)?,
             dir,
         })
     }
@@ -449,12 +450,52 @@ impl Gate {
             .map_err(GateError::step("read the configuration"))
     }
 
-    /// Writes a new configuration; the programs use it from their next packet.
-    pub fn set_config(&mut self, cfg: &Config) -> Result<(), GateError> {
-        crate::settings::validate(cfg)?;
+    /// The whole settings: the configuration and the allowed ports.
+    pub fn settings(&self) -> Result<Settings, GateError> {
+        let config = self.config()?;
+        let words = self.port_words()?;
+        Ok(Settings::from_maps(config, &words))
+    }
+
+    fn port_words(&self) -> Result<Vec<u64>, GateError> {
+        let read = GateError::step("read the allowed ports");
+        self.allowed_ports
+            .iter()
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(read)
+    }
+
+    /// Writes new settings; the programs use them from their next packet,
+    /// with no reattach and no tracked state lost. The port bitmap and the
+    /// flag that turns it on are ordered so that no port that is open before
+    /// and after is ever closed in between.
+    pub fn set_settings(&mut self, s: &Settings) -> Result<(), GateError> {
+        crate::settings::validate(s)?;
+        if s.allowed_ports.is_empty() {
+            self.write_config(&s.config)?;
+            self.write_ports(s)
+        } else {
+            self.write_ports(s)?;
+            self.write_config(&s.config)
+        }
+    }
+
+    fn write_config(&mut self, cfg: &Config) -> Result<(), GateError> {
         self.config
             .set(0, cfg, 0)
             .map_err(GateError::step("write the configuration"))
+    }
+
+    fn write_ports(&mut self, s: &Settings) -> Result<(), GateError> {
+        let old = self.port_words()?;
+        for (i, w) in s.port_bitmap().into_iter().enumerate() {
+            if old.get(i) != Some(&w) {
+                self.allowed_ports
+                    .set(i as u32, w, 0)
+                    .map_err(GateError::step("write the allowed ports"))?;
+            }
+        }
+        Ok(())
     }
 
     pub fn counters(&self) -> Result<Counters, GateError> {
@@ -481,6 +522,34 @@ impl Gate {
             .get(&0, 0)
             .map_err(GateError::step("read the global half-open count"))?;
         Ok(g.live(now_epoch(cfg, now_ns)))
+    }
+
+    /// Destination ports with attempts counting now, the most first.
+    pub fn top_ports(
+        &self,
+        cfg: &Config,
+        now_ns: u64,
+        n: usize,
+    ) -> Result<Vec<(u16, u32)>, GateError> {
+        let ep = now_epoch(cfg, now_ns);
+        let all: Vec<(u32, WindowCounter)> = match crate::batch::read_all(self.ports.map()) {
+            Ok(v) => v,
+            Err(e) if crate::batch::unsupported(&e) => self
+                .ports
+                .iter()
+                .enumerate()
+                .filter_map(|(i, c)| Some((i as u32, c.ok()?)))
+                .collect(),
+            Err(e) => return Err(GateError::step("read the per-port counts")(e)),
+        };
+        let mut v: Vec<(u16, u32)> = all
+            .into_iter()
+            .map(|(port, c)| (port as u16, c.live(ep)))
+            .filter(|(_, c)| *c > 0)
+            .collect();
+        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        v.truncate(n);
+        Ok(v)
     }
 
     /// Sources with attempts counting now, the most first.

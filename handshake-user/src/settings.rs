@@ -1,11 +1,13 @@
 //! The tunable limits: names, parsing, validation and the TOML config file.
 //!
 //! One table, [`KEYS`], describes every setting; `--set KEY=VALUE`, `set`, the
-//! config file, `status` and `--help` all read it.
+//! config file, `status` and `--help` all read it. The settings are the
+//! [`Config`] the programs read from the `CONFIG` map plus the allowed-ports
+//! list, which the programs read as a bitmap from the `ALLOWED_PORTS` map.
 
 use std::path::Path;
 
-use handshake_common::{Config, HALF_OPEN_CAPACITY, Mode, Overflow};
+use handshake_common::{Config, HALF_OPEN_CAPACITY, Mode, Overflow, PORT_WORDS};
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingError {
@@ -29,6 +31,55 @@ pub enum SettingError {
     File { path: String, why: String },
 }
 
+/// Everything an operator tunes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Settings {
+    /// The limits; `ports_restricted` follows `allowed_ports`.
+    pub config: Config,
+    /// Ports that take SYNs, sorted, no repeats; empty: every port.
+    pub allowed_ports: Vec<u16>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            config: Config::DEFAULT,
+            allowed_ports: Vec::new(),
+        }
+    }
+}
+
+impl Settings {
+    /// The allowed-ports bitmap as the `ALLOWED_PORTS` map holds it: port `p`
+    /// is bit `p % 64` of word `p / 64`.
+    pub fn port_bitmap(&self) -> Vec<u64> {
+        let mut words = vec![0u64; PORT_WORDS as usize];
+        for &p in &self.allowed_ports {
+            words[p as usize / 64] |= 1 << (p % 64);
+        }
+        words
+    }
+
+    /// Settings from the `CONFIG` and `ALLOWED_PORTS` maps' contents.
+    pub fn from_maps(config: Config, words: &[u64]) -> Settings {
+        let allowed_ports = if config.ports_restricted == 0 {
+            Vec::new()
+        } else {
+            (0..=u16::MAX)
+                .filter(|&p| {
+                    words
+                        .get(p as usize / 64)
+                        .is_some_and(|w| w & (1 << (p % 64)) != 0)
+                })
+                .collect()
+        };
+        Settings {
+            config,
+            allowed_ports,
+        }
+    }
+}
+
 /// How a setting's value is written and checked.
 #[derive(Clone, Copy, Debug)]
 pub enum Kind {
@@ -36,6 +87,21 @@ pub enum Kind {
     Number { min: u32, max: u32 },
     /// One of the named values.
     Choice(&'static [&'static str]),
+    /// A list of ports and port ranges, like `80,443,8000-8099`; empty or
+    /// `all` means every port.
+    Ports,
+}
+
+/// Where a setting lives.
+#[derive(Clone, Copy)]
+enum Field {
+    /// A `u32` field of [`Config`].
+    Config {
+        get: fn(&Config) -> u32,
+        set: fn(&mut Config, u32),
+    },
+    /// [`Settings::allowed_ports`].
+    AllowedPorts,
 }
 
 /// A tunable setting.
@@ -43,83 +109,132 @@ pub struct Key {
     pub name: &'static str,
     pub help: &'static str,
     pub kind: Kind,
-    get: fn(&Config) -> u32,
-    set: fn(&mut Config, u32),
+    field: Field,
 }
 
 const MODES: &[&str] = &["off", "monitor", "enforce"];
 const OVERFLOWS: &[&str] = &["drop", "pass"];
 
+macro_rules! config_key {
+    ($name:literal, $field:ident, $kind:expr, $help:literal) => {
+        Key {
+            name: $name,
+            help: $help,
+            kind: $kind,
+            field: Field::Config {
+                get: |c| c.$field,
+                set: |c, v| c.$field = v,
+            },
+        }
+    };
+}
+
+const CAP: Kind = Kind::Number {
+    min: 0,
+    max: HALF_OPEN_CAPACITY,
+};
+
 /// Every setting, in the order `status` shows them.
 pub const KEYS: &[Key] = &[
-    Key {
-        name: "mode",
-        help: "enforce: drop; monitor: count would-be drops but pass; off: pass all, track nothing",
-        kind: Kind::Choice(MODES),
-        get: |c| c.mode,
-        set: |c, v| c.mode = v,
-    },
-    Key {
-        name: "max-half-open",
-        help: "global cap on half-open attempts (0: no cap)",
-        kind: Kind::Number {
+    config_key!(
+        "mode",
+        mode,
+        Kind::Choice(MODES),
+        "enforce: drop; monitor: count would-be drops but pass; off: pass all, track nothing"
+    ),
+    config_key!(
+        "max-half-open",
+        max_half_open,
+        CAP,
+        "global cap on half-open attempts (0: no cap)"
+    ),
+    config_key!(
+        "max-half-open-per-source",
+        max_half_open_per_source,
+        CAP,
+        "cap on half-open attempts per source address or prefix (0: no cap)"
+    ),
+    config_key!(
+        "source-prefix-v4",
+        source_prefix_v4,
+        Kind::Number { min: 8, max: 32 },
+        "IPv4 sources share a per-source budget per this prefix (32: per address, 24: per /24)"
+    ),
+    config_key!(
+        "source-prefix-v6",
+        source_prefix_v6,
+        Kind::Number { min: 16, max: 128 },
+        "IPv6 sources share a per-source budget per this prefix (128: per address, 64: per /64)"
+    ),
+    config_key!(
+        "max-half-open-per-port",
+        max_half_open_per_port,
+        CAP,
+        "cap on half-open attempts per destination port (0: no cap)"
+    ),
+    config_key!(
+        "syn-rate-per-source",
+        syn_rate_per_source,
+        Kind::Number {
             min: 0,
-            max: HALF_OPEN_CAPACITY,
+            max: 1_000_000
         },
-        get: |c| c.max_half_open,
-        set: |c, v| c.max_half_open = v,
-    },
-    Key {
-        name: "max-half-open-per-source",
-        help: "cap on half-open attempts per source address or prefix (0: no cap)",
-        kind: Kind::Number {
-            min: 0,
-            max: HALF_OPEN_CAPACITY,
+        "SYNs per second a source (address or prefix) may send (0: no limit)"
+    ),
+    config_key!(
+        "syn-burst",
+        syn_burst,
+        Kind::Number {
+            min: 1,
+            max: 1_000_000
         },
-        get: |c| c.max_half_open_per_source,
-        set: |c, v| c.max_half_open_per_source = v,
-    },
+        "SYNs a source may send at once before syn-rate-per-source applies"
+    ),
+    config_key!(
+        "verified-reserve-pct",
+        verified_reserve_pct,
+        Kind::Number { min: 0, max: 100 },
+        "share of max-half-open kept for sources that completed a handshake recently"
+    ),
+    config_key!(
+        "verified-ttl-s",
+        verified_ttl_s,
+        Kind::Number {
+            min: 1,
+            max: 604_800
+        },
+        "a source counts as verified for this long after its last completed handshake"
+    ),
     Key {
-        name: "source-prefix-v4",
-        help: "IPv4 sources share a per-source budget per this prefix (32: per address, 24: per /24)",
-        kind: Kind::Number { min: 8, max: 32 },
-        get: |c| c.source_prefix_v4,
-        set: |c, v| c.source_prefix_v4 = v,
+        name: "allowed-ports",
+        help: "ports that take SYNs, like 80,443,8000-8099; a SYN to any other is dropped (all: every port)",
+        kind: Kind::Ports,
+        field: Field::AllowedPorts,
     },
-    Key {
-        name: "source-prefix-v6",
-        help: "IPv6 sources share a per-source budget per this prefix (128: per address, 64: per /64)",
-        kind: Kind::Number { min: 16, max: 128 },
-        get: |c| c.source_prefix_v6,
-        set: |c, v| c.source_prefix_v6 = v,
-    },
-    Key {
-        name: "overflow",
-        help: "SYN over the global cap: drop it, or pass it untracked to the kernel's SYN cookies",
-        kind: Kind::Choice(OVERFLOWS),
-        get: |c| c.overflow,
-        set: |c, v| c.overflow = v,
-    },
-    Key {
-        name: "half-open-timeout-ms",
-        help: "a half-open attempt is forgotten after this long (changing it restarts the counts)",
-        kind: Kind::Number {
+    config_key!(
+        "overflow",
+        overflow,
+        Kind::Choice(OVERFLOWS),
+        "SYN over the global or per-port cap: drop it, or pass it untracked to the kernel's SYN cookies"
+    ),
+    config_key!(
+        "half-open-timeout-ms",
+        half_open_timeout_ms,
+        Kind::Number {
             min: 100,
-            max: 120_000,
+            max: 120_000
         },
-        get: |c| c.half_open_timeout_ms,
-        set: |c, v| c.half_open_timeout_ms = v,
-    },
-    Key {
-        name: "msl-ms",
-        help: "maximum segment lifetime; a closed connection stays in TIME_WAIT for 2·MSL",
-        kind: Kind::Number {
+        "a half-open attempt is forgotten after this long (changing it restarts the counts)"
+    ),
+    config_key!(
+        "msl-ms",
+        msl_ms,
+        Kind::Number {
             min: 100,
-            max: 600_000,
+            max: 600_000
         },
-        get: |c| c.msl_ms,
-        set: |c, v| c.msl_ms = v,
-    },
+        "maximum segment lifetime; a closed connection stays in TIME_WAIT for 2·MSL"
+    ),
 ];
 
 fn known_keys() -> String {
@@ -134,25 +249,45 @@ fn key(name: &str) -> Result<&'static Key, SettingError> {
         })
 }
 
+/// The value a setting holds.
+enum Value {
+    Number(u32),
+    Ports(Vec<u16>),
+}
+
 impl Key {
     /// The value as a user writes it.
-    pub fn show(&self, cfg: &Config) -> String {
-        let v = (self.get)(cfg);
-        match self.kind {
-            Kind::Number { .. } => v.to_string(),
-            Kind::Choice(names) => names.get(v as usize).copied().unwrap_or("?").to_string(),
+    pub fn show(&self, s: &Settings) -> String {
+        match (self.kind, self.field) {
+            (Kind::Choice(names), Field::Config { get, .. }) => names
+                .get(get(&s.config) as usize)
+                .copied()
+                .unwrap_or("?")
+                .to_string(),
+            (_, Field::Config { get, .. }) => get(&s.config).to_string(),
+            (_, Field::AllowedPorts) => show_ports(&s.allowed_ports),
         }
     }
 
-    /// The value for JSON: a number, or the choice's name.
-    pub fn json(&self, cfg: &Config) -> serde_json::Value {
-        match self.kind {
-            Kind::Number { .. } => (self.get)(cfg).into(),
-            Kind::Choice(_) => self.show(cfg).into(),
+    /// The value for JSON: a number, the choice's name, or a list of ports.
+    pub fn json(&self, s: &Settings) -> serde_json::Value {
+        match (self.kind, self.field) {
+            (Kind::Number { .. }, Field::Config { get, .. }) => get(&s.config).into(),
+            (_, Field::AllowedPorts) => s.allowed_ports.clone().into(),
+            _ => self.show(s).into(),
         }
     }
 
-    fn parse(&self, value: &str) -> Result<u32, SettingError> {
+    /// The allowed values, for `--help`.
+    pub fn range(&self) -> String {
+        match self.kind {
+            Kind::Number { min, max } => format!("{min}..={max}"),
+            Kind::Choice(c) => c.join("|"),
+            Kind::Ports => "PORTS|all".into(),
+        }
+    }
+
+    fn parse(&self, value: &str) -> Result<Value, SettingError> {
         let bad = |expected: String| SettingError::BadValue {
             key: self.name,
             value: value.to_string(),
@@ -169,19 +304,76 @@ impl Key {
                 if v < min || v > max {
                     return Err(bad(range));
                 }
-                Ok(v)
+                Ok(Value::Number(v))
             }
             Kind::Choice(names) => names
                 .iter()
                 .position(|n| n.eq_ignore_ascii_case(value.trim()))
-                .map(|i| i as u32)
+                .map(|i| Value::Number(i as u32))
                 .ok_or_else(|| bad(format!("one of {}", names.join(", ")))),
+            Kind::Ports => parse_ports(value).map(Value::Ports).ok_or_else(|| {
+                bad("ports from 1 to 65535 and ranges like 80,443,8000-8099, or all".into())
+            }),
+        }
+    }
+
+    fn store(&self, s: &mut Settings, v: Value) {
+        match (self.field, v) {
+            (Field::Config { set, .. }, Value::Number(n)) => set(&mut s.config, n),
+            (Field::AllowedPorts, Value::Ports(p)) => {
+                s.config.ports_restricted = u32::from(!p.is_empty());
+                s.allowed_ports = p;
+            }
+            _ => unreachable!("a key's kind matches its field"),
         }
     }
 }
 
-/// Applies one `KEY=VALUE` to `cfg`.
-pub fn apply(cfg: &mut Config, arg: &str) -> Result<(), SettingError> {
+/// `80,443,8000-8099` → sorted ports; `all` or nothing → empty (every port).
+fn parse_ports(text: &str) -> Option<Vec<u16>> {
+    let text = text.trim();
+    if text.is_empty() || text.eq_ignore_ascii_case("all") {
+        return Some(Vec::new());
+    }
+    let mut ports = Vec::new();
+    for part in text.split(',') {
+        let part = part.trim();
+        let (lo, hi) = part.split_once('-').unwrap_or((part, part));
+        let (lo, hi): (u16, u16) = (lo.trim().parse().ok()?, hi.trim().parse().ok()?);
+        if lo == 0 || lo > hi {
+            return None;
+        }
+        ports.extend(lo..=hi);
+    }
+    ports.sort_unstable();
+    ports.dedup();
+    Some(ports)
+}
+
+/// Sorted ports → `80,443,8000-8099`; empty → `all`.
+fn show_ports(ports: &[u16]) -> String {
+    if ports.is_empty() {
+        return "all".into();
+    }
+    let mut out: Vec<String> = Vec::new();
+    let mut i = 0;
+    while i < ports.len() {
+        let mut j = i;
+        while j + 1 < ports.len() && ports[j + 1] == ports[j] + 1 {
+            j += 1;
+        }
+        out.push(if i == j {
+            ports[i].to_string()
+        } else {
+            format!("{}-{}", ports[i], ports[j])
+        });
+        i = j + 1;
+    }
+    out.join(",")
+}
+
+/// Applies one `KEY=VALUE` to `s`.
+pub fn apply(s: &mut Settings, arg: &str) -> Result<(), SettingError> {
     let (k, v) = arg
         .split_once('=')
         .ok_or_else(|| SettingError::NotKeyValue {
@@ -189,13 +381,13 @@ pub fn apply(cfg: &mut Config, arg: &str) -> Result<(), SettingError> {
         })?;
     let key = key(k.trim())?;
     let value = key.parse(v)?;
-    (key.set)(cfg, value);
+    key.store(s, value);
     Ok(())
 }
 
 /// Applies several `KEY=VALUE`s, then checks the result as a whole.
-pub fn apply_all<S: AsRef<str>>(cfg: &Config, args: &[S]) -> Result<Config, SettingError> {
-    let mut next = *cfg;
+pub fn apply_all<S: AsRef<str>>(base: &Settings, args: &[S]) -> Result<Settings, SettingError> {
+    let mut next = base.clone();
     for a in args {
         apply(&mut next, a.as_ref())?;
     }
@@ -203,23 +395,34 @@ pub fn apply_all<S: AsRef<str>>(cfg: &Config, args: &[S]) -> Result<Config, Sett
     Ok(next)
 }
 
-/// Checks what single keys cannot: values that only make sense together.
-pub fn validate(cfg: &Config) -> Result<(), SettingError> {
+/// Checks every value, and what single keys cannot: values that only make
+/// sense together.
+pub fn validate(s: &Settings) -> Result<(), SettingError> {
     for k in KEYS {
-        // Re-parse each value, so a config read back from a map is checked too.
-        k.parse(&k.show(cfg))?;
+        // Re-parse each value, so settings read back from the maps are checked too.
+        k.parse(&k.show(s))?;
     }
-    if cfg.max_half_open != 0
-        && cfg.max_half_open_per_source != 0
-        && cfg.max_half_open_per_source > cfg.max_half_open
-    {
+    let cfg = &s.config;
+    if cfg.ports_restricted != u32::from(!s.allowed_ports.is_empty()) {
         return Err(SettingError::Inconsistent {
-            key: "max-half-open-per-source",
-            why: format!(
-                "{} is above max-half-open ({}), so it would never apply",
-                cfg.max_half_open_per_source, cfg.max_half_open
-            ),
+            key: "allowed-ports",
+            why: "the list and the map's flag disagree (was the map written by another version?)"
+                .into(),
         });
+    }
+    for (key, cap) in [
+        ("max-half-open-per-source", cfg.max_half_open_per_source),
+        ("max-half-open-per-port", cfg.max_half_open_per_port),
+    ] {
+        if cfg.max_half_open != 0 && cap != 0 && cap > cfg.max_half_open {
+            return Err(SettingError::Inconsistent {
+                key,
+                why: format!(
+                    "{cap} is above max-half-open ({}), so it would never apply",
+                    cfg.max_half_open
+                ),
+            });
+        }
     }
     Ok(())
 }
@@ -230,8 +433,9 @@ pub fn validate(cfg: &Config) -> Result<(), SettingError> {
 /// mode = "enforce"
 /// max-half-open = 4096
 /// max-half-open-per-source = 20
+/// allowed-ports = [80, 443]      # or "80,443,8000-8099"
 /// ```
-pub fn from_file(base: &Config, path: &Path) -> Result<Config, SettingError> {
+pub fn from_file(base: &Settings, path: &Path) -> Result<Settings, SettingError> {
     let file_err = |why: String| SettingError::File {
         path: path.display().to_string(),
         why,
@@ -244,7 +448,7 @@ pub fn from_file(base: &Config, path: &Path) -> Result<Config, SettingError> {
 }
 
 /// Parses TOML text as in [`from_file`].
-pub fn from_toml(base: &Config, text: &str) -> Result<Config, SettingError> {
+pub fn from_toml(base: &Settings, text: &str) -> Result<Settings, SettingError> {
     let table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| SettingError::File {
@@ -253,16 +457,29 @@ pub fn from_toml(base: &Config, text: &str) -> Result<Config, SettingError> {
         })?;
     let mut args = Vec::new();
     for (k, v) in &table {
+        let bad = |other: &toml::Value| match key(k) {
+            Ok(key) => SettingError::BadValue {
+                key: key.name,
+                value: other.to_string(),
+                expected: "a number, a string, or a list of ports".into(),
+            },
+            Err(e) => e,
+        };
         let v = match v {
             toml::Value::String(s) => s.clone(),
             toml::Value::Integer(i) => i.to_string(),
-            other => {
-                return Err(SettingError::BadValue {
-                    key: key(k)?.name,
-                    value: other.to_string(),
-                    expected: "a number or a string".into(),
-                });
+            toml::Value::Array(items) if matches!(key(k)?.kind, Kind::Ports) => {
+                let mut parts = Vec::new();
+                for item in items {
+                    match item {
+                        toml::Value::Integer(i) => parts.push(i.to_string()),
+                        toml::Value::String(s) => parts.push(s.clone()),
+                        other => return Err(bad(other)),
+                    }
+                }
+                parts.join(",")
             }
+            other => return Err(bad(other)),
         };
         args.push(format!("{k}={v}"));
     }
@@ -283,13 +500,13 @@ mod tests {
 
     #[test]
     fn defaults_are_valid() {
-        validate(&Config::DEFAULT).unwrap();
+        validate(&Settings::default()).unwrap();
     }
 
     #[test]
     fn set_numbers_and_choices() {
         let c = apply_all(
-            &Config::DEFAULT,
+            &Settings::default(),
             &[
                 "max-half-open-per-source=20",
                 "mode=monitor",
@@ -298,6 +515,7 @@ mod tests {
             ],
         )
         .unwrap();
+        let c = c.config;
         assert_eq!(c.max_half_open_per_source, 20);
         assert_eq!(c.max_half_open, 1000);
         assert_eq!(c.mode(), Mode::Monitor);
@@ -306,19 +524,26 @@ mod tests {
 
     #[test]
     fn errors_name_the_key_and_the_range() {
-        let e = apply_all(&Config::DEFAULT, &["half-open-timeout-ms=5"]).unwrap_err();
+        let e = apply_all(&Settings::default(), &["half-open-timeout-ms=5"]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "half-open-timeout-ms: \"5\" is not valid: expected a whole number from 100 to 120000"
         );
-        let e = apply_all(&Config::DEFAULT, &["mode=block"]).unwrap_err();
+        let e = apply_all(&Settings::default(), &["mode=block"]).unwrap_err();
         assert_eq!(
             e.to_string(),
             "mode: \"block\" is not valid: expected one of off, monitor, enforce"
         );
-        let e = apply_all(&Config::DEFAULT, &["max-half-open=-1"]).unwrap_err();
+        let e = apply_all(&Settings::default(), &["max-half-open=-1"]).unwrap_err();
         assert!(e.to_string().contains("from 0 to 65536"), "{e}");
-        let e = apply_all(&Config::DEFAULT, &["max-half-open=65537"]).unwrap_err();
+        let e = apply_all(&Settings::default(), &["max-half-open=65537"]).unwrap_err();
+        let e2 = apply_all(&Settings::default(), &["allowed-ports=80,0"]).unwrap_err();
+        assert!(
+            e2.to_string().starts_with(
+                "allowed-ports: \"80,0\" is not valid: expected ports from 1 to 65535"
+            ),
+            "{e2}"
+        );
         assert!(matches!(
             e,
             SettingError::BadValue {
@@ -330,7 +555,7 @@ mod tests {
 
     #[test]
     fn unknown_keys_list_the_known_ones() {
-        let e = apply_all(&Config::DEFAULT, &["max-halfopen=3"]).unwrap_err();
+        let e = apply_all(&Settings::default(), &["max-halfopen=3"]).unwrap_err();
         let msg = e.to_string();
         assert!(msg.starts_with("unknown setting \"max-halfopen\""), "{msg}");
         assert!(msg.contains("max-half-open-per-source"), "{msg}");
@@ -339,7 +564,7 @@ mod tests {
     #[test]
     fn not_key_value() {
         assert_eq!(
-            apply_all(&Config::DEFAULT, &["max-half-open"]).unwrap_err(),
+            apply_all(&Settings::default(), &["max-half-open"]).unwrap_err(),
             SettingError::NotKeyValue {
                 arg: "max-half-open".into()
             }
@@ -349,7 +574,7 @@ mod tests {
     #[test]
     fn per_source_above_global_is_refused() {
         let e = apply_all(
-            &Config::DEFAULT,
+            &Settings::default(),
             &["max-half-open=10", "max-half-open-per-source=11"],
         )
         .unwrap_err();
@@ -362,7 +587,7 @@ mod tests {
         ));
         // With no global cap, any per-source cap is fine.
         apply_all(
-            &Config::DEFAULT,
+            &Settings::default(),
             &["max-half-open=0", "max-half-open-per-source=500"],
         )
         .unwrap();
@@ -370,44 +595,98 @@ mod tests {
 
     #[test]
     fn a_failed_set_changes_nothing() {
-        let before = Config::DEFAULT;
+        let before = Settings::default();
         assert!(apply_all(&before, &["max-half-open=7", "mode=nope"]).is_err());
-        assert_eq!(before, Config::DEFAULT);
+        assert_eq!(before, Settings::default());
     }
 
     #[test]
     fn toml_file() {
         let c = from_toml(
-            &Config::DEFAULT,
+            &Settings::default(),
             "mode = \"monitor\"\nmax-half-open = 4096\nmax-half-open-per-source = 20\n",
         )
         .unwrap();
         assert_eq!(
-            (c.mode(), c.max_half_open, c.max_half_open_per_source),
+            (
+                c.config.mode(),
+                c.config.max_half_open,
+                c.config.max_half_open_per_source
+            ),
             (Mode::Monitor, 4096, 20)
         );
         assert!(matches!(
-            from_toml(&Config::DEFAULT, "max-half-open = [1]"),
+            from_toml(&Settings::default(), "max-half-open = [1]"),
             Err(SettingError::BadValue {
                 key: "max-half-open",
                 ..
             })
         ));
-        assert!(from_toml(&Config::DEFAULT, "nonsense = 1").is_err());
-        assert!(from_toml(&Config::DEFAULT, "mode = ").is_err());
+        assert!(from_toml(&Settings::default(), "nonsense = 1").is_err());
+        assert!(from_toml(&Settings::default(), "mode = ").is_err());
     }
 
     #[test]
     fn show_round_trips_through_apply() {
-        let c = Config {
-            mode: Mode::Monitor as u32,
-            max_half_open: 77,
-            ..Config::DEFAULT
-        };
+        let c = apply_all(
+            &Settings::default(),
+            &[
+                "mode=monitor",
+                "max-half-open=77",
+                "allowed-ports=22,80,8000-8002",
+            ],
+        )
+        .unwrap();
         let args: Vec<String> = KEYS
             .iter()
             .map(|k| format!("{}={}", k.name, k.show(&c)))
             .collect();
-        assert_eq!(apply_all(&Config::DEFAULT, &args).unwrap(), c);
+        assert_eq!(apply_all(&Settings::default(), &args).unwrap(), c);
+    }
+
+    #[test]
+    fn port_lists() {
+        let s = apply_all(
+            &Settings::default(),
+            &["allowed-ports= 443, 80,8000-8003,8001"],
+        )
+        .unwrap();
+        assert_eq!(s.allowed_ports, [80, 443, 8000, 8001, 8002, 8003]);
+        assert_eq!(s.config.ports_restricted, 1);
+        assert_eq!(key("allowed-ports").unwrap().show(&s), "80,443,8000-8003");
+        let words = s.port_bitmap();
+        assert_eq!(words[1], 1 << 16, "port 80 is bit 16 of word 1");
+        assert_eq!(Settings::from_maps(s.config, &words), s);
+        let all = apply_all(&s, &["allowed-ports=all"]).unwrap();
+        assert!(all.allowed_ports.is_empty());
+        assert_eq!(all.config.ports_restricted, 0);
+        for bad in ["80-70", "x", "65536", "1-2-3", "80,,81"] {
+            assert!(
+                apply_all(&s, &[format!("allowed-ports={bad}")]).is_err(),
+                "{bad}"
+            );
+        }
+        let t = from_toml(&Settings::default(), "allowed-ports = [80, \"8000-8001\"]").unwrap();
+        assert_eq!(t.allowed_ports, [80, 8000, 8001]);
+    }
+
+    #[test]
+    fn per_port_above_global_is_refused() {
+        let e = apply_all(
+            &Settings::default(),
+            &[
+                "max-half-open=10",
+                "max-half-open-per-source=0",
+                "max-half-open-per-port=11",
+            ],
+        )
+        .unwrap_err();
+        assert!(matches!(
+            e,
+            SettingError::Inconsistent {
+                key: "max-half-open-per-port",
+                ..
+            }
+        ));
     }
 }

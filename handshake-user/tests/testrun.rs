@@ -5,7 +5,8 @@ mod common;
 
 use common::*;
 use handshake_common::machine::tcp::SYN;
-use handshake_common::{Config, Mode, Overflow, Reason, TcpState};
+use handshake_common::{Config, Mode, Reason, TcpState};
+use handshake_user::settings::Settings;
 
 const SRV: &str = "198.18.0.1";
 const ATK: &str = "198.18.0.66";
@@ -18,181 +19,284 @@ fn cfg(per_source: u32, global: u32) -> Config {
     }
 }
 
-/// One case: a configuration, packets with the verdict each must get, and
-/// the counters that must have moved.
+/// An arriving SYN (from `src:sport` to the server's `dport`, with `vlans`
+/// tags) and the reason it must be counted under.
+struct Syn {
+    src: &'static str,
+    sport: u16,
+    dport: u16,
+    vlans: usize,
+    reason: Reason,
+}
+
+const fn s(src: &'static str, sport: u16, dport: u16, reason: Reason) -> Syn {
+    Syn {
+        src,
+        sport,
+        dport,
+        vlans: 0,
+        reason,
+    }
+}
+
+/// One case: settings as an operator writes them, SYNs with their reasons,
+/// and the half-open attempts left.
 struct Case {
     name: &'static str,
-    cfg: Config,
-    packets: Vec<(Vec<u8>, u32)>,
-    counts: &'static [(Reason, u64)],
+    settings: &'static [&'static str],
+    syns: Vec<Syn>,
     half_open_after: usize,
 }
 
-fn syns_from(src: &str, ports: std::ops::Range<u16>) -> Vec<Vec<u8>> {
-    ports.map(|p| syn(src, p, SRV, 80).bytes()).collect()
-}
+const B: &str = "198.18.0.67";
+const C: &str = "198.18.0.68";
+const V6A: &str = "2001:db8::66";
+const V6B: &str = "2001:db8::67";
+use Reason::{Global, OverflowPass, Pass, PerPort, PerSource, PortClosed, SynRate};
 
+#[rustfmt::skip]
 fn cases() -> Vec<Case> {
-    let mut v = Vec::new();
-    // Per-source cap: exactly at the cap passes, one over drops, others unaffected.
-    let mut p: Vec<(Vec<u8>, u32)> = syns_from(ATK, 1000..1003)
-        .into_iter()
-        .map(|b| (b, XDP_PASS))
-        .collect();
-    p.push((syn(ATK, 1003, SRV, 80).bytes(), XDP_DROP));
-    p.push((syn("198.18.0.2", 5000, SRV, 80).bytes(), XDP_PASS));
-    v.push(Case {
-        name: "per-source cap: at the cap passes, one over drops, another source passes",
-        cfg: cfg(3, 100),
-        packets: p,
-        counts: &[(Reason::Pass, 4), (Reason::PerSource, 1)],
-        half_open_after: 4,
-    });
-    // Retransmitted SYN: not a second attempt.
-    v.push(Case {
-        name: "retransmitted SYNs are not counted twice",
-        cfg: cfg(1, 100),
-        packets: vec![
-            (syn(ATK, 1000, SRV, 80).bytes(), XDP_PASS),
-            (syn(ATK, 1000, SRV, 80).bytes(), XDP_PASS),
-            (syn(ATK, 1000, SRV, 80).bytes(), XDP_PASS),
-            (syn(ATK, 1001, SRV, 80).bytes(), XDP_DROP),
-        ],
-        counts: &[(Reason::Pass, 3), (Reason::PerSource, 1)],
-        half_open_after: 1,
-    });
-    // Global cap.
-    let mut p: Vec<(Vec<u8>, u32)> = (0..4)
-        .map(|i| {
-            (
-                syn(&format!("198.18.1.{i}"), 2000, SRV, 80).bytes(),
-                XDP_PASS,
-            )
-        })
-        .collect();
-    p.push((syn("198.18.1.9", 2000, SRV, 80).bytes(), XDP_DROP));
-    v.push(Case {
-        name: "global cap: the fifth source is refused",
-        cfg: cfg(0, 4),
-        packets: p.clone(),
-        counts: &[(Reason::Pass, 4), (Reason::Global, 1)],
-        half_open_after: 4,
-    });
-    // overflow=pass: over the global cap, pass untracked.
-    let mut p2 = p.clone();
-    p2.last_mut().unwrap().1 = XDP_PASS;
-    v.push(Case {
-        name: "global overflow with overflow=pass passes the SYN untracked",
-        cfg: Config {
-            overflow: Overflow::Pass as u32,
-            ..cfg(0, 4)
+    vec![
+        Case {
+            name: "per-source cap: at the cap passes, one over drops, another source passes",
+            settings: &["max-half-open-per-source=3"],
+            syns: vec![s(ATK, 1000, 80, Pass), s(ATK, 1001, 80, Pass), s(ATK, 1002, 80, Pass),
+                       s(ATK, 1003, 80, PerSource), s(B, 1003, 80, Pass)],
+            half_open_after: 4,
         },
-        packets: p2,
-        counts: &[(Reason::Pass, 5), (Reason::Global, 0)],
-        half_open_after: 4,
-    });
-    // Monitor: same decisions counted, nothing dropped.
-    v.push(Case {
-        name: "monitor mode counts the would-be drop and passes it",
-        cfg: Config {
-            mode: Mode::Monitor as u32,
-            ..cfg(0, 4)
+        Case {
+            name: "retransmitted SYNs are not counted twice",
+            settings: &["max-half-open-per-source=1"],
+            syns: vec![s(ATK, 1000, 80, Pass), s(ATK, 1000, 80, Pass), s(ATK, 1000, 80, Pass),
+                       s(ATK, 1001, 80, PerSource)],
+            half_open_after: 1,
         },
-        packets: p.iter().map(|(b, _)| (b.clone(), XDP_PASS)).collect(),
-        counts: &[(Reason::Pass, 4), (Reason::Global, 1)],
-        half_open_after: 4,
-    });
-    // Off: nothing tracked.
-    v.push(Case {
-        name: "mode off tracks nothing",
-        cfg: Config {
-            mode: Mode::Off as u32,
-            ..cfg(1, 1)
+        Case {
+            name: "global cap: the fifth source is refused",
+            settings: &["max-half-open=4", "max-half-open-per-source=1"],
+            syns: vec![s(ATK, 1, 80, Pass), s(B, 1, 80, Pass), s(C, 1, 80, Pass),
+                       s("198.18.0.69", 1, 80, Pass), s("198.18.0.70", 1, 80, Global)],
+            half_open_after: 4,
         },
-        packets: syns_from(ATK, 1000..1005)
-            .into_iter()
-            .map(|b| (b, XDP_PASS))
-            .collect(),
-        counts: &[(Reason::Pass, 5), (Reason::PerSource, 0)],
-        half_open_after: 0,
-    });
-    // Non-TCP passes.
-    v.push(Case {
-        name: "UDP passes as not_tcp",
-        cfg: cfg(1, 1),
-        packets: vec![(udp(ATK, SRV), XDP_PASS), (udp(ATK, SRV), XDP_PASS)],
-        counts: &[(Reason::NotTcp, 2)],
-        half_open_after: 0,
-    });
-    // VLAN-tagged SYNs are parsed and limited like untagged ones.
-    v.push(Case {
-        name: "single and double VLAN tags do not hide a SYN from the caps",
-        cfg: cfg(2, 100),
-        packets: vec![
-            (syn(ATK, 1000, SRV, 80).vlans(1).bytes(), XDP_PASS),
-            (syn(ATK, 1001, SRV, 80).vlans(2).bytes(), XDP_PASS),
-            (syn(ATK, 1002, SRV, 80).vlans(2).bytes(), XDP_DROP),
-            (syn(ATK, 1003, SRV, 80).bytes(), XDP_DROP),
-        ],
-        counts: &[(Reason::Pass, 2), (Reason::PerSource, 2)],
-        half_open_after: 2,
-    });
-    // IPv6.
-    v.push(Case {
-        name: "IPv6 SYNs are tracked and capped",
-        cfg: cfg(2, 100),
-        packets: vec![
-            (
-                syn("2001:db8::66", 1000, "2001:db8::1", 80).bytes(),
-                XDP_PASS,
-            ),
-            (
-                syn("2001:db8::66", 1001, "2001:db8::1", 80)
-                    .vlans(1)
-                    .bytes(),
-                XDP_PASS,
-            ),
-            (
-                syn("2001:db8::66", 1002, "2001:db8::1", 80).bytes(),
-                XDP_DROP,
-            ),
-            (
-                syn("2001:db8::67", 1002, "2001:db8::1", 80).bytes(),
-                XDP_PASS,
-            ),
-        ],
-        counts: &[(Reason::Pass, 3), (Reason::PerSource, 1)],
-        half_open_after: 3,
-    });
-    v
+        Case {
+            name: "global cap with overflow=pass: the fifth passes untracked",
+            settings: &["max-half-open=4", "max-half-open-per-source=1", "overflow=pass"],
+            syns: vec![s(ATK, 1, 80, Pass), s(B, 1, 80, Pass), s(C, 1, 80, Pass),
+                       s("198.18.0.69", 1, 80, Pass), s("198.18.0.70", 1, 80, OverflowPass)],
+            half_open_after: 4,
+        },
+        Case {
+            name: "per-port cap: a third SYN to port 80 is refused, port 81 is not",
+            settings: &["max-half-open-per-port=2"],
+            syns: vec![s(ATK, 1, 80, Pass), s(B, 1, 80, Pass), s(C, 1, 80, PerPort),
+                       s(C, 1, 81, Pass)],
+            half_open_after: 3,
+        },
+        Case {
+            name: "per-port cap with overflow=pass",
+            settings: &["max-half-open-per-port=2", "overflow=pass"],
+            syns: vec![s(ATK, 1, 80, Pass), s(B, 1, 80, Pass), s(C, 1, 80, OverflowPass)],
+            half_open_after: 2,
+        },
+        Case {
+            name: "SYN rate: the burst passes, the next is refused, another source is not",
+            settings: &["syn-rate-per-source=1", "syn-burst=3"],
+            syns: vec![s(ATK, 1, 80, Pass), s(ATK, 2, 80, Pass), s(ATK, 3, 80, Pass),
+                       s(ATK, 4, 80, SynRate), s(B, 4, 80, Pass)],
+            half_open_after: 4,
+        },
+        Case {
+            name: "SYN rate per /24: neighbours share one bucket",
+            settings: &["syn-rate-per-source=1", "syn-burst=2", "source-prefix-v4=24"],
+            syns: vec![s(ATK, 1, 80, Pass), s(B, 1, 80, Pass), s(C, 1, 80, SynRate),
+                       s("198.18.1.5", 1, 80, Pass)],
+            half_open_after: 3,
+        },
+        Case {
+            name: "allowed ports: SYNs to any other port are refused",
+            settings: &["allowed-ports=80,443"],
+            syns: vec![s(ATK, 1, 22, PortClosed), s(ATK, 1, 80, Pass), s(ATK, 1, 443, Pass),
+                       s(ATK, 1, 8080, PortClosed)],
+            half_open_after: 2,
+        },
+        Case {
+            name: "a SYN to a closed port takes no slot of its source",
+            settings: &["allowed-ports=80", "max-half-open-per-source=1"],
+            syns: vec![s(ATK, 1, 22, PortClosed), s(ATK, 2, 22, PortClosed), s(ATK, 1, 80, Pass),
+                       s(ATK, 2, 80, PerSource)],
+            half_open_after: 1,
+        },
+        Case {
+            name: "single and double VLAN tags do not hide a SYN from the caps",
+            settings: &["max-half-open-per-source=2"],
+            syns: vec![Syn { vlans: 1, ..s(ATK, 1, 80, Pass) }, Syn { vlans: 2, ..s(ATK, 2, 80, Pass) },
+                       Syn { vlans: 2, ..s(ATK, 3, 80, PerSource) }, s(ATK, 4, 80, PerSource)],
+            half_open_after: 2,
+        },
+        Case {
+            name: "IPv6 SYNs are tracked and capped",
+            settings: &["max-half-open-per-source=2"],
+            syns: vec![s(V6A, 1, 80, Pass), Syn { vlans: 1, ..s(V6A, 2, 80, Pass) },
+                       s(V6A, 3, 80, PerSource), s(V6B, 3, 80, Pass)],
+            half_open_after: 3,
+        },
+        Case {
+            name: "IPv6 sources aggregated per /64",
+            settings: &["max-half-open-per-source=2", "source-prefix-v6=64"],
+            syns: vec![s(V6A, 1, 80, Pass), s(V6B, 1, 80, Pass), s("2001:db8::1:2", 1, 80, PerSource),
+                       s("2001:db8:0:1::2", 1, 80, Pass)],
+            half_open_after: 3,
+        },
+    ]
 }
 
+fn server_for(src: &str) -> &'static str {
+    if src.contains(':') {
+        "2001:db8::1"
+    } else {
+        SRV
+    }
+}
+
+/// Runs every case in enforce mode, where the drop reasons drop, and in
+/// monitor mode, where the same reasons are counted and everything passes.
 #[test]
 #[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
 fn table() {
     for case in cases() {
-        let h = Harness::new(case.cfg);
-        for (i, (pkt, want)) in case.packets.iter().enumerate() {
-            assert_eq!(h.run(pkt), *want, "{}: packet {i}", case.name);
-        }
-        for (r, n) in case.counts {
-            assert_eq!(h.count(*r), *n, "{}: counter {}", case.name, r.name());
-        }
-        assert_eq!(
-            h.half_open_entries().len(),
-            case.half_open_after,
-            "{}: half-open entries",
-            case.name
-        );
-        if case.cfg.mode() != Mode::Off {
+        for mode in ["enforce", "monitor"] {
+            let mut args: Vec<String> = case.settings.iter().map(|s| s.to_string()).collect();
+            args.push(format!("mode={mode}"));
+            let settings = handshake_user::settings::apply_all(&Settings::default(), &args)
+                .unwrap_or_else(|e| panic!("{}: {e}", case.name));
+            let h = Harness::with(&settings);
+            let name = format!("{} ({mode})", case.name);
+            for (i, syn_) in case.syns.iter().enumerate() {
+                let pkt =
+                    syn(syn_.src, syn_.sport, server_for(syn_.src), syn_.dport).vlans(syn_.vlans);
+                let want = if syn_.reason.is_drop() && mode == "enforce" {
+                    XDP_DROP
+                } else {
+                    XDP_PASS
+                };
+                assert_eq!(
+                    h.run(&pkt.bytes()),
+                    want,
+                    "{name}: SYN {i} ({})",
+                    syn_.reason.name()
+                );
+            }
+            for r in Reason::ALL {
+                let want = case.syns.iter().filter(|s| s.reason == r).count() as u64;
+                assert_eq!(h.count(r), want, "{name}: counter {}", r.name());
+            }
             assert_eq!(
-                h.global_half_open(&case.cfg) as usize,
+                h.half_open_entries().len(),
                 case.half_open_after,
-                "{}: global half-open count",
-                case.name
+                "{name}: half-open entries"
+            );
+            assert_eq!(
+                h.global_half_open(&settings.config) as usize,
+                case.half_open_after,
+                "{name}: global half-open count"
             );
         }
     }
+}
+
+#[test]
+#[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
+fn mode_off_and_non_tcp_pass_untracked() {
+    let h = Harness::new(Config {
+        mode: Mode::Off as u32,
+        ..cfg(1, 1)
+    });
+    for p in 1000..1005 {
+        assert_eq!(h.run(&syn(ATK, p, SRV, 80).bytes()), XDP_PASS);
+    }
+    assert_eq!(h.count(Reason::Pass), 5);
+    assert!(h.half_open_entries().is_empty());
+    let h = Harness::new(cfg(1, 1));
+    assert_eq!(h.run(&udp(ATK, SRV)), XDP_PASS);
+    assert_eq!(h.run(&udp(ATK, SRV)), XDP_PASS);
+    assert_eq!(h.count(Reason::NotTcp), 2);
+}
+
+/// Completes a handshake from `src` through both programs.
+fn handshake(h: &Harness, src: &str, sport: u16) {
+    let s = syn(src, sport, SRV, 80);
+    assert_eq!(h.run(&s.bytes()), XDP_PASS, "{src}: SYN");
+    let k = 9_000;
+    assert_eq!(
+        h.run_out(&s.reverse().seg(SYN, k, Some(s.seq + 1), 0).bytes()),
+        TC_ACT_OK
+    );
+    assert_eq!(
+        h.run(&s.then_ack(k + 1).bytes()),
+        XDP_PASS,
+        "{src}: final ACK"
+    );
+}
+
+#[test]
+#[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
+fn verified_sources_keep_their_reserve_when_the_budget_fills() {
+    // Budget 10, 40 % reserved: unverified sources get 6.
+    let h = Harness::new(Config {
+        max_half_open: 10,
+        max_half_open_per_source: 0,
+        verified_reserve_pct: 40,
+        ..Config::DEFAULT
+    });
+    handshake(&h, "198.18.0.2", 40_000);
+    // A spoofed flood fills what unverified sources may use.
+    for i in 0..6 {
+        let src = format!("198.19.0.{i}");
+        assert_eq!(h.run(&syn(&src, 1, SRV, 80).bytes()), XDP_PASS, "{src}");
+    }
+    assert_eq!(h.run(&syn("198.19.1.1", 1, SRV, 80).bytes()), XDP_DROP);
+    assert_eq!(h.count(Reason::Global), 1);
+    // The verified client still gets in, up to the whole budget.
+    for p in 0..4 {
+        assert_eq!(
+            h.run(&syn("198.18.0.2", 41_000 + p, SRV, 80).bytes()),
+            XDP_PASS
+        );
+    }
+    assert_eq!(h.run(&syn("198.18.0.2", 42_000, SRV, 80).bytes()), XDP_DROP);
+    assert_eq!(h.count(Reason::Global), 2);
+    // A verification expires.
+    let mut h2 = Harness::new(Config {
+        max_half_open: 2,
+        max_half_open_per_source: 0,
+        verified_reserve_pct: 50,
+        verified_ttl_s: 1,
+        ..Config::DEFAULT
+    });
+    handshake(&h2, "198.18.0.2", 40_000);
+    assert_eq!(h2.run(&syn(ATK, 1, SRV, 80).bytes()), XDP_PASS);
+    std::thread::sleep(std::time::Duration::from_millis(1_100));
+    assert_eq!(
+        h2.run(&syn("198.18.0.2", 40_001, SRV, 80).bytes()),
+        XDP_DROP
+    );
+    // ...and a new one restores it.
+    h2.set(Config {
+        max_half_open: 3,
+        max_half_open_per_source: 0,
+        verified_reserve_pct: 34,
+        verified_ttl_s: 60,
+        ..Config::DEFAULT
+    });
+    handshake(&h2, "198.18.0.2", 40_002);
+    // Unverified sources use their 2 of 3 (ATK's attempt still counts)...
+    assert_eq!(h2.run(&syn(B, 1, SRV, 80).bytes()), XDP_PASS);
+    assert_eq!(h2.run(&syn(C, 1, SRV, 80).bytes()), XDP_DROP);
+    // ...and the newly verified client gets the reserved one.
+    assert_eq!(
+        h2.run(&syn("198.18.0.2", 40_003, SRV, 80).bytes()),
+        XDP_PASS
+    );
 }
 
 fn malformed(mutate: impl Fn(&mut Vec<u8>)) -> Vec<u8> {

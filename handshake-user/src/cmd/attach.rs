@@ -1,27 +1,27 @@
 use handshake_common::Config;
 use handshake_user::gate::{self, AttachMode};
-use handshake_user::settings;
+use handshake_user::settings::{self, Settings};
 
 use crate::args::{AttachArgs, ModeArg};
 
 pub fn run(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
     // The whole configuration is checked before anything is loaded.
-    let mut cfg = Config::DEFAULT;
+    let mut s = Settings::default();
     if let Some(path) = &a.config {
-        cfg = settings::from_file(&cfg, path)?;
+        s = settings::from_file(&s, path)?;
     }
-    let cfg = settings::apply_all(&cfg, &a.set)?;
+    let s = settings::apply_all(&s, &a.set)?;
     let mode = match a.mode {
         ModeArg::Auto => AttachMode::Auto,
         ModeArg::Native => AttachMode::Native,
         ModeArg::Skb => AttachMode::Skb,
     };
-    let dir = gate::attach(&a.iface, netns, mode, &cfg)?;
+    let dir = gate::attach(&a.iface, netns, mode, &s)?;
     println!(
         "attached to {} ({} mode, {}), pinned in {}",
         a.iface,
-        settings::mode_name(&cfg),
-        describe_caps(&cfg),
+        settings::mode_name(&s.config),
+        describe_caps(&s.config),
         dir.display()
     );
     Ok(())

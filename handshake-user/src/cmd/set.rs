@@ -1,7 +1,7 @@
 use std::sync::LazyLock;
 
 use handshake_user::gate::Gate;
-use handshake_user::settings::{self, KEYS, Kind};
+use handshake_user::settings::{self, KEYS};
 
 use crate::args::SetArgs;
 
@@ -9,20 +9,16 @@ use crate::args::SetArgs;
 pub static KEYS_HELP: LazyLock<String> = LazyLock::new(|| {
     let mut s = String::from("Settings:\n");
     for k in KEYS {
-        let range = match k.kind {
-            Kind::Number { min, max } => format!("{min}..={max}"),
-            Kind::Choice(c) => c.join("|"),
-        };
-        s.push_str(&format!("  {:<26} {:<16} {}\n", k.name, range, k.help));
+        s.push_str(&format!("  {:<26} {:<16} {}\n", k.name, k.range(), k.help));
     }
     s
 });
 
 pub fn run(a: SetArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let mut gate = Gate::open(&a.iface, netns)?;
-    let old = gate.config()?;
+    let old = gate.settings()?;
     let new = settings::apply_all(&old, &a.settings)?;
-    gate.set_config(&new)?;
+    gate.set_settings(&new)?;
     for k in KEYS {
         let (before, after) = (k.show(&old), k.show(&new));
         if before != after {

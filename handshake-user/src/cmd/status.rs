@@ -11,18 +11,20 @@ const TOP: usize = 5;
 
 pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let gate = Gate::open(&a.iface, netns)?;
-    let cfg = gate.config()?;
+    let settings = gate.settings()?;
+    let cfg = settings.config;
     let now = handshake_user::monotonic_ns();
     let counters = gate.counters()?;
     let half_open = gate.half_open_now(&cfg, now)?;
     let conns = gate.conns(&cfg, now)?;
     let [client, server] = gate::state_counts(&conns);
     let top = gate.top_sources(&cfg, now, TOP);
+    let top_ports = gate.top_ports(&cfg, now, TOP)?;
 
     if a.json {
         let limits: Map<String, Value> = KEYS
             .iter()
-            .map(|k| (k.name.to_string(), k.json(&cfg)))
+            .map(|k| (k.name.to_string(), k.json(&settings)))
             .collect();
         let drops: Map<String, Value> = Reason::ALL
             .iter()
@@ -47,6 +49,7 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
             "packets": by_reason(&counters.packets),
             "egress": by_reason(&counters.egress),
             "top_sources": top.iter().map(|(s, n)| json!({"source": s, "half_open": n})).collect::<Vec<_>>(),
+            "top_ports": top_ports.iter().map(|(p, n)| json!({"port": p, "half_open": n})).collect::<Vec<_>>(),
         });
         println!("{}", serde_json::to_string_pretty(&out)?);
         return Ok(());
@@ -60,7 +63,7 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
     println!();
     let mut t = table(&["limit", "value"], 2);
     for k in KEYS {
-        t.add_row(vec![k.name.to_string(), k.show(&cfg)]);
+        t.add_row(vec![k.name.to_string(), k.show(&settings)]);
     }
     println!("{t}\n");
 
@@ -69,6 +72,13 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
         let mut t = table(&["top source", "half-open"], 1);
         for (s, n) in &top {
             t.add_row(vec![s.clone(), n.to_string()]);
+        }
+        println!("{t}");
+    }
+    if !top_ports.is_empty() {
+        let mut t = table(&["top port", "half-open"], 1);
+        for (p, n) in &top_ports {
+            t.add_row(vec![p.to_string(), n.to_string()]);
         }
         println!("{t}");
     }

@@ -54,6 +54,18 @@ impl Harness {
         h
     }
 
+    /// A harness with `settings` in its maps, as `attach` writes them.
+    pub fn with(settings: &handshake_user::settings::Settings) -> Harness {
+        let mut h = Harness::new(settings.config);
+        let mut a: Array<_, u64> =
+            Array::try_from(h.ebpf.map_mut(maps::ALLOWED_PORTS).unwrap()).unwrap();
+        for (i, w) in settings.port_bitmap().into_iter().enumerate() {
+            a.set(i as u32, w, 0).unwrap();
+        }
+        h.set(settings.config);
+        h
+    }
+
     pub fn set(&mut self, cfg: Config) {
         let mut a: Array<_, Config> =
             Array::try_from(self.ebpf.map_mut(maps::CONFIG).unwrap()).unwrap();
