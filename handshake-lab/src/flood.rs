@@ -1,5 +1,7 @@
-//! A bounded SYN flood sender: raw IP sockets, several threads, spoofed
-//! sources drawn only from 198.18.0.0/15 and 2001:db8::/32.
+//! A bounded SYN flood sender: raw IP sockets, several threads, packets
+//! handed to the kernel in batches of [`BATCH`] with `sendmmsg`, spoofed
+//! sources drawn only from 198.18.0.0/15 and 2001:db8::/32, bounded in
+//! packet count and time.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
@@ -129,11 +131,9 @@ impl Flood {
         let per_thread =
             self.count / threads as u64 + u64::from((t as u64) < self.count % threads as u64);
         let per_thread_rate = self.rate.map(|r| (r as f64 / threads as f64).max(1.0));
-        let mut buf = Vec::with_capacity(80);
-        for i in 0..per_thread {
-            if i % 256 == 0 && start.elapsed() >= self.max_time {
-                break;
-            }
+        let mut batch: Vec<Vec<u8>> = Vec::with_capacity(BATCH);
+        let mut i = 0;
+        while i < per_thread && start.elapsed() < self.max_time {
             if let Some(r) = per_thread_rate {
                 let due = start + Duration::from_secs_f64(i as f64 / r);
                 let now = Instant::now();
@@ -141,26 +141,82 @@ impl Flood {
                     std::thread::sleep(due - now);
                 }
             }
-            let n = i * threads as u64 + t as u64;
-            let src = self.sources.pick(n);
-            let sport = 1024 + (n % 60_000) as u16;
-            let seq = (n as u32).wrapping_mul(2_654_435_761);
-            buf.clear();
-            let builder = match (src, self.target.ip()) {
-                (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
-                (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
-                _ => anyhow::bail!("source and target families differ"),
-            };
-            builder
-                .tcp(sport, self.target.port(), seq, 64_240)
-                .syn()
-                .write(&mut buf, &[])?;
-            if sock.send_to(&buf, &dest).is_ok() {
-                sent.fetch_add(1, Ordering::Relaxed);
+            batch.clear();
+            let n = (per_thread - i).min(BATCH as u64);
+            for j in 0..n {
+                batch.push(self.packet((i + j) * threads as u64 + t as u64)?);
             }
+            sent.fetch_add(send_batch(&sock, &dest, &batch), Ordering::Relaxed);
+            i += n;
         }
         Ok(())
     }
+
+    /// The `n`th SYN of the flood: its source, source port and sequence
+    /// number all follow from `n`.
+    fn packet(&self, n: u64) -> anyhow::Result<Vec<u8>> {
+        let src = self.sources.pick(n);
+        let sport = 1024 + (n % 60_000) as u16;
+        let seq = (n as u32).wrapping_mul(2_654_435_761);
+        let mut buf = Vec::with_capacity(60);
+        let builder = match (src, self.target.ip()) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => PacketBuilder::ipv4(s.octets(), d.octets(), 64),
+            (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
+            _ => anyhow::bail!("source and target families differ"),
+        };
+        builder
+            .tcp(sport, self.target.port(), seq, 64_240)
+            .syn()
+            .write(&mut buf, &[])?;
+        Ok(buf)
+    }
+}
+
+/// Packets handed to the kernel per `sendmmsg` call.
+const BATCH: usize = 64;
+
+/// Sends `packets` to `dest` with as few `sendmmsg` calls as the kernel
+/// allows; returns how many it took.
+fn send_batch(sock: &Socket, dest: &socket2::SockAddr, packets: &[Vec<u8>]) -> u64 {
+    use std::os::fd::AsRawFd as _;
+    let mut iovs: Vec<libc::iovec> = packets
+        .iter()
+        .map(|p| libc::iovec {
+            iov_base: p.as_ptr() as *mut libc::c_void,
+            iov_len: p.len(),
+        })
+        .collect();
+    let mut msgs: Vec<libc::mmsghdr> = iovs
+        .iter_mut()
+        .map(|iov| {
+            // SAFETY: an all-zero msghdr is a valid empty message.
+            let mut h: libc::mmsghdr = unsafe { std::mem::zeroed() };
+            h.msg_hdr.msg_name = dest.as_ptr() as *mut libc::c_void;
+            h.msg_hdr.msg_namelen = dest.len();
+            h.msg_hdr.msg_iov = iov;
+            h.msg_hdr.msg_iovlen = 1;
+            h
+        })
+        .collect();
+    let mut done = 0;
+    while done < msgs.len() {
+        // SAFETY: every header points at a live iovec, buffer and address.
+        let rc = unsafe {
+            libc::sendmmsg(
+                sock.as_raw_fd(),
+                msgs[done..].as_mut_ptr(),
+                (msgs.len() - done) as u32,
+                0,
+            )
+        };
+        if rc <= 0 {
+            // A full queue or an unreachable neighbour: skip the rest of
+            // this batch rather than spin (a flood is best effort).
+            break;
+        }
+        done += rc as usize;
+    }
+    done as u64
 }
 
 #[cfg(test)]

@@ -63,6 +63,18 @@ impl Netns {
             .map_err(|_| anyhow::anyhow!("thread in netns {} panicked", self.name))?
     }
 
+    /// A kernel SNMP counter of this namespace (`nstat` names, e.g.
+    /// `TcpInSegs`, `TcpExtSyncookiesSent`), as an absolute value.
+    pub fn nstat(&self, counter: &str) -> anyhow::Result<u64> {
+        let out = self.exec("nstat", &["-asz", counter])?;
+        out.lines()
+            .find_map(|l| {
+                let mut f = l.split_whitespace();
+                (f.next() == Some(counter)).then(|| f.next()?.parse().ok())?
+            })
+            .ok_or_else(|| anyhow::anyhow!("nstat has no counter {counter}: {out}"))
+    }
+
     /// A `sysctl` inside the namespace, e.g. `net.ipv4.tcp_syncookies=1`.
     pub fn sysctl(&self, setting: &str) -> anyhow::Result<()> {
         self.exec("sysctl", &["-q", "-w", setting]).map(drop)
@@ -87,6 +99,12 @@ pub fn enter(name: &str) -> anyhow::Result<()> {
 /// Two namespaces, `server` and `client`, joined by a veth pair:
 /// 198.18.0.1/24 and 2001:db8::1/64 on the server side, .2 and ::2 on the
 /// client side. Deleting the namespaces removes the veth pair with them.
+///
+/// The spoofed-source ranges [`Lab::SPOOFED_V4`] and [`Lab::SPOOFED_V6`] are
+/// routed from the server to the client namespace, which does not forward
+/// and so drops the SYN-ACKs sent to them: the way a spoofed flood's
+/// victims ignore the SYN-ACKs they never asked for. (An unroutable source
+/// would not do: the kernel drops a SYN it cannot answer at once.)
 pub struct Lab {
     // Field order is drop order: the client namespace goes first.
     pub client: Netns,
@@ -100,6 +118,10 @@ impl Lab {
     pub const CLIENT_V4: Ipv4Addr = Ipv4Addr::new(198, 18, 0, 2);
     pub const SERVER_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 1);
     pub const CLIENT_V6: Ipv6Addr = Ipv6Addr::new(0x2001, 0xdb8, 0, 0, 0, 0, 0, 2);
+    /// Spoofed IPv4 sources: routed to the client side, answered by no one.
+    pub const SPOOFED_V4: &str = "198.19.0.0/16";
+    /// Spoofed IPv6 sources: routed to the client side, answered by no one.
+    pub const SPOOFED_V6: &str = "2001:db8:1::/48";
 
     /// A lab whose namespace and interface names start with `tag` (at most
     /// 8 characters, so interface names fit IFNAMSIZ) and are unique in this
@@ -158,6 +180,11 @@ impl Lab {
             // Real checksums on the wire, so XDP sees what a NIC would deliver.
             ns.exec("ethtool", &["-K", ifname, "tx", "off"])?;
         }
+        let (v4, v6) = (Self::CLIENT_V4.to_string(), Self::CLIENT_V6.to_string());
+        lab.server
+            .ip(&["route", "add", Self::SPOOFED_V4, "via", &v4])?;
+        lab.server
+            .ip(&["-6", "route", "add", Self::SPOOFED_V6, "via", &v6])?;
         Ok(lab)
     }
 }

@@ -111,6 +111,18 @@ pub fn connect_many(
     n: usize,
     timeout: Duration,
 ) -> anyhow::Result<ConnectReport> {
+    connect_many_from(ns, None, to, n, timeout)
+}
+
+/// As [`connect_many`], from the local address `from` when given (a client
+/// the server has never seen before, say).
+pub fn connect_many_from(
+    ns: &Netns,
+    from: Option<std::net::IpAddr>,
+    to: SocketAddr,
+    n: usize,
+    timeout: Duration,
+) -> anyhow::Result<ConnectReport> {
     ns.run(move || {
         let mut r = ConnectReport {
             attempted: n,
@@ -118,7 +130,7 @@ pub fn connect_many(
         };
         for i in 0..n {
             let start = Instant::now();
-            let Ok(mut s) = TcpStream::connect_timeout(&to, timeout) else {
+            let Ok(mut s) = connect(from, to, timeout) else {
                 continue;
             };
             let took = start.elapsed();
@@ -136,4 +148,22 @@ pub fn connect_many(
         r.connect_times.sort();
         Ok(r)
     })
+}
+
+fn connect(
+    from: Option<std::net::IpAddr>,
+    to: SocketAddr,
+    timeout: Duration,
+) -> std::io::Result<TcpStream> {
+    let Some(ip) = from else {
+        return TcpStream::connect_timeout(&to, timeout);
+    };
+    let s = socket2::Socket::new(
+        socket2::Domain::for_address(to),
+        socket2::Type::STREAM,
+        None,
+    )?;
+    s.bind(&SocketAddr::new(ip, 0).into())?;
+    s.connect_timeout(&to.into(), timeout)?;
+    Ok(s.into())
 }

@@ -9,27 +9,23 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Attached, GATE, cli, cli_with, pin_dir};
-use handshake_lab::{EchoServer, Flood, Lab, Sources, connect_many};
+use handshake_lab::{EchoServer, Lab, Sources, connect_many};
 
 /// Floods `addr` from the client namespace with `count` SYNs from `src`;
 /// returns how many were sent.
 fn flood(lab: &Lab, addr: SocketAddr, src: &str, count: u64, threads: usize) -> u64 {
-    Flood {
-        target: addr,
-        sources: Sources::One(src.parse().unwrap()),
+    common::flood(
+        lab,
+        addr,
+        Sources::One(src.parse().unwrap()),
         count,
-        max_time: Duration::from_secs(10),
-        rate: None,
         threads,
-    }
-    .run(&lab.client)
-    .expect("flood")
-    .sent
+    )
 }
 
 #[test]
 #[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
-fn flood_from_one_source_is_dropped_while_clients_connect() {
+fn flood_from_a_few_sources_is_dropped_while_clients_connect() {
     let lab = Lab::new("e2ea").expect("lab");
     let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
     let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
@@ -41,7 +37,12 @@ fn flood_from_one_source_is_dropped_while_clients_connect() {
         "clients fail with the gate attached and no flood"
     );
 
-    assert_eq!(flood(&lab, addr, "198.18.0.66", 3_000, 2), 3_000);
+    // 198.18.0.66, .67 and .68, 1000 SYNs each.
+    let three = Sources::Range {
+        first: "198.18.0.66".parse().unwrap(),
+        count: 3,
+    };
+    assert_eq!(common::flood(&lab, addr, three, 3_000, 2), 3_000);
 
     let during = connect_many(&lab.client, addr, 20, Duration::from_secs(2)).unwrap();
     assert_eq!(
@@ -51,14 +52,24 @@ fn flood_from_one_source_is_dropped_while_clients_connect() {
 
     let s = gate.status();
     assert_eq!(
-        s["half_open"], 20,
-        "the flood should hold exactly its per-source budget: {s:#}"
+        s["half_open"], 60,
+        "the flood should hold exactly its per-source budgets: {s:#}"
     );
-    // Every flood SYN over the cap was dropped at XDP.
-    assert_eq!(s["drops"]["per_source"], 3_000 - 20, "{s:#}");
-    assert_eq!(s["dropped_packets"], 3_000 - 20, "{s:#}");
-    assert_eq!(s["top_sources"][0]["source"], "198.18.0.66/32");
-    assert_eq!(s["states"]["client"]["SYN_SENT"], 20, "{s:#}");
+    // Every flood SYN over the caps was dropped at XDP.
+    assert_eq!(s["drops"]["per_source"], 3_000 - 60, "{s:#}");
+    assert_eq!(s["dropped_packets"], 3_000 - 60, "{s:#}");
+    for (i, src) in ["198.18.0.66/32", "198.18.0.67/32", "198.18.0.68/32"]
+        .iter()
+        .enumerate()
+    {
+        assert_eq!(s["top_sources"][i]["source"], *src, "{s:#}");
+        assert_eq!(s["top_sources"][i]["half_open"], 20, "{s:#}");
+    }
+    assert_eq!(
+        s["top_ports"][0],
+        serde_json::json!({"port": 8080, "half_open": 60})
+    );
+    assert_eq!(s["states"]["client"]["SYN_SENT"], 60, "{s:#}");
     assert_eq!(s["drops"]["malformed"], 0);
 }
 

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 use std::process::Command;
 
-use handshake_lab::Lab;
+use handshake_lab::{Flood, Lab, Sources};
 use serde_json::Value;
 
 pub const GATE: &str = env!("CARGO_BIN_EXE_handshake-gate");
@@ -81,4 +81,26 @@ impl Drop for Attached<'_> {
         ]);
         let _ = handshake_user::pins::remove_dir(&pin_dir(self.lab));
     }
+}
+
+/// Floods `addr` from the lab's client namespace with `count` SYNs from
+/// `sources`, as fast as it goes (10 s at most); returns how many were sent.
+pub fn flood(
+    lab: &Lab,
+    addr: std::net::SocketAddr,
+    sources: Sources,
+    count: u64,
+    threads: usize,
+) -> u64 {
+    Flood {
+        target: addr,
+        sources,
+        count,
+        max_time: std::time::Duration::from_secs(10),
+        rate: None,
+        threads,
+    }
+    .run(&lab.client)
+    .expect("flood")
+    .sent
 }

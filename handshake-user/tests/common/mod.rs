@@ -7,7 +7,7 @@
 )]
 
 pub mod cli;
-pub use cli::{Attached, GATE, cli, cli_with, pin_dir};
+pub use cli::{Attached, GATE, cli, cli_with, flood, pin_dir};
 
 use std::net::IpAddr;
 
