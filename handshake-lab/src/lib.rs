@@ -15,7 +15,7 @@ pub mod tcp;
 pub use flood::{Flood, FloodReport, Sources};
 pub use hold::{Hold, Hook, kernel_state, listening};
 pub use netns::{Lab, Netns};
-pub use tcp::{ConnectReport, EchoServer, connect_many, connect_many_from};
+pub use tcp::{ConnectReport, EchoServer, connect_each, connect_many};
 
 /// Runs a command, failing with its stderr if it does not succeed.
 pub fn run(cmd: &str, args: &[&str]) -> anyhow::Result<String> {

@@ -1,7 +1,7 @@
 //! Real TCP peers: an echo server and clients that measure their handshakes.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -111,36 +111,13 @@ pub fn connect_many(
     n: usize,
     timeout: Duration,
 ) -> anyhow::Result<ConnectReport> {
-    connect_many_from(ns, None, to, n, timeout)
-}
-
-/// As [`connect_many`], from the local address `from` when given (a client
-/// the server has never seen before, say).
-pub fn connect_many_from(
-    ns: &Netns,
-    from: Option<std::net::IpAddr>,
-    to: SocketAddr,
-    n: usize,
-    timeout: Duration,
-) -> anyhow::Result<ConnectReport> {
     ns.run(move || {
         let mut r = ConnectReport {
             attempted: n,
             ..Default::default()
         };
         for i in 0..n {
-            let start = Instant::now();
-            let Ok(mut s) = connect(from, to, timeout) else {
-                continue;
-            };
-            let took = start.elapsed();
-            let msg = format!("hello {i}\n");
-            let _ = s.set_read_timeout(Some(timeout));
-            let mut back = vec![0u8; msg.len()];
-            if s.write_all(msg.as_bytes()).is_ok()
-                && s.read_exact(&mut back).is_ok()
-                && back == msg.as_bytes()
-            {
+            if let Some(took) = echo_once(None, to, timeout, i) {
                 r.succeeded += 1;
                 r.connect_times.push(took);
             }
@@ -150,11 +127,57 @@ pub fn connect_many_from(
     })
 }
 
-fn connect(
-    from: Option<std::net::IpAddr>,
+/// Opens one connection from each address in `from` (repeats allowed: a
+/// second one from the same address), all at once, from `ns` to `to`; each
+/// sends a few bytes and expects them back within `timeout`.
+pub fn connect_each(
+    ns: &Netns,
+    from: &[IpAddr],
     to: SocketAddr,
     timeout: Duration,
-) -> std::io::Result<TcpStream> {
+) -> anyhow::Result<ConnectReport> {
+    let handles: Vec<_> = from
+        .iter()
+        .enumerate()
+        .map(|(i, &ip)| ns.spawn(move || Ok(echo_once(Some(ip), to, timeout, i))))
+        .collect();
+    let mut r = ConnectReport {
+        attempted: from.len(),
+        ..Default::default()
+    };
+    for h in handles {
+        let took = h
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))??;
+        if let Some(took) = took {
+            r.succeeded += 1;
+            r.connect_times.push(took);
+        }
+    }
+    r.connect_times.sort();
+    Ok(r)
+}
+
+/// One connection (from `from`, if given) that echoes a line; its handshake
+/// time if it connected and got its bytes back.
+fn echo_once(
+    from: Option<IpAddr>,
+    to: SocketAddr,
+    timeout: Duration,
+    i: usize,
+) -> Option<Duration> {
+    let start = Instant::now();
+    let mut s = connect(from, to, timeout).ok()?;
+    let took = start.elapsed();
+    let msg = format!("hello {i}\n");
+    s.set_read_timeout(Some(timeout)).ok()?;
+    let mut back = vec![0u8; msg.len()];
+    s.write_all(msg.as_bytes()).ok()?;
+    s.read_exact(&mut back).ok()?;
+    (back == msg.as_bytes()).then_some(took)
+}
+
+fn connect(from: Option<IpAddr>, to: SocketAddr, timeout: Duration) -> std::io::Result<TcpStream> {
     let Some(ip) = from else {
         return TcpStream::connect_timeout(&to, timeout);
     };

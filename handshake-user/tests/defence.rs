@@ -9,7 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use common::{Attached, flood};
-use handshake_lab::{EchoServer, Lab, Sources, connect_many, connect_many_from};
+use handshake_lab::{EchoServer, Lab, Sources, connect_each, connect_many};
 
 const CONNECT: Duration = Duration::from_secs(1);
 
@@ -79,12 +79,12 @@ fn spoofed_flood_fills_the_budget_but_known_and_new_clients_get_in() {
     let known = connect_many(&lab.client, addr, 10, CONNECT).unwrap();
     assert_eq!(known.succeeded, 10, "a verified client was locked out");
     // A first-time client is locked out with overflow=drop...
-    let new = connect_many_from(&lab.client, Some(fresh), addr, 1, CONNECT).unwrap();
+    let new = connect_each(&lab.client, &[fresh], addr, CONNECT).unwrap();
     assert_eq!(new.succeeded, 0, "a new client got in past a full budget");
     // ...and gets in with overflow=pass, answered by the kernel's cookies.
     gate.run("set", &["overflow=pass"]);
     let cookies_before = lab.server.nstat("TcpExtSyncookiesSent").unwrap();
-    let new = connect_many_from(&lab.client, Some(fresh), addr, 5, CONNECT).unwrap();
+    let new = connect_each(&lab.client, &[fresh; 5], addr, CONNECT).unwrap();
     assert_eq!(new.succeeded, 5, "overflow=pass did not let new clients in");
     let s = gate.status();
     assert!(
