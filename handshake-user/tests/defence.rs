@@ -285,3 +285,49 @@ fn syn_rate_and_per_port_caps_hold_against_a_real_flood() {
     let admitted_rate = 1_000 - rate_drops;
     assert_eq!(s["drops"]["per_port"], 300 - (100 - admitted_rate), "{s:#}");
 }
+
+#[test]
+#[ignore = "privileged: needs root, netns, XDP and hping3; run by `cargo xtask test`"]
+fn an_independent_flooder_meets_the_same_caps() {
+    let lab = Lab::new("dfe").expect("lab");
+    let (addr, _srv) = server(&lab, 8080, 1024);
+    let gate = Attached::new(&lab, &["max-half-open-per-source=25"]);
+    assert_eq!(
+        connect_many(&lab.client, addr, 1, CONNECT)
+            .unwrap()
+            .succeeded,
+        1
+    );
+    // hping3: 400 SYNs from the spoofed 198.18.0.66, 200 µs apart, to 8080.
+    // It exits non-zero when nothing answers, which is the point here.
+    let out = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            &lab.client.name,
+            "timeout",
+            "20",
+            "hping3",
+            "-q",
+            "-S",
+        ])
+        .args([
+            "-p",
+            "8080",
+            "-a",
+            "198.18.0.66",
+            "-c",
+            "400",
+            "-i",
+            "u200",
+            "198.18.0.1",
+        ])
+        .output()
+        .expect("run hping3");
+    let text = String::from_utf8_lossy(&out.stdout) + String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("400 packets transmitted"), "hping3: {text}");
+    let s = gate.status();
+    assert_eq!(s["drops"]["per_source"], 400 - 25, "{s:#}");
+    assert_eq!(s["top_sources"][0]["source"], "198.18.0.66/32", "{s:#}");
+    assert_eq!(s["top_sources"][0]["half_open"], 25, "{s:#}");
+}
