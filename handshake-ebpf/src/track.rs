@@ -267,8 +267,9 @@ fn outbound_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, now: u64) -> Reason {
 
 /// Deletes a half-open entry and gives back its count, if it holds one
 /// (`epoch`: the bucket it was counted in). Only the CPU whose delete
-/// succeeds gives it back, so racing deletes count once.
-#[inline(always)]
+/// succeeds gives it back, so racing deletes count once. A function of its
+/// own, so its source key does not sit on its callers' stack frames.
+#[inline(never)]
 fn forget(key: &FlowKey, client_is_lo: u8, epoch: Option<u32>, cfg: &Config) {
     if HALF_OPEN.remove(key).is_err() {
         return;
@@ -300,7 +301,7 @@ fn forget(key: &FlowKey, client_is_lo: u8, epoch: Option<u32>, cfg: &Config) {
 
 /// Marks the client of a connection whose arriving final ACK completed the
 /// handshake as verified: it keeps a share of the global budget reserved.
-#[inline(always)]
+#[inline(never)]
 fn verify(key: &FlowKey, client_is_lo: u8, cfg: &Config, now: u64) {
     let client = if client_is_lo != 0 {
         &key.lo_addr

@@ -3,6 +3,7 @@
 mod demo;
 mod setup;
 mod test;
+mod vm;
 
 use clap::{Parser, Subcommand};
 
@@ -17,8 +18,9 @@ struct Cli {
 enum Command {
     /// Install what this machine lacks to build and test the gate (idempotent).
     Setup,
-    /// Set up, then run every test layer: host unit tests, then the privileged
-    /// tests (BPF_PROG_TEST_RUN tables, network-namespace end to end).
+    /// Set up, then run every test layer: host unit tests, the privileged tests
+    /// (BPF_PROG_TEST_RUN tables, network-namespace end to end) on this
+    /// kernel, then the same privileged tests in a QEMU guest on a second kernel.
     Test(test::Options),
     /// Set up, then run the lab: a real server, real clients and a SYN flood,
     /// without and with the gate, and print a before/after report.

@@ -3,10 +3,12 @@
 //!
 //! - Debian packages: LLVM 22 (bpf-linker links against it), hping3 (an
 //!   independent SYN flooder), iproute2 and ethtool (the lab), nftables (the
-//!   state tests hold back chosen segments to freeze a connection in a state).
+//!   state tests hold back chosen segments to freeze a connection in a state),
+//!   kmod and qemu-system-x86 (the VM layer).
 //! - The nightly toolchain's `rust-src` (the BPF target builds `core` from source).
 //! - bpf-linker 0.13.0, built against Debian's LLVM 22.
 //! - bpffs mounted at /sys/fs/bpf (where the gate pins itself).
+//! - The VM layer's kernel: Debian's, unpacked under target/vm/kernel/.
 
 use std::process::Command;
 use std::time::Instant;
@@ -21,6 +23,8 @@ const APT_PACKAGES: &[&str] = &[
     "iproute2",
     "ethtool",
     "nftables",
+    "kmod",
+    "qemu-system-x86",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -141,6 +145,7 @@ pub fn run() -> anyhow::Result<()> {
         step("bpffs at /sys/fs/bpf: mounting");
         run_cmd(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))?;
     }
+    crate::vm::fetch_kernel()?;
     println!("setup: done in {:.1}s", start.elapsed().as_secs_f64());
     Ok(())
 }

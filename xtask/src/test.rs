@@ -1,67 +1,78 @@
 //! `cargo xtask test`: every test layer, in order, with its time.
 //!
-//! 1. host: unit tests of the pure state machine, config validation and the
-//!    lab (no privileges needed);
-//! 2. privileged: the `#[ignore]`d tests of handshake-user, which need root —
-//!    BPF_PROG_TEST_RUN tables of the real XDP program and end-to-end tests
-//!    in network namespaces — one test thread, since they share kernel state.
+//! 1. host: unit tests of the pure state machine, admission, settings and
+//!    the lab (no privileges needed);
+//! 2. privileged, on this machine's kernel: the `#[ignore]`d tests of
+//!    handshake-user — BPF_PROG_TEST_RUN tables of the real programs and
+//!    end-to-end tests in network namespaces — one test thread, since they
+//!    share kernel state;
+//! 3. the same privileged test binaries inside a QEMU guest on a second
+//!    kernel (see `vm.rs`).
 
+use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use anyhow::bail;
+use anyhow::{Context as _, bail};
+
+use crate::vm;
 
 #[derive(clap::Args)]
 pub struct Options {
     /// Skip the setup step (when you know the machine is ready).
     #[arg(long)]
     no_setup: bool,
+    /// Run the host layers only (no VM).
+    #[arg(long, conflicts_with = "vm_only")]
+    host_only: bool,
+    /// Run the VM layer only.
+    #[arg(long)]
+    vm_only: bool,
+    /// The guest kernel: a `vmlinuz-VERSION` whose modules are in
+    /// `../lib/modules/VERSION` (an unpacked linux-image package) or in
+    /// `/lib/modules/VERSION`. Default: Debian's, fetched by the setup step.
+    #[arg(long, value_name = "PATH")]
+    kernel: Option<PathBuf>,
 }
 
-struct Layer {
-    name: &'static str,
-    args: &'static [&'static str],
-}
-
-const LAYERS: &[Layer] = &[
-    // The default members: everything but the eBPF crate, which only builds for BPF.
-    Layer {
-        name: "host unit tests",
-        args: &["test"],
-    },
-    Layer {
-        name: "privileged tests (BPF_PROG_TEST_RUN, network namespaces)",
-        args: &[
-            "test",
-            "-p",
-            "handshake-user",
-            "--tests",
-            "--",
-            "--ignored",
-            "--test-threads=1",
-        ],
-    },
-];
+const PRIVILEGED_ARGS: &[&str] = &["--ignored", "--test-threads=1"];
 
 pub fn run(o: Options) -> anyhow::Result<()> {
     if !o.no_setup {
         crate::setup::run()?;
     }
     let root = crate::workspace_root();
-    let mut results = Vec::new();
-    for layer in LAYERS {
-        println!("\n== {} ==", layer.name);
+    let mut results: Vec<(&str, bool, Duration)> = Vec::new();
+    let mut layer = |name: &'static str, f: &mut dyn FnMut() -> anyhow::Result<()>| {
+        println!("\n== {name} ==");
         let start = Instant::now();
-        let status = Command::new(env!("CARGO"))
-            .args(layer.args)
-            .current_dir(&root)
-            .status()?;
-        results.push((layer.name, status.success(), start.elapsed()));
+        let ok = match f() {
+            Ok(()) => true,
+            Err(e) => {
+                println!("{name}: {e:#}");
+                false
+            }
+        };
+        results.push((name, ok, start.elapsed()));
+    };
+    if !o.vm_only {
+        // The default members: everything but the eBPF crate, which only builds for BPF.
+        layer("host unit tests", &mut || cargo(&root, &["test"]));
+        layer("privileged tests, host kernel", &mut || {
+            let mut args = vec!["test", "-p", "handshake-user", "--tests", "--"];
+            args.extend_from_slice(PRIVILEGED_ARGS);
+            cargo(&root, &args)
+        });
+    }
+    if !o.host_only {
+        layer("privileged tests, VM", &mut || {
+            run_vm_layer(&root, o.kernel.as_deref())
+        });
     }
     println!("\n== summary ==");
     for (name, ok, took) in &results {
         println!(
-            "{:<60} {:>4} {:>7.1}s",
+            "{:<40} {:>4} {:>7.1}s",
             name,
             if *ok { "ok" } else { "FAIL" },
             took.as_secs_f64()
@@ -72,4 +83,81 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         bail!("failed layers: {}", failed.join(", "));
     }
     Ok(())
+}
+
+fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
+fn run_vm_layer(root: &Path, kernel: Option<&Path>) -> anyhow::Result<()> {
+    let kernel = match kernel {
+        Some(image) => vm::Kernel::from_image(image)?,
+        None => vm::fetch_kernel()?,
+    };
+    let binaries = privileged_test_binaries(root)?;
+    let script = vm::dir().join("run.sh");
+    let mut text =
+        String::from("#!/bin/sh\n# Written by `cargo xtask test`; run by the VM's init.\n");
+    text.push_str("echo \"vm: running on $(uname -r)\"\n");
+    text.push_str(&format!(
+        "for m in {}; do {} $m || echo \"vm: could not load $m\"; done\n",
+        vm::test_modules(),
+        vm::dir().join("modprobe").display()
+    ));
+    text.push_str("status=0\n");
+    for b in &binaries {
+        let b = b.display();
+        text.push_str(&format!(
+            "echo \"vm: == {b}\"\n{b} {} || status=1\n",
+            PRIVILEGED_ARGS.join(" ")
+        ));
+    }
+    text.push_str("exit $status\n");
+    std::fs::create_dir_all(vm::dir())?;
+    std::fs::write(&script, text)?;
+    // Cargo runs integration tests in their package's directory.
+    vm::run_script(&kernel, &script, &root.join("handshake-user"))
+}
+
+/// Builds handshake-user's integration tests; returns their executables.
+fn privileged_test_binaries(root: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    let out = Command::new(env!("CARGO"))
+        .args([
+            "test",
+            "-p",
+            "handshake-user",
+            "--tests",
+            "--no-run",
+            "--message-format=json",
+        ])
+        .current_dir(root)
+        .stderr(std::process::Stdio::inherit())
+        .output()?;
+    if !out.status.success() {
+        bail!("building the test binaries failed");
+    }
+    let mut v = Vec::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Ok(msg) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let is_integration_test = msg["reason"] == "compiler-artifact"
+            && msg["profile"]["test"] == true
+            && msg["target"]["kind"][0] == "test";
+        if let (true, Some(exe)) = (is_integration_test, msg["executable"].as_str()) {
+            v.push(PathBuf::from(exe));
+        }
+    }
+    if v.is_empty() {
+        return Err(anyhow::anyhow!("no integration test binaries")).context("cargo test --no-run");
+    }
+    v.sort();
+    Ok(v)
 }
