@@ -2,8 +2,9 @@
 //!
 //! The initramfs holds this program, the few modules it needs to reach the
 //! host (virtio, 9p) and `/modules.order`, their load order. It mounts the
-//! host's root file system read-only over 9p, lays tmpfs, proc, sysfs,
-//! devtmpfs, bpffs and debugfs over it, changes root into it, and runs the
+//! host's root file system read-only over 9p, lays proc, sysfs, devtmpfs,
+//! a tmpfs on /run (with `$TMPDIR` in it), bpffs and debugfs over it,
+//! changes root into it, and runs the
 //! script named on the kernel command line (`hsgate.run=PATH`, in
 //! `hsgate.cwd=DIR`) with `/bin/sh`. It prints one line `init: success` or
 //! `init: failure` — the runner reads it from the serial console — and
@@ -65,7 +66,8 @@ fn run() -> Result<bool, Error> {
         ("proc", "proc", "proc"),
         ("sysfs", "sys", "sysfs"),
         ("devtmpfs", "dev", "devtmpfs"),
-        ("tmpfs", "tmp", "tmpfs"),
+        // Not over /tmp: the workspace may live there. Scratch files go to
+        // $TMPDIR, on this tmpfs.
         ("tmpfs", "run", "tmpfs"),
         ("bpf", "sys/fs/bpf", "bpf"),
         ("debugfs", "sys/kernel/debug", "debugfs"),
@@ -85,6 +87,7 @@ fn run() -> Result<bool, Error> {
         MsFlags::empty(),
         None,
     );
+    std::fs::create_dir(format!("{root}/run/tmp")).map_err(at("create /run/tmp"))?;
     nix::unistd::chroot(root).map_err(at("chroot into the host's root"))?;
     let cwd = args.get("hsgate.cwd").map_or("/", String::as_str);
     nix::unistd::chdir(cwd).map_err(at(&format!("chdir {cwd}")))?;
@@ -105,6 +108,7 @@ fn run() -> Result<bool, Error> {
             "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         )
         .env("HOME", "/root")
+        .env("TMPDIR", "/run/tmp")
         .env("TERM", "dumb")
         .env("RUST_BACKTRACE", "1")
         .status()
