@@ -306,7 +306,11 @@ fn a_failure_halfway_through_attach_leaves_nothing_and_both_tc_ways_detach_clean
     let ways: &[&str] = if kernel_at_least(&release, (6, 6)) {
         &["tcx", "netlink"]
     } else {
-        println!(
+        // Straight to stderr: the test harness swallows a passing test's
+        // println!, and a skip must never be silent.
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
             "skipping the TCX way: kernel {release} has no TCX (Linux 6.6+); the netlink way is tested"
         );
         &["netlink"]
