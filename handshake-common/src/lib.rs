@@ -32,6 +32,12 @@ pub mod maps {
     pub const XDP_PROGRAM: &str = "handshake_in";
     /// The TC classifier on egress (leaving packets).
     pub const TC_PROGRAM: &str = "handshake_out";
+    /// Benchmark baselines in the same object (never attached by the
+    /// controller): an XDP program that passes, one that drops, and a TC
+    /// program that passes, each without looking at the packet.
+    pub const NOOP_XDP: &str = "noop_xdp";
+    pub const DROP_XDP: &str = "drop_xdp";
+    pub const NOOP_TC: &str = "noop_tc";
     /// One-entry array holding [`crate::Config`].
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU array of `u64` counts of arriving packets (XDP) indexed by

@@ -127,6 +127,25 @@ pub fn handshake_out(ctx: TcContext) -> i32 {
     finish_out(reason)
 }
 
+/// Baselines for `cargo xtask bench`, which measures the gate next to the
+/// cheapest programs there are. The controller never attaches these.
+#[xdp]
+pub fn noop_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_PASS
+}
+
+/// The floor of the flood benchmark: drops everything, touching nothing.
+#[xdp]
+pub fn drop_xdp(_ctx: XdpContext) -> u32 {
+    xdp_action::XDP_DROP
+}
+
+/// The egress baseline of `cargo xtask bench`.
+#[classifier]
+pub fn noop_tc(_ctx: TcContext) -> i32 {
+    TC_ACT_OK
+}
+
 /// Parses and tracks one packet; the reason for its verdict.
 #[inline(always)]
 fn verdict<C: parse::Packet>(

@@ -10,6 +10,7 @@
 pub mod flood;
 pub mod hold;
 pub mod netns;
+pub mod packet;
 pub mod tcp;
 
 pub use flood::{Flood, FloodReport, Sources};

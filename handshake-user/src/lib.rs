@@ -8,6 +8,7 @@ pub mod gate;
 pub mod netns;
 pub mod pins;
 pub mod settings;
+pub mod testrun;
 
 pub use error::GateError;
 

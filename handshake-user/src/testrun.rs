@@ -1,0 +1,167 @@
+//! The real kernel programs loaded but attached nowhere, driven with
+//! `BPF_PROG_TEST_RUN`: what the privileged tests and the benchmarks use.
+//! A harness for tests: it panics, with the reason, when the kernel refuses.
+
+use std::time::Duration;
+
+use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::{Ebpf, EbpfLoader};
+use handshake_common::{Config, FlowEntry, FlowKey, Reason, WindowCounter, maps, window};
+
+pub const XDP_DROP: u32 = 1;
+pub const XDP_PASS: u32 = 2;
+/// The egress program's only verdict: let the packet leave.
+pub const TC_ACT_OK: u32 = 0;
+
+/// The real programs, XDP ingress and TC egress, sharing their maps,
+/// loaded but attached nowhere.
+pub struct Harness {
+    pub ebpf: Ebpf,
+}
+
+impl Harness {
+    pub fn new(cfg: Config) -> Harness {
+        let mut ebpf = EbpfLoader::new()
+            .load(crate::ebpf_object())
+            .expect("load the BPF object");
+        let xdp: &mut Xdp = ebpf
+            .program_mut(maps::XDP_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        xdp.load().expect("the verifier accepts the XDP program");
+        let tc: &mut SchedClassifier = ebpf
+            .program_mut(maps::TC_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tc.load()
+            .expect("the verifier accepts the TC egress program");
+        let mut h = Harness { ebpf };
+        h.set(cfg);
+        h
+    }
+
+    /// A harness with `settings` in its maps, as `attach` writes them.
+    pub fn with(settings: &crate::settings::Settings) -> Harness {
+        let mut h = Harness::new(settings.config);
+        let mut a: Array<_, u64> =
+            Array::try_from(h.ebpf.map_mut(maps::ALLOWED_PORTS).unwrap()).unwrap();
+        for (i, w) in settings.port_bitmap().into_iter().enumerate() {
+            a.set(i as u32, w, 0).unwrap();
+        }
+        h.set(settings.config);
+        h
+    }
+
+    pub fn set(&mut self, cfg: Config) {
+        let mut a: Array<_, Config> =
+            Array::try_from(self.ebpf.map_mut(maps::CONFIG).unwrap()).unwrap();
+        a.set(0, cfg, 0).unwrap();
+    }
+
+    /// Runs `pkt` `repeat` times through the named program (XDP or TC, by
+    /// `egress`), loading it first if it is a baseline not loaded yet;
+    /// returns the kernel's own measure of one run (total / repeat).
+    pub fn time(&mut self, program: &str, egress: bool, pkt: &[u8], repeat: u32) -> Duration {
+        let opts = TestRunOptions {
+            data_in: Some(pkt),
+            repeat,
+            ..Default::default()
+        };
+        let p = self
+            .ebpf
+            .program_mut(program)
+            .expect("a program of the object");
+        let r = if egress {
+            let tc: &mut SchedClassifier = p.try_into().expect("a TC program");
+            if tc.fd().is_err() {
+                tc.load().expect("the verifier accepts it");
+            }
+            tc.test_run(opts)
+        } else {
+            let xdp: &mut Xdp = p.try_into().expect("an XDP program");
+            if xdp.fd().is_err() {
+                xdp.load().expect("the verifier accepts it");
+            }
+            xdp.test_run(opts)
+        };
+        r.expect("BPF_PROG_TEST_RUN").duration
+    }
+
+    /// Runs one arriving packet through the XDP program; returns its action.
+    pub fn run(&self, pkt: &[u8]) -> u32 {
+        let xdp: &Xdp = self.program(maps::XDP_PROGRAM);
+        xdp.test_run(packet(pkt))
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    /// Runs one leaving packet through the TC egress program; returns its action.
+    pub fn run_out(&self, pkt: &[u8]) -> u32 {
+        let tc: &SchedClassifier = self.program(maps::TC_PROGRAM);
+        tc.test_run(packet(pkt))
+            .expect("BPF_PROG_TEST_RUN")
+            .return_value
+    }
+
+    fn program<'a, P>(&'a self, name: &str) -> &'a P
+    where
+        &'a P: TryFrom<&'a aya::programs::Program, Error = aya::programs::ProgramError>,
+    {
+        self.ebpf.program(name).unwrap().try_into().unwrap()
+    }
+
+    fn per_cpu_sum(&self, map: &str, r: Reason) -> u64 {
+        let a: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map).unwrap()).unwrap();
+        a.get(&(r as u32), 0).unwrap().iter().sum()
+    }
+
+    /// Arriving packets counted under `r`, summed over CPUs.
+    pub fn count(&self, r: Reason) -> u64 {
+        self.per_cpu_sum(maps::COUNTERS, r)
+    }
+
+    /// Leaving packets counted under `r`, summed over CPUs.
+    pub fn count_out(&self, r: Reason) -> u64 {
+        self.per_cpu_sum(maps::EGRESS, r)
+    }
+
+    fn flows(&self, name: &str) -> Vec<(FlowKey, FlowEntry)> {
+        let m: HashMap<&MapData, FlowKey, FlowEntry> =
+            HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
+        m.iter().map(Result::unwrap).collect()
+    }
+
+    pub fn half_open_entries(&self) -> Vec<FlowEntry> {
+        self.flows(maps::HALF_OPEN)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    pub fn established_entries(&self) -> Vec<FlowEntry> {
+        self.flows(maps::ESTABLISHED)
+            .into_iter()
+            .map(|(_, e)| e)
+            .collect()
+    }
+
+    /// The global half-open count the limits see now.
+    pub fn global_half_open(&self, cfg: &Config) -> u32 {
+        let a: Array<_, WindowCounter> =
+            Array::try_from(self.ebpf.map(maps::GLOBAL).unwrap()).unwrap();
+        let w = window::bucket_width_ns(cfg.half_open_timeout_ms);
+        a.get(&0, 0)
+            .unwrap()
+            .live(window::epoch(crate::monotonic_ns(), w))
+    }
+}
+
+fn packet(pkt: &[u8]) -> TestRunOptions<'_> {
+    TestRunOptions {
+        data_in: Some(pkt),
+        ..Default::default()
+    }
+}
