@@ -11,6 +11,7 @@ pub mod flood;
 pub mod hold;
 pub mod netns;
 pub mod packet;
+pub mod scenario;
 pub mod tcp;
 
 pub use flood::{Flood, FloodReport, Sources};

@@ -67,6 +67,10 @@ pub struct AttachArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub mode: ModeArg,
+    /// Connections tracked past their handshake (the established map's
+    /// size, fixed until detach; the least recently seen go first when full).
+    #[arg(long, value_name = "N", default_value_t = handshake_common::ESTABLISHED_CAPACITY)]
+    pub max_connections: u32,
     /// A TOML file of settings (the same keys as --set).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,

@@ -42,6 +42,29 @@ impl AttachMode {
     }
 }
 
+/// How `attach` loads and attaches the programs (fixed until detach).
+#[derive(Clone, Copy, Debug)]
+pub struct AttachOptions {
+    pub mode: AttachMode,
+    /// Capacity of the established map: connections tracked past their
+    /// handshake before the least recently seen are evicted.
+    pub max_connections: u32,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            mode: AttachMode::Auto,
+            max_connections: handshake_common::ESTABLISHED_CAPACITY,
+        }
+    }
+}
+
+/// Bounds of `--max-connections`: at least a small server's worth, at most
+/// what a 64-bit kernel allocates for an LRU hash without trouble.
+pub const MIN_CONNECTIONS: u32 = 1_024;
+pub const MAX_CONNECTIONS: u32 = 16 * 1_048_576;
+
 /// Every map the controller pins, by name.
 const MAP_NAMES: [&str; 11] = [
     maps::CONFIG,
@@ -114,12 +137,22 @@ fn tcx_available() -> bool {
 pub fn attach(
     iface: &str,
     netns: Option<&str>,
-    mode: AttachMode,
+    options: AttachOptions,
     settings: &Settings,
 ) -> Result<PathBuf, GateError> {
+    let mode = options.mode;
     pins::require_root()?;
     pins::require_bpffs()?;
     crate::settings::validate(settings)?;
+    if !(MIN_CONNECTIONS..=MAX_CONNECTIONS).contains(&options.max_connections) {
+        return Err(GateError::Setting(
+            crate::settings::SettingError::BadValue {
+                key: "max-connections",
+                value: options.max_connections.to_string(),
+                expected: format!("a whole number from {MIN_CONNECTIONS} to {MAX_CONNECTIONS}"),
+            },
+        ));
+    }
     let ifindex =
         nix::net::if_::if_nametoindex(iface).map_err(|_| GateError::UnknownInterface {
             name: iface.into(),
@@ -133,7 +166,7 @@ pub fn attach(
         });
     }
 
-    let mut ebpf = load()?;
+    let mut ebpf = load(options.max_connections)?;
     xdp_program(&mut ebpf)
         .load()
         .map_err(|e| verifier("XDP", e))?;
@@ -295,8 +328,9 @@ fn detach_tc_filter(iface: &str) -> Result<(), TcError> {
     }
 }
 
-fn load() -> Result<Ebpf, GateError> {
+fn load(max_connections: u32) -> Result<Ebpf, GateError> {
     EbpfLoader::new()
+        .map_max_entries(maps::ESTABLISHED, max_connections)
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
         .load(crate::ebpf_object())
         .map_err(GateError::step("load the gate's BPF object (maps)"))

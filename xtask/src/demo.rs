@@ -1,33 +1,14 @@
 //! `cargo xtask demo`: a lab with a real echo server, real clients and SYN
 //! floods, each flood against the kernel alone and then with the gate, and
-//! a before/after report.
-//!
-//! Two kinds of client are measured in every phase, all at once while the
-//! flood runs: returning clients (198.18.0.2, which completed handshakes
-//! before the flood, so the gate counts it as verified) and new clients,
-//! each from an address the server has never seen (198.18.16.0/20).
-//!
-//! Two floods, each at `--rate` SYNs per second for `--seconds`:
-//! - a few real addresses (198.18.0.66–.68) that never answer the SYN-ACKs:
-//!   the per-source cap stops them;
-//! - spoofed sources, 50,000 addresses of 198.19.0.0/16, whose SYN-ACKs go
-//!   to nobody: they fill the gate's global budget, the verified reserve
-//!   keeps the returning clients in, and `overflow=pass` hands the excess to
-//!   the kernel's SYN cookies so new clients get in too.
-//!
-//! The kernel alone runs with its default `tcp_syncookies=1` and, for the
-//! spoofed flood, once more with `tcp_syncookies=0`: the seed's classic
-//! failure, where the SYN queue fills and real clients are turned away.
-//! Every phase has its own listening port, so no phase inherits another's
-//! SYN queue.
+//! a before/after report. The phases are `handshake_lab::scenario`'s.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::process::Command;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use comfy_table::{Table, presets::UTF8_FULL_CONDENSED};
-use handshake_lab::{ConnectReport, EchoServer, Flood, Lab, Sources, connect_each};
+use handshake_lab::scenario::{self, CLIENT_TIMEOUT, GATE_SETTINGS, Load, Phase};
+use handshake_lab::{ConnectReport, Lab};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -45,86 +26,6 @@ pub struct Options {
     clients: usize,
 }
 
-/// The settings the gate runs with in the demo.
-const GATE_SETTINGS: &[&str] = &["max-half-open=1024", "max-half-open-per-source=20"];
-const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
-/// Clients start this long after the flood, once it has filled what it can.
-const CLIENTS_AFTER: Duration = Duration::from_secs(1);
-const LISTEN_BACKLOG: i32 = 128;
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum FloodKind {
-    None,
-    FewSources,
-    Spoofed,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Defence {
-    /// The kernel alone, with this `tcp_syncookies`.
-    Kernel(u8),
-    /// The gate, with these settings on top of [`GATE_SETTINGS`].
-    Gate(&'static [&'static str]),
-}
-
-struct Plan {
-    name: &'static str,
-    flood: FloodKind,
-    defence: Defence,
-}
-
-const PLAN: &[Plan] = &[
-    Plan {
-        name: "no flood, kernel alone",
-        flood: FloodKind::None,
-        defence: Defence::Kernel(1),
-    },
-    Plan {
-        name: "no flood, gate",
-        flood: FloodKind::None,
-        defence: Defence::Gate(&[]),
-    },
-    Plan {
-        name: "3 real sources, kernel alone",
-        flood: FloodKind::FewSources,
-        defence: Defence::Kernel(1),
-    },
-    Plan {
-        name: "3 real sources, gate",
-        flood: FloodKind::FewSources,
-        defence: Defence::Gate(&[]),
-    },
-    Plan {
-        name: "spoofed, kernel alone",
-        flood: FloodKind::Spoofed,
-        defence: Defence::Kernel(1),
-    },
-    Plan {
-        name: "spoofed, kernel, no cookies",
-        flood: FloodKind::Spoofed,
-        defence: Defence::Kernel(0),
-    },
-    Plan {
-        name: "spoofed, gate, overflow=drop",
-        flood: FloodKind::Spoofed,
-        defence: Defence::Gate(&["overflow=drop"]),
-    },
-    Plan {
-        name: "spoofed, gate, overflow=pass",
-        flood: FloodKind::Spoofed,
-        defence: Defence::Gate(&["overflow=pass"]),
-    },
-];
-
-struct Phase {
-    name: &'static str,
-    returning: ConnectReport,
-    new: ConnectReport,
-    flood_sent: u64,
-    syn_recv: usize,
-    xdp_dropped: Option<u64>,
-}
-
 pub fn run(o: Options) -> anyhow::Result<()> {
     if !o.no_setup {
         crate::setup::run()?;
@@ -139,7 +40,6 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         bail!("building handshake-gate failed");
     }
     let gate_bin = root.join("target/debug/handshake-gate");
-
     let lab = Lab::new("demo").context("creating the lab (needs root)")?;
     println!(
         "demo: lab up — server {} in netns {}, clients in netns {}",
@@ -147,188 +47,17 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         lab.server.name,
         lab.client.name
     );
-    // New clients come from 198.18.16.0/20, one fresh address per connection.
-    lab.server.ip(&[
-        "route",
-        "add",
-        "198.18.16.0/20",
-        "via",
-        &Lab::CLIENT_V4.to_string(),
-    ])?;
-    let gate = Gate {
-        bin: &gate_bin,
-        lab: &lab,
+    let load = Load {
+        rate: o.rate,
+        seconds: o.seconds,
+        clients: o.clients,
     };
-
-    let mut phases = Vec::new();
-    for (i, plan) in PLAN.iter().enumerate() {
-        let port = 8080 + i as u16;
-        let new_clients = fresh_addresses(&lab, i, o.clients)?;
-        phases.push(run_phase(&lab, &gate, plan, port, new_clients, &o)?);
+    let phases = scenario::run_all(&lab, &gate_bin, &load)?;
+    if let Some(status) = phases.iter().rev().find_map(|p| p.gate_status.as_ref()) {
+        println!("\n{status}");
     }
-    report(&phases, &o);
+    report(&phases, &load);
     Ok(())
-}
-
-/// `n` addresses the server has never seen, on the client's interface.
-fn fresh_addresses(lab: &Lab, phase: usize, n: usize) -> anyhow::Result<Vec<IpAddr>> {
-    (0..n)
-        .map(|i| {
-            let a = Ipv4Addr::new(198, 18, 16 + phase as u8, 1 + i as u8);
-            lab.client
-                .ip(&["addr", "add", &format!("{a}/32"), "dev", &lab.client_if])?;
-            Ok(IpAddr::V4(a))
-        })
-        .collect()
-}
-
-/// The CLI, acting on the lab's server interface.
-struct Gate<'a> {
-    bin: &'a std::path::Path,
-    lab: &'a Lab,
-}
-
-impl Gate<'_> {
-    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = Command::new(self.bin)
-            .arg("--netns")
-            .arg(&self.lab.server.name)
-            .args(args)
-            .output()?;
-        if !out.status.success() {
-            bail!(
-                "handshake-gate {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-}
-
-fn run_phase(
-    lab: &Lab,
-    gate: &Gate,
-    plan: &Plan,
-    port: u16,
-    new_clients: Vec<IpAddr>,
-    o: &Options,
-) -> anyhow::Result<Phase> {
-    let addr = SocketAddr::new(Lab::SERVER_V4.into(), port);
-    let _server = EchoServer::start(&lab.server, addr, LISTEN_BACKLOG)?;
-    let cookies = match plan.defence {
-        Defence::Kernel(c) => c,
-        Defence::Gate(_) => 1,
-    };
-    lab.server
-        .sysctl(&format!("net.ipv4.tcp_syncookies={cookies}"))?;
-    println!("demo: {}", plan.name);
-    if let Defence::Gate(extra) = plan.defence {
-        let mut args = vec!["attach", &lab.server_if];
-        for s in GATE_SETTINGS.iter().chain(extra) {
-            args.extend(["--set", s]);
-        }
-        gate.run(&args)?;
-    }
-    let result = (|| {
-        // The returning client has been here before the flood.
-        let returning = [IpAddr::V4(Lab::CLIENT_V4)];
-        connect_each(&lab.client, &returning, addr, CLIENT_TIMEOUT)?;
-        let returning = vec![returning[0]; o.clients];
-        let (returning, new, sent) =
-            clients_under_flood(lab, addr, plan.flood, &returning, &new_clients, o)?;
-        let xdp_dropped = match plan.defence {
-            Defence::Gate(_) => {
-                let s: serde_json::Value =
-                    serde_json::from_str(&gate.run(&["status", &lab.server_if, "--json"])?)?;
-                s["dropped_packets"].as_u64()
-            }
-            Defence::Kernel(_) => None,
-        };
-        anyhow::Ok(Phase {
-            name: plan.name,
-            returning,
-            new,
-            flood_sent: sent,
-            syn_recv: syn_recv(lab, port)?,
-            xdp_dropped,
-        })
-    })();
-    if let Defence::Gate(_) = plan.defence {
-        if plan.name.ends_with("overflow=pass") {
-            println!(
-                "\n$ handshake-gate --netns {} status {}",
-                lab.server.name, lab.server_if
-            );
-            print!("{}", gate.run(&["status", &lab.server_if])?);
-        }
-        gate.run(&["detach", &lab.server_if])?;
-    }
-    result
-}
-
-/// Starts the flood, lets it fill what it can, then connects the returning
-/// and the new clients, all at once.
-fn clients_under_flood(
-    lab: &Lab,
-    addr: SocketAddr,
-    kind: FloodKind,
-    returning: &[IpAddr],
-    new: &[IpAddr],
-    o: &Options,
-) -> anyhow::Result<(ConnectReport, ConnectReport, u64)> {
-    let sources = match kind {
-        FloodKind::None => None,
-        FloodKind::FewSources => Some(Sources::Range {
-            first: "198.18.0.66".parse()?,
-            count: 3,
-        }),
-        FloodKind::Spoofed => Some(Sources::Range {
-            first: "198.19.0.0".parse()?,
-            count: 50_000,
-        }),
-    };
-    std::thread::scope(|s| {
-        let flood = sources.map(|sources| {
-            s.spawn(move || {
-                Flood {
-                    target: addr,
-                    sources,
-                    count: o.rate * o.seconds,
-                    max_time: Duration::from_secs(o.seconds),
-                    rate: Some(o.rate),
-                    threads: 1,
-                }
-                .run(&lab.client)
-            })
-        });
-        if flood.is_some() {
-            std::thread::sleep(CLIENTS_AFTER);
-        }
-        let back = s.spawn(|| connect_each(&lab.client, returning, addr, CLIENT_TIMEOUT));
-        let new = connect_each(&lab.client, new, addr, CLIENT_TIMEOUT);
-        let back = back
-            .join()
-            .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
-        let sent = match flood {
-            Some(f) => {
-                f.join()
-                    .map_err(|_| anyhow::anyhow!("flood thread panicked"))??
-                    .sent
-            }
-            None => 0,
-        };
-        Ok((back?, new?, sent))
-    })
-}
-
-/// Half-open sockets the server's kernel holds on `port`.
-fn syn_recv(lab: &Lab, port: u16) -> anyhow::Result<usize> {
-    let out = lab.server.exec(
-        "ss",
-        &["-Htan", "state", "syn-recv", &format!("sport = :{port}")],
-    )?;
-    Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
 }
 
 fn ms(d: Option<Duration>) -> String {
@@ -349,7 +78,7 @@ fn clients(r: &ConnectReport) -> [String; 3] {
     ]
 }
 
-fn report(phases: &[Phase], o: &Options) {
+fn report(phases: &[Phase], o: &Load) {
     let mut t = Table::new();
     t.load_preset(UTF8_FULL_CONDENSED);
     t.set_header(vec![

@@ -1,5 +1,6 @@
-//! Project tasks. `cargo xtask setup | test | demo`.
+//! Project tasks. `cargo xtask setup | test | demo | bench`.
 
+mod bench;
 mod demo;
 mod setup;
 mod test;
@@ -22,6 +23,9 @@ enum Command {
     /// (BPF_PROG_TEST_RUN tables, network-namespace end to end) on this
     /// kernel, then the same privileged tests in a QEMU guest on a second kernel.
     Test(test::Options),
+    /// Set up, then measure: per-packet cost, CPU per flood SYN against the
+    /// kernel alone, clients under flood, memory, control plane.
+    Bench(bench::Options),
     /// Set up, then run the lab: a real server, real clients and a SYN flood,
     /// without and with the gate, and print a before/after report.
     Demo(demo::Options),
@@ -32,6 +36,7 @@ fn main() -> anyhow::Result<()> {
         Command::Setup => setup::run(),
         Command::Test(o) => test::run(o),
         Command::Demo(o) => demo::run(o),
+        Command::Bench(o) => bench::run(o),
     }
 }
 

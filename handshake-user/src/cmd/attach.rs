@@ -1,5 +1,5 @@
 use handshake_common::Config;
-use handshake_user::gate::{self, AttachMode};
+use handshake_user::gate::{self, AttachMode, AttachOptions};
 use handshake_user::settings::{self, Settings};
 
 use crate::args::{AttachArgs, ModeArg};
@@ -16,7 +16,11 @@ pub fn run(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
         ModeArg::Native => AttachMode::Native,
         ModeArg::Skb => AttachMode::Skb,
     };
-    let dir = gate::attach(&a.iface, netns, mode, &s)?;
+    let options = AttachOptions {
+        mode,
+        max_connections: a.max_connections,
+    };
+    let dir = gate::attach(&a.iface, netns, options, &s)?;
     println!(
         "attached to {} ({} mode, {}), pinned in {}",
         a.iface,

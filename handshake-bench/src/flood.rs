@@ -1,0 +1,198 @@
+//! Cost per flood SYN on the server, against the floor and the kernel alone.
+//!
+//! A lab (two namespaces, a veth pair), a real listening server, and the
+//! project's flood sender at a fixed rate from spoofed sources whose
+//! SYN-ACKs go to nobody. On veth much of the receive work runs in the
+//! sender's context, so what is measured is the busy CPU of the whole
+//! machine over the run (`/proc/stat`), for:
+//! 1. the floor: a program that drops everything (`drop_xdp`) on the
+//!    server's interface — sending plus the cheapest possible receive;
+//! 2. the gate, attached with its defaults;
+//! 3. the kernel alone (no XDP, `tcp_syncookies=1`, the default).
+//!
+//! Each run gets a fresh lab, so no SYN-ACK retransmission of an earlier
+//! run is paid for by a later one. Medians over several runs.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use aya::programs::{Xdp, XdpMode};
+use handshake_common::maps;
+use handshake_lab::{EchoServer, Flood, Lab, Sources, connect_many};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Config {
+    Floor,
+    Gate,
+    Kernel,
+}
+
+impl Config {
+    pub fn name(self) -> &'static str {
+        match self {
+            Config::Floor => "floor: XDP_DROP",
+            Config::Gate => "the gate",
+            Config::Kernel => "kernel alone (tcp_syncookies=1)",
+        }
+    }
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FloodCost {
+    pub config: Config,
+    /// Busy CPU of the whole machine per flood SYN, µs (median).
+    pub cpu_us_per_syn: f64,
+    /// Over the floor's, µs per SYN.
+    pub extra_us_per_syn: f64,
+    /// Segments the server sent during the paced run (its SYN-ACKs to
+    /// spoofed sources), median.
+    pub backscatter: u64,
+    pub sent: u64,
+    /// The sender's rate, unpaced, SYNs per second.
+    pub max_rate: f64,
+}
+
+pub struct Options {
+    pub rate: u64,
+    pub seconds: u64,
+    pub runs: usize,
+}
+
+const PORT: u16 = 8080;
+
+fn spoofed() -> Sources {
+    Sources::Range {
+        first: "198.19.0.0".parse().expect("an address"),
+        count: 60_000,
+    }
+}
+
+/// Busy and total jiffies of all CPUs.
+fn cpu_jiffies() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().unwrap_or_default();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    anyhow::ensure!(v.len() >= 8, "unexpected /proc/stat: {line}");
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    Ok((busy, busy + v[3] + v[4]))
+}
+
+/// One measured flood in a fresh lab: (busy CPU seconds, backscatter, sent, elapsed).
+fn one(
+    config: Config,
+    gate_bin: &Path,
+    rate: Option<u64>,
+    o: &Options,
+) -> anyhow::Result<(f64, u64, u64, Duration)> {
+    let lab = Lab::new("bfl")?;
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), PORT);
+    let _server = EchoServer::start(&lab.server, addr, 1024)?;
+    // Neighbours resolved before anything is measured.
+    anyhow::ensure!(
+        connect_many(&lab.client, addr, 1, Duration::from_secs(2))?.succeeded == 1,
+        "the lab's server does not answer"
+    );
+    let _floor = match config {
+        Config::Floor => Some(attach_drop(&lab)?),
+        Config::Gate => {
+            let out = Command::new(gate_bin)
+                .args(["--netns", &lab.server.name, "attach", &lab.server_if])
+                .output()?;
+            anyhow::ensure!(
+                out.status.success(),
+                "attach: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            None
+        }
+        Config::Kernel => None,
+    };
+    std::thread::sleep(Duration::from_millis(200));
+    let segs = || lab.server.nstat("TcpOutSegs");
+    let (seg0, (busy0, _)) = (segs()?, cpu_jiffies()?);
+    let report = Flood {
+        target: addr,
+        sources: spoofed(),
+        count: rate.map_or(u64::MAX / 2, |r| r * o.seconds),
+        max_time: Duration::from_secs(o.seconds),
+        rate,
+        threads: 1,
+    }
+    .run(&lab.client)?;
+    let (busy1, _) = cpu_jiffies()?;
+    let backscatter = segs()? - seg0;
+    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
+    if config == Config::Gate {
+        let _ = Command::new(gate_bin)
+            .args(["--netns", &lab.server.name, "detach", &lab.server_if])
+            .output();
+    }
+    Ok((
+        (busy1 - busy0) as f64 / hz,
+        backscatter,
+        report.sent,
+        report.elapsed,
+    ))
+}
+
+/// Attaches `drop_xdp` to the lab's server interface, from inside its
+/// namespace; detached when the returned object drops.
+fn attach_drop(lab: &Lab) -> anyhow::Result<aya::Ebpf> {
+    let iface = lab.server_if.clone();
+    lab.server.run(move || {
+        let mut ebpf = aya::EbpfLoader::new().load(handshake_user::ebpf_object())?;
+        let xdp: &mut Xdp = ebpf
+            .program_mut(maps::DROP_XDP)
+            .ok_or_else(|| anyhow::anyhow!("no {} in the object", maps::DROP_XDP))?
+            .try_into()?;
+        xdp.load()?;
+        xdp.attach(&iface, XdpMode::default())?;
+        Ok(ebpf)
+    })
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+pub fn run(gate_bin: &Path, o: &Options) -> anyhow::Result<Vec<FloodCost>> {
+    let mut out: Vec<FloodCost> = Vec::new();
+    for config in [Config::Floor, Config::Gate, Config::Kernel] {
+        let (mut per_syn, mut back, mut sent) = (Vec::new(), Vec::new(), Vec::new());
+        for run in 0..o.runs {
+            eprintln!(
+                "bench: flood, {} (run {} of {})",
+                config.name(),
+                run + 1,
+                o.runs
+            );
+            let (cpu, b, s, _) = one(config, gate_bin, Some(o.rate), o)?;
+            per_syn.push(cpu * 1e6 / s.max(1) as f64);
+            back.push(b as f64);
+            sent.push(s as f64);
+        }
+        eprintln!("bench: flood, {}, unpaced", config.name());
+        let (_, _, s, elapsed) = one(config, gate_bin, None, o)?;
+        out.push(FloodCost {
+            config,
+            cpu_us_per_syn: median(per_syn),
+            extra_us_per_syn: 0.0,
+            backscatter: median(back) as u64,
+            sent: median(sent) as u64,
+            max_rate: s as f64 / elapsed.as_secs_f64(),
+        });
+    }
+    let floor = out[0].cpu_us_per_syn;
+    for c in &mut out {
+        c.extra_us_per_syn = c.cpu_us_per_syn - floor;
+    }
+    Ok(out)
+}

@@ -1,0 +1,85 @@
+//! `handshake-bench`: the measurements behind `cargo xtask bench`. Every
+//! figure is reported next to a baseline measured in the same run, as a
+//! ratio: absolute times on a shared machine are noise.
+//!
+//! Writes `report.md`, `report.json` and `packets.svg` to `--out` and prints
+//! the Markdown report.
+
+mod clients;
+mod flood;
+mod memory;
+mod packets;
+mod report;
+
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser)]
+#[command(name = "handshake-bench")]
+struct Args {
+    /// Longer runs: more repeats, flows and flood seconds.
+    #[arg(long)]
+    full: bool,
+    /// Where the report goes.
+    #[arg(long, default_value = "target/bench")]
+    out: PathBuf,
+    /// The controller binary (a release build, as operators run it).
+    #[arg(long, default_value = "target/release/handshake-gate")]
+    gate: PathBuf,
+}
+
+fn main() -> anyhow::Result<()> {
+    let a = Args::parse();
+    std::fs::create_dir_all(&a.out)?;
+    let mut r = report::Report::new(a.full);
+
+    eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");
+    let o = if a.full {
+        packets::Options {
+            repeat: 1_000_000,
+            calls: 9,
+            singles: 20_000,
+        }
+    } else {
+        packets::Options {
+            repeat: 100_000,
+            calls: 5,
+            singles: 3_000,
+        }
+    };
+    r.packets = packets::run(&o);
+
+    let flood = if a.full {
+        flood::Options {
+            rate: 50_000,
+            seconds: 10,
+            runs: 5,
+        }
+    } else {
+        flood::Options {
+            rate: 50_000,
+            seconds: 3,
+            runs: 3,
+        }
+    };
+    r.flood_rate = flood.rate;
+    r.flood_seconds = flood.seconds;
+    r.flood_runs = flood.runs;
+    r.flood = flood::run(&a.gate, &flood)?;
+
+    eprintln!("bench: legitimate clients under flood");
+    r.clients_load = handshake_lab::scenario::Load {
+        rate: 20_000,
+        seconds: if a.full { 8 } else { 4 },
+        clients: if a.full { 50 } else { 20 },
+    };
+    r.clients = clients::run(&a.gate, &r.clients_load)?;
+
+    eprintln!("bench: memory and control plane");
+    r.memory = Some(memory::run(&a.gate, if a.full { 5 } else { 3 })?);
+
+    r.write(&a.out)?;
+    print!("{}", r.markdown());
+    Ok(())
+}

@@ -1,0 +1,171 @@
+//! Kernel memory, from the kernel's own map accounting (`memlock:` in each
+//! map's fdinfo), and the control plane's speed with the maps full.
+
+use std::os::fd::{AsFd as _, AsRawFd as _};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+use aya::maps::{HashMap, IterableMap as _, Map, MapData};
+use handshake_common::flow::AF_INET;
+use handshake_common::{FlowEntry, FlowKey, TcpState, maps};
+use handshake_lab::Lab;
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct MapMemory {
+    pub map: String,
+    pub max_entries: u32,
+    pub bytes: u64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Memory {
+    /// Every map at the default sizes.
+    pub default_maps: Vec<MapMemory>,
+    pub default_total: u64,
+    /// The established map sized for 1M connections, after 100k and after
+    /// 1M were stored: (connections, bytes of the map, bytes per connection).
+    pub at: Vec<(u64, u64, f64)>,
+    /// `status` and `conns --json` with 1M tracked connections (medians).
+    pub status_ms: f64,
+    pub conns_json_ms: f64,
+}
+
+/// The kernel's accounting of a map's memory.
+fn memlock(map: &MapData) -> anyhow::Result<u64> {
+    let fd = map.fd().as_fd().as_raw_fd();
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
+    info.lines()
+        .find_map(|l| l.strip_prefix("memlock:"))
+        .and_then(|v| v.trim().parse().ok())
+        .ok_or_else(|| anyhow::anyhow!("no memlock in the fdinfo of a map"))
+}
+
+fn pinned_maps(dir: &Path) -> anyhow::Result<Vec<(String, MapData)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if name.chars().all(|c| c.is_ascii_uppercase() || c == '_') {
+            v.push((name.clone(), MapData::from_pin(dir.join(&name))?));
+        }
+    }
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(v)
+}
+
+struct Attached<'a> {
+    gate: &'a Path,
+    lab: &'a Lab,
+}
+
+impl Attached<'_> {
+    fn cli(&self, args: &[&str], out: Stdio) -> anyhow::Result<()> {
+        let status = Command::new(self.gate)
+            .args(["--netns", &self.lab.server.name])
+            .args(args)
+            .stdout(out)
+            .status()?;
+        anyhow::ensure!(status.success(), "handshake-gate {} failed", args.join(" "));
+        Ok(())
+    }
+
+    fn dir(&self) -> PathBuf {
+        handshake_user::pins::dir(&self.lab.server_if, Some(&self.lab.server.name))
+    }
+}
+
+impl Drop for Attached<'_> {
+    fn drop(&mut self) {
+        let _ = self.cli(&["detach", &self.lab.server_if], Stdio::null());
+    }
+}
+
+fn attach<'a>(gate: &'a Path, lab: &'a Lab, extra: &[&str]) -> anyhow::Result<Attached<'a>> {
+    let a = Attached { gate, lab };
+    let mut args = vec!["attach", &lab.server_if];
+    args.extend_from_slice(extra);
+    a.cli(&args, Stdio::null())?;
+    Ok(a)
+}
+
+/// Stores established connections `from..to` (distinct 4-tuples).
+fn fill(map: &mut HashMap<MapData, FlowKey, FlowEntry>, from: u32, to: u32) -> anyhow::Result<()> {
+    let now = handshake_user::monotonic_ns();
+    for i in from..to {
+        let mut k = FlowKey {
+            family: AF_INET,
+            lo_port: 80u16.to_be(),
+            hi_port: (1024 + (i % 60_000) as u16).to_be(),
+            ..FlowKey::default()
+        };
+        k.lo_addr[..4].copy_from_slice(&[198, 18, 0, 1]);
+        k.hi_addr[..4]
+            .copy_from_slice(&(u32::from_be_bytes([198, 19, 0, 0]) + i / 60_000).to_be_bytes());
+        let e = FlowEntry {
+            created_ns: now,
+            last_seen_ns: now,
+            changed_ns: now,
+            client_state: TcpState::Established as u8,
+            server_state: TcpState::Established as u8,
+            ..FlowEntry::default()
+        };
+        map.insert(k, e, 0)?;
+    }
+    Ok(())
+}
+
+fn timed(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        let t = Instant::now();
+        f()?;
+        v.push(t.elapsed());
+    }
+    v.sort();
+    Ok(v[v.len() / 2].as_secs_f64() * 1e3)
+}
+
+pub fn run(gate: &Path, timing_runs: usize) -> anyhow::Result<Memory> {
+    let lab = Lab::new("bmem")?;
+    let default_maps = {
+        let a = attach(gate, &lab, &[])?;
+        pinned_maps(&a.dir())?
+            .iter()
+            .map(|(name, m)| {
+                Ok(MapMemory {
+                    map: name.clone(),
+                    max_entries: m.info()?.max_entries(),
+                    bytes: memlock(m)?,
+                })
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let default_total = default_maps.iter().map(|m| m.bytes).sum();
+
+    const MILLION: u32 = 1 << 20;
+    let a = attach(gate, &lab, &["--max-connections", &MILLION.to_string()])?;
+    let data = MapData::from_pin(a.dir().join(maps::ESTABLISHED))?;
+    let mut est: HashMap<MapData, FlowKey, FlowEntry> = HashMap::try_from(Map::LruHashMap(data))?;
+    let mut at = Vec::new();
+    let mut stored = 0;
+    for n in [100_000u32, 1_000_000] {
+        eprintln!("bench: storing {n} connections");
+        fill(&mut est, stored, n)?;
+        stored = n;
+        let bytes = memlock(est.map())?;
+        at.push((u64::from(n), bytes, bytes as f64 / f64::from(n)));
+    }
+    eprintln!("bench: status and conns --json with {stored} connections");
+    let iface = lab.server_if.clone();
+    let status_ms = timed(timing_runs, || a.cli(&["status", &iface], Stdio::null()))?;
+    let conns_json_ms = timed(timing_runs, || {
+        a.cli(&["conns", &iface, "--json"], Stdio::null())
+    })?;
+    Ok(Memory {
+        default_maps,
+        default_total,
+        at,
+        status_ms,
+        conns_json_ms,
+    })
+}

@@ -1,0 +1,195 @@
+//! Per-packet cost with BPF_PROG_TEST_RUN: each packet class through the
+//! real programs, next to a no-op program of the same kind measured the
+//! same way in the same run.
+//!
+//! Two ways to measure, chosen per class:
+//! - steady classes (the same packet gets the same treatment every time:
+//!   non-TCP, a SYN refused over a cap, data of an established connection,
+//!   a retransmitted SYN-ACK or FIN, malformed) run `repeat` times in one
+//!   call, and the kernel reports the mean; the median of several calls
+//!   is kept;
+//! - classes that change state (a SYN admitted, the final ACK that promotes
+//!   the entry) need a fresh flow each time, so each packet runs once and
+//!   the median over many packets is kept. The no-op is then measured once
+//!   per call too, so both carry the same per-call timer overhead.
+
+use std::time::Duration;
+
+use handshake_common::{Config, maps};
+use handshake_lab::packet::{Tcp, syn, tcp, udp};
+use handshake_user::testrun::{Harness, XDP_DROP, XDP_PASS};
+
+const SRV: &str = "198.18.0.1";
+const J: u32 = 1_000;
+const K: u32 = 9_000;
+
+/// One packet class's cost and its baseline's.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Cost {
+    pub class: &'static str,
+    /// `xdp` or `tc`.
+    pub program: &'static str,
+    /// `repeat N` or `single`.
+    pub method: String,
+    pub ns: f64,
+    pub baseline_ns: f64,
+    pub ratio: f64,
+    /// The goal as a ratio, where the issue sets one.
+    pub goal: Option<f64>,
+}
+
+pub struct Options {
+    /// Repeats per steady call.
+    pub repeat: u32,
+    /// Steady calls per class (the median is kept).
+    pub calls: usize,
+    /// Fresh flows per state-changing class.
+    pub singles: usize,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn ns(d: Duration) -> f64 {
+    d.as_nanos() as f64
+}
+
+pub fn run(o: &Options) -> Vec<Cost> {
+    let mut out = Vec::new();
+    let mut h = Harness::new(Config {
+        max_half_open_per_source: 1,
+        ..Config::DEFAULT
+    });
+    let steady = |h: &mut Harness, program: &str, egress: bool, pkt: &[u8]| -> f64 {
+        median(
+            (0..o.calls)
+                .map(|_| ns(h.time(program, egress, pkt, o.repeat)))
+                .collect(),
+        )
+    };
+    let noop_xdp = |h: &mut Harness, pkt: &[u8]| steady(h, maps::NOOP_XDP, false, pkt);
+    let noop_tc = |h: &mut Harness, pkt: &[u8]| steady(h, maps::NOOP_TC, true, pkt);
+    let method = format!("repeat {} × {} calls, median", o.repeat, o.calls);
+    let mut push = |class, program, method: &str, ns: f64, base: f64, goal| {
+        out.push(Cost {
+            class,
+            program,
+            method: method.to_string(),
+            ns,
+            baseline_ns: base,
+            ratio: ns / base,
+            goal,
+        })
+    };
+
+    // Non-TCP.
+    let pkt = udp("198.18.0.2", SRV);
+    let (g, b) = (
+        steady(&mut h, maps::XDP_PROGRAM, false, &pkt),
+        noop_xdp(&mut h, &pkt),
+    );
+    push("non-TCP (UDP)", "xdp", &method, g, b, Some(1.3));
+
+    // A SYN over the per-source cap (the source holds its one attempt).
+    let first = syn("198.18.0.66", 1, SRV, 80);
+    assert_eq!(h.run(&first.bytes()), XDP_PASS);
+    let over = syn("198.18.0.66", 2, SRV, 80).bytes();
+    assert_eq!(h.run(&over), XDP_DROP, "the cap refuses the second SYN");
+    let (g, b) = (
+        steady(&mut h, maps::XDP_PROGRAM, false, &over),
+        noop_xdp(&mut h, &over),
+    );
+    push("SYN dropped over a cap", "xdp", &method, g, b, Some(3.0));
+
+    // An established connection: its data, a retransmitted SYN-ACK (same
+    // path as the first), a FIN (then its retransmissions).
+    let c = syn("198.18.0.2", 40_000, SRV, 80);
+    assert_eq!(h.run(&c.bytes()), XDP_PASS);
+    let syn_ack = c.reverse().seg(tcp::SYN, K, Some(J + 1), 0).bytes();
+    let (g, b) = (
+        steady(&mut h, maps::TC_PROGRAM, true, &syn_ack),
+        noop_tc(&mut h, &syn_ack),
+    );
+    push("SYN-ACK on egress", "tc", &method, g, b, None);
+    assert_eq!(h.run(&c.then_ack(K + 1).bytes()), XDP_PASS);
+    let data = c.seg(0, J + 1, Some(K + 1), 100).bytes();
+    let (g, b) = (
+        steady(&mut h, maps::XDP_PROGRAM, false, &data),
+        noop_xdp(&mut h, &data),
+    );
+    push(
+        "data, established connection",
+        "xdp",
+        &method,
+        g,
+        b,
+        Some(3.0),
+    );
+    let fin = c.seg(tcp::FIN, J + 101, Some(K + 1), 0).bytes();
+    let (g, b) = (
+        steady(&mut h, maps::XDP_PROGRAM, false, &fin),
+        noop_xdp(&mut h, &fin),
+    );
+    push("FIN", "xdp", &method, g, b, None);
+
+    // Malformed: a TCP data offset past the end.
+    let mut bad = syn("198.18.0.3", 1, SRV, 80).bytes();
+    bad[14 + 20 + 12] = 0xf0;
+    let (g, b) = (
+        steady(&mut h, maps::XDP_PROGRAM, false, &bad),
+        noop_xdp(&mut h, &bad),
+    );
+    push("malformed", "xdp", &method, g, b, None);
+
+    // State-changing classes: a fresh flow each time, one run per call.
+    let mut h = Harness::new(Config {
+        max_half_open: 0,
+        max_half_open_per_source: 0,
+        ..Config::DEFAULT
+    });
+    let single = format!("one run × {} flows, median", o.singles);
+    let flows: Vec<Tcp> = (0..o.singles)
+        .map(|i| {
+            let src = format!("198.19.{}.{}", i / 250, 1 + i % 250);
+            syn(&src, 1024 + (i % 60_000) as u16, SRV, 80)
+        })
+        .collect();
+    let (mut admitted, mut promoted, mut base) = (Vec::new(), Vec::new(), Vec::new());
+    for f in &flows {
+        let s = f.bytes();
+        base.push(ns(h.time(maps::NOOP_XDP, false, &s, 1)));
+        admitted.push(ns(h.time(maps::XDP_PROGRAM, false, &s, 1)));
+        h.run_out(&f.reverse().seg(tcp::SYN, K, Some(f.seq + 1), 0).bytes());
+        promoted.push(ns(h.time(
+            maps::XDP_PROGRAM,
+            false,
+            &f.then_ack(K + 1).bytes(),
+            1,
+        )));
+    }
+    assert_eq!(
+        h.established_entries().len(),
+        flows.len(),
+        "every flow was promoted"
+    );
+    let base = median(base);
+    push(
+        "SYN admitted",
+        "xdp",
+        &single,
+        median(admitted),
+        base,
+        Some(10.0),
+    );
+    push(
+        "final ACK (promotes the entry)",
+        "xdp",
+        &single,
+        median(promoted),
+        base,
+        None,
+    );
+    out
+}

@@ -1,0 +1,304 @@
+//! The demo's and the benchmark's lab scenario: a real echo server, real
+//! clients and SYN floods, each flood against the kernel alone and then with
+//! the gate, with two kinds of client measured in every phase, all at once
+//! while the flood runs: returning clients (198.18.0.2, which completed
+//! handshakes before the flood, so the gate counts it as verified) and new
+//! clients, each from an address the server has never seen
+//! (198.18.16.0/20).
+//!
+//! Two floods, each at a fixed rate for a fixed time:
+//! - a few real addresses (198.18.0.66–.68) that never answer the SYN-ACKs:
+//!   the per-source cap stops them;
+//! - spoofed sources, 50,000 addresses of 198.19.0.0/16, whose SYN-ACKs go
+//!   to nobody: they fill the gate's global budget, the verified reserve
+//!   keeps the returning clients in, and `overflow=pass` hands the excess to
+//!   the kernel's SYN cookies so new clients get in too.
+//!
+//! The kernel alone runs with its default `tcp_syncookies=1` and, for the
+//! spoofed flood, once more with `tcp_syncookies=0`: the seed's classic
+//! failure, where the SYN queue fills and real clients are turned away.
+//! Every phase has its own listening port, so no phase inherits another's
+//! SYN queue. The gate is driven through its CLI, as an operator would.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::bail;
+
+use crate::{ConnectReport, EchoServer, Flood, Lab, Sources, connect_each};
+
+/// How hard the floods push and how many clients try.
+#[derive(Clone, Copy, Debug)]
+pub struct Load {
+    /// Flood rate, SYNs per second.
+    pub rate: u64,
+    /// Flood duration, seconds.
+    pub seconds: u64,
+    /// Returning and new clients per phase (each).
+    pub clients: usize,
+}
+
+pub const GATE_SETTINGS: &[&str] = &["max-half-open=1024", "max-half-open-per-source=20"];
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(1);
+/// Clients start this long after the flood, once it has filled what it can.
+const CLIENTS_AFTER: Duration = Duration::from_secs(1);
+const LISTEN_BACKLOG: i32 = 128;
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum FloodKind {
+    None,
+    FewSources,
+    Spoofed,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Defence {
+    /// The kernel alone, with this `tcp_syncookies`.
+    Kernel(u8),
+    /// The gate, with these settings on top of [`GATE_SETTINGS`].
+    Gate(&'static [&'static str]),
+}
+
+struct Plan {
+    name: &'static str,
+    flood: FloodKind,
+    defence: Defence,
+}
+
+const PLAN: &[Plan] = &[
+    Plan {
+        name: "no flood, kernel alone",
+        flood: FloodKind::None,
+        defence: Defence::Kernel(1),
+    },
+    Plan {
+        name: "no flood, gate",
+        flood: FloodKind::None,
+        defence: Defence::Gate(&[]),
+    },
+    Plan {
+        name: "3 real sources, kernel alone",
+        flood: FloodKind::FewSources,
+        defence: Defence::Kernel(1),
+    },
+    Plan {
+        name: "3 real sources, gate",
+        flood: FloodKind::FewSources,
+        defence: Defence::Gate(&[]),
+    },
+    Plan {
+        name: "spoofed, kernel alone",
+        flood: FloodKind::Spoofed,
+        defence: Defence::Kernel(1),
+    },
+    Plan {
+        name: "spoofed, kernel, no cookies",
+        flood: FloodKind::Spoofed,
+        defence: Defence::Kernel(0),
+    },
+    Plan {
+        name: "spoofed, gate, overflow=drop",
+        flood: FloodKind::Spoofed,
+        defence: Defence::Gate(&["overflow=drop"]),
+    },
+    Plan {
+        name: "spoofed, gate, overflow=pass",
+        flood: FloodKind::Spoofed,
+        defence: Defence::Gate(&["overflow=pass"]),
+    },
+];
+
+pub struct Phase {
+    pub name: &'static str,
+    pub returning: ConnectReport,
+    pub new: ConnectReport,
+    pub flood_sent: u64,
+    /// Half-open sockets the server's kernel held at the end.
+    pub syn_recv: usize,
+    /// Packets the gate dropped in XDP (None: the kernel alone).
+    pub xdp_dropped: Option<u64>,
+    /// `status` of the gate at the end of the phase, as an operator sees it.
+    pub gate_status: Option<String>,
+}
+
+/// Runs every phase in `lab`, the gate being the CLI at `gate_bin`.
+pub fn run_all(lab: &Lab, gate_bin: &Path, load: &Load) -> anyhow::Result<Vec<Phase>> {
+    // New clients come from 198.18.16.0/20, one fresh address per connection.
+    lab.server.ip(&[
+        "route",
+        "add",
+        "198.18.16.0/20",
+        "via",
+        &Lab::CLIENT_V4.to_string(),
+    ])?;
+    let gate = Gate { bin: gate_bin, lab };
+    let mut phases = Vec::new();
+    for (i, plan) in PLAN.iter().enumerate() {
+        let port = 8080 + i as u16;
+        let new_clients = fresh_addresses(lab, i, load.clients)?;
+        phases.push(run_phase(lab, &gate, plan, port, new_clients, load)?);
+    }
+    Ok(phases)
+}
+
+fn fresh_addresses(lab: &Lab, phase: usize, n: usize) -> anyhow::Result<Vec<IpAddr>> {
+    (0..n)
+        .map(|i| {
+            let a = Ipv4Addr::new(198, 18, 16 + phase as u8, 1 + i as u8);
+            lab.client
+                .ip(&["addr", "add", &format!("{a}/32"), "dev", &lab.client_if])?;
+            Ok(IpAddr::V4(a))
+        })
+        .collect()
+}
+
+/// The CLI, acting on the lab's server interface.
+struct Gate<'a> {
+    bin: &'a std::path::Path,
+    lab: &'a Lab,
+}
+
+impl Gate<'_> {
+    fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        let out = Command::new(self.bin)
+            .arg("--netns")
+            .arg(&self.lab.server.name)
+            .args(args)
+            .output()?;
+        if !out.status.success() {
+            bail!(
+                "handshake-gate {}: {}",
+                args.join(" "),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+fn run_phase(
+    lab: &Lab,
+    gate: &Gate,
+    plan: &Plan,
+    port: u16,
+    new_clients: Vec<IpAddr>,
+    o: &Load,
+) -> anyhow::Result<Phase> {
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), port);
+    let _server = EchoServer::start(&lab.server, addr, LISTEN_BACKLOG)?;
+    let cookies = match plan.defence {
+        Defence::Kernel(c) => c,
+        Defence::Gate(_) => 1,
+    };
+    lab.server
+        .sysctl(&format!("net.ipv4.tcp_syncookies={cookies}"))?;
+    eprintln!("scenario: {}", plan.name);
+    if let Defence::Gate(extra) = plan.defence {
+        let mut args = vec!["attach", &lab.server_if];
+        for s in GATE_SETTINGS.iter().chain(extra) {
+            args.extend(["--set", s]);
+        }
+        gate.run(&args)?;
+    }
+    let result = (|| {
+        // The returning client has been here before the flood.
+        let returning = [IpAddr::V4(Lab::CLIENT_V4)];
+        connect_each(&lab.client, &returning, addr, CLIENT_TIMEOUT)?;
+        let returning = vec![returning[0]; o.clients];
+        let (returning, new, sent) =
+            clients_under_flood(lab, addr, plan.flood, &returning, &new_clients, o)?;
+        let (xdp_dropped, gate_status) = match plan.defence {
+            Defence::Gate(_) => {
+                let s: serde_json::Value =
+                    serde_json::from_str(&gate.run(&["status", &lab.server_if, "--json"])?)?;
+                let text = format!(
+                    "$ handshake-gate --netns {} status {}\n{}",
+                    lab.server.name,
+                    lab.server_if,
+                    gate.run(&["status", &lab.server_if])?
+                );
+                (s["dropped_packets"].as_u64(), Some(text))
+            }
+            Defence::Kernel(_) => (None, None),
+        };
+        anyhow::Ok(Phase {
+            name: plan.name,
+            returning,
+            new,
+            flood_sent: sent,
+            syn_recv: syn_recv(lab, port)?,
+            xdp_dropped,
+            gate_status,
+        })
+    })();
+    if let Defence::Gate(_) = plan.defence {
+        gate.run(&["detach", &lab.server_if])?;
+    }
+    result
+}
+
+/// Starts the flood, lets it fill what it can, then connects the returning
+/// and the new clients, all at once.
+fn clients_under_flood(
+    lab: &Lab,
+    addr: SocketAddr,
+    kind: FloodKind,
+    returning: &[IpAddr],
+    new: &[IpAddr],
+    o: &Load,
+) -> anyhow::Result<(ConnectReport, ConnectReport, u64)> {
+    let sources = match kind {
+        FloodKind::None => None,
+        FloodKind::FewSources => Some(Sources::Range {
+            first: "198.18.0.66".parse()?,
+            count: 3,
+        }),
+        FloodKind::Spoofed => Some(Sources::Range {
+            first: "198.19.0.0".parse()?,
+            count: 50_000,
+        }),
+    };
+    std::thread::scope(|s| {
+        let flood = sources.map(|sources| {
+            s.spawn(move || {
+                Flood {
+                    target: addr,
+                    sources,
+                    count: o.rate * o.seconds,
+                    max_time: Duration::from_secs(o.seconds),
+                    rate: Some(o.rate),
+                    threads: 1,
+                }
+                .run(&lab.client)
+            })
+        });
+        if flood.is_some() {
+            std::thread::sleep(CLIENTS_AFTER);
+        }
+        let back = s.spawn(|| connect_each(&lab.client, returning, addr, CLIENT_TIMEOUT));
+        let new = connect_each(&lab.client, new, addr, CLIENT_TIMEOUT);
+        let back = back
+            .join()
+            .map_err(|_| anyhow::anyhow!("client thread panicked"))?;
+        let sent = match flood {
+            Some(f) => {
+                f.join()
+                    .map_err(|_| anyhow::anyhow!("flood thread panicked"))??
+                    .sent
+            }
+            None => 0,
+        };
+        Ok((back?, new?, sent))
+    })
+}
+
+/// Half-open sockets the server's kernel holds on `port`.
+fn syn_recv(lab: &Lab, port: u16) -> anyhow::Result<usize> {
+    let out = lab.server.exec(
+        "ss",
+        &["-Htan", "state", "syn-recv", &format!("sport = :{port}")],
+    )?;
+    Ok(out.lines().filter(|l| !l.trim().is_empty()).count())
+}

@@ -1,0 +1,54 @@
+//! `cargo xtask bench`: builds the controller and the benchmark in release
+//! mode and runs `handshake-bench`, which writes `target/bench/report.md`,
+//! `report.json` and `packets.svg` and prints the report. A quick run takes
+//! a few minutes; `--full` runs longer. `docs/BENCHMARKS.md` keeps the
+//! latest committed results.
+
+use std::process::Command;
+
+use anyhow::bail;
+
+#[derive(clap::Args)]
+pub struct Options {
+    /// Skip the setup step.
+    #[arg(long)]
+    no_setup: bool,
+    /// Longer runs: more repeats, flows, flood runs and seconds.
+    #[arg(long)]
+    full: bool,
+}
+
+pub fn run(o: Options) -> anyhow::Result<()> {
+    if !o.no_setup {
+        crate::setup::run()?;
+    }
+    let root = crate::workspace_root();
+    let status = Command::new(env!("CARGO"))
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "handshake-user",
+            "-p",
+            "handshake-bench",
+        ])
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("building the benchmark failed");
+    }
+    let mut cmd = Command::new(root.join("target/release/handshake-bench"));
+    cmd.arg("--out")
+        .arg(root.join("target/bench"))
+        .arg("--gate")
+        .arg(root.join("target/release/handshake-gate"))
+        .current_dir(&root);
+    if o.full {
+        cmd.arg("--full");
+    }
+    if !cmd.status()?.success() {
+        bail!("the benchmark failed");
+    }
+    println!("\nbench: wrote target/bench/report.md, report.json and packets.svg");
+    Ok(())
+}
