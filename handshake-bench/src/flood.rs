@@ -26,6 +26,8 @@ use handshake_lab::{EchoServer, Flood, Lab, Sources, connect_many};
 pub enum Config {
     Floor,
     Gate,
+    /// The gate with the demo's smaller global budget.
+    GateSmall,
     Kernel,
 }
 
@@ -33,7 +35,8 @@ impl Config {
     pub fn name(self) -> &'static str {
         match self {
             Config::Floor => "floor: XDP_DROP",
-            Config::Gate => "the gate",
+            Config::Gate => "the gate (defaults)",
+            Config::GateSmall => "the gate, max-half-open=1024",
             Config::Kernel => "kernel alone (tcp_syncookies=1)",
         }
     }
@@ -50,8 +53,14 @@ pub struct FloodCost {
     /// spoofed sources), median.
     pub backscatter: u64,
     pub sent: u64,
+    /// Every paced run's busy CPU seconds, as measured.
+    pub cpu_runs: Vec<f64>,
     /// The sender's rate, unpaced, SYNs per second.
     pub max_rate: f64,
+    /// 1 / `max_rate`, µs: the machine's time per SYN when saturated.
+    pub saturated_us_per_syn: f64,
+    /// Over the floor's, µs.
+    pub saturated_extra_us: f64,
 }
 
 pub struct Options {
@@ -101,10 +110,18 @@ fn one(
     );
     let _floor = match config {
         Config::Floor => Some(attach_drop(&lab)?),
-        Config::Gate => {
-            let out = Command::new(gate_bin)
-                .args(["--netns", &lab.server.name, "attach", &lab.server_if])
-                .output()?;
+        Config::Gate | Config::GateSmall => {
+            let mut cmd = Command::new(gate_bin);
+            cmd.args(["--netns", &lab.server.name, "attach", &lab.server_if]);
+            if config == Config::GateSmall {
+                cmd.args([
+                    "--set",
+                    "max-half-open=1024",
+                    "--set",
+                    "max-half-open-per-source=20",
+                ]);
+            }
+            let out = cmd.output()?;
             anyhow::ensure!(
                 out.status.success(),
                 "attach: {}",
@@ -129,7 +146,7 @@ fn one(
     let (busy1, _) = cpu_jiffies()?;
     let backscatter = segs()? - seg0;
     let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    if config == Config::Gate {
+    if matches!(config, Config::Gate | Config::GateSmall) {
         let _ = Command::new(gate_bin)
             .args(["--netns", &lab.server.name, "detach", &lab.server_if])
             .output();
@@ -165,8 +182,14 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 pub fn run(gate_bin: &Path, o: &Options) -> anyhow::Result<Vec<FloodCost>> {
     let mut out: Vec<FloodCost> = Vec::new();
-    for config in [Config::Floor, Config::Gate, Config::Kernel] {
-        let (mut per_syn, mut back, mut sent) = (Vec::new(), Vec::new(), Vec::new());
+    for config in [
+        Config::Floor,
+        Config::Gate,
+        Config::GateSmall,
+        Config::Kernel,
+    ] {
+        let (mut per_syn, mut back, mut sent, mut cpu_runs) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
         for run in 0..o.runs {
             eprintln!(
                 "bench: flood, {} (run {} of {})",
@@ -174,8 +197,13 @@ pub fn run(gate_bin: &Path, o: &Options) -> anyhow::Result<Vec<FloodCost>> {
                 run + 1,
                 o.runs
             );
-            let (cpu, b, s, _) = one(config, gate_bin, Some(o.rate), o)?;
+            let (cpu, b, s, took) = one(config, gate_bin, Some(o.rate), o)?;
+            eprintln!(
+                "bench:   {cpu:.3} CPU-s busy, {s} SYNs sent in {:.2} s, {b} segments back",
+                took.as_secs_f64()
+            );
             per_syn.push(cpu * 1e6 / s.max(1) as f64);
+            cpu_runs.push(cpu);
             back.push(b as f64);
             sent.push(s as f64);
         }
@@ -187,12 +215,16 @@ pub fn run(gate_bin: &Path, o: &Options) -> anyhow::Result<Vec<FloodCost>> {
             extra_us_per_syn: 0.0,
             backscatter: median(back) as u64,
             sent: median(sent) as u64,
+            cpu_runs,
             max_rate: s as f64 / elapsed.as_secs_f64(),
+            saturated_us_per_syn: elapsed.as_secs_f64() * 1e6 / s.max(1) as f64,
+            saturated_extra_us: 0.0,
         });
     }
-    let floor = out[0].cpu_us_per_syn;
+    let (floor, floor_sat) = (out[0].cpu_us_per_syn, out[0].saturated_us_per_syn);
     for c in &mut out {
         c.extra_us_per_syn = c.cpu_us_per_syn - floor;
+        c.saturated_extra_us = c.saturated_us_per_syn - floor_sat;
     }
     Ok(out)
 }

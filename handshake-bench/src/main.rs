@@ -52,15 +52,15 @@ fn main() -> anyhow::Result<()> {
 
     let flood = if a.full {
         flood::Options {
-            rate: 50_000,
+            rate: 200_000,
             seconds: 10,
-            runs: 5,
+            runs: 7,
         }
     } else {
         flood::Options {
-            rate: 50_000,
+            rate: 200_000,
             seconds: 3,
-            runs: 3,
+            runs: 5,
         }
     };
     r.flood_rate = flood.rate;
