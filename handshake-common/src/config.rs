@@ -91,9 +91,12 @@ pub struct Config {
     pub half_open_timeout_ms: u32,
     /// Maximum segment lifetime; TIME_WAIT lasts twice this.
     pub msl_ms: u32,
+    /// One in this many dropped arriving packets is reported as a
+    /// [`crate::DropEvent`] (0: none).
+    pub event_sample: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 56);
+const _: () = assert!(core::mem::size_of::<Config>() == 60);
 
 impl Config {
     /// Defaults: enforce, a global cap far below the map's capacity with a
@@ -101,7 +104,7 @@ impl Config {
     /// per-source cap that a busy NAT still fits under, no per-port cap or
     /// SYN rate (a burst of 20 once a rate is set), every port open, a 5 s
     /// half-open timeout (the kernel's own is 63 s), and Linux's 60 s
-    /// TIME_WAIT (MSL 30 s).
+    /// TIME_WAIT (MSL 30 s); no drop events until asked for.
     pub const DEFAULT: Config = Config {
         mode: Mode::Enforce as u32,
         overflow: Overflow::Drop as u32,
@@ -117,6 +120,7 @@ impl Config {
         ports_restricted: 0,
         half_open_timeout_ms: 5_000,
         msl_ms: 30_000,
+        event_sample: 0,
     };
 
     pub const fn mode(&self) -> Mode {

@@ -15,12 +15,14 @@ extern crate std;
 
 pub mod admit;
 pub mod config;
+pub mod event;
 pub mod flow;
 pub mod machine;
 pub mod reason;
 pub mod window;
 
 pub use config::{Config, Mode, Overflow};
+pub use event::DropEvent;
 pub use flow::{FlowEntry, FlowKey, SourceKey, SourceState, TcpState};
 pub use reason::Reason;
 pub use window::WindowCounter;
@@ -69,7 +71,36 @@ pub mod maps {
     /// a handshake (monotonic ns). Only completed handshakes enter it, so a
     /// spoofed flood cannot push the verified sources out.
     pub const VERIFIED: &str = "VERIFIED";
+    /// Array of [`crate::meta::LEN`] `u64`s the controller keeps beside the
+    /// maps: the layout version of the pinned maps and what it needs to
+    /// replace or remove the egress filter (see [`crate::meta`]). The
+    /// programs never read it.
+    pub const META: &str = "META";
+    /// Ring buffer of sampled [`crate::DropEvent`]s (`event-sample`).
+    pub const EVENTS: &str = "EVENTS";
+    /// aya-log's ring buffer of the programs' log records (defined by
+    /// aya-log-ebpf); pinned with the rest, so a daemon reading it keeps
+    /// reading across `attach --replace`.
+    pub const AYA_LOGS: &str = "AYA_LOGS";
 }
+
+/// Slots of the `META` array.
+pub mod meta {
+    /// [`crate::LAYOUT_VERSION`] of the gate that made the pinned maps.
+    pub const LAYOUT: u32 = 0;
+    /// The egress filter's priority, where it is a netlink filter (0: a TCX link).
+    pub const TC_PRIORITY: u32 = 1;
+    /// The egress filter's handle, where it is a netlink filter.
+    pub const TC_HANDLE: u32 = 2;
+    /// Slots in all (room to grow without changing the map's size).
+    pub const LEN: u32 = 8;
+}
+
+/// The meaning of the pinned maps' contents. `attach --replace` swaps in new
+/// programs over the pinned maps only when this matches (and every map's
+/// type and key and value sizes do), so bump it whenever a shared type keeps
+/// its size but changes its meaning.
+pub const LAYOUT_VERSION: u64 = 1;
 
 /// Capacity of the half-open map. `max-half-open` may not exceed it, so with a
 /// global cap in force the LRU only ever evicts entries that already expired.

@@ -51,6 +51,15 @@ impl Reason {
         Reason::OverflowPass,
     ];
 
+    /// The reason with this index, if there is one.
+    pub const fn from_u32(v: u32) -> Option<Reason> {
+        if v < Self::COUNT {
+            Some(Self::ALL[v as usize])
+        } else {
+            None
+        }
+    }
+
     /// Whether a packet with this reason is dropped in `enforce` mode.
     pub const fn is_drop(self) -> bool {
         !matches!(
@@ -86,6 +95,14 @@ mod tests {
         for (i, r) in Reason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i, "{} out of place", r.name());
         }
+    }
+
+    #[test]
+    fn from_u32_inverts_the_index() {
+        for r in Reason::ALL {
+            assert_eq!(Reason::from_u32(r as u32), Some(r));
+        }
+        assert_eq!(Reason::from_u32(Reason::COUNT), None);
     }
 
     #[test]

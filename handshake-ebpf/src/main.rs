@@ -18,13 +18,16 @@ mod track;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray},
+    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
+use aya_log_ebpf::warn;
 use handshake_common::{
-    Config, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, Mode, PORT_COUNT,
-    PORT_WORDS, Reason, SOURCES_CAPACITY, SourceKey, SourceState, VERIFIED_CAPACITY, WindowCounter,
+    Config, DropEvent, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, Mode,
+    PORT_COUNT, PORT_WORDS, Reason, SOURCES_CAPACITY, SourceKey, SourceState, VERIFIED_CAPACITY,
+    WindowCounter, meta,
 };
 use parse::Facts;
 
@@ -83,6 +86,21 @@ static ALLOWED_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 #[map(name = "VERIFIED")]
 static VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(VERIFIED_CAPACITY, 0);
 
+/// The controller's notes beside the maps (layout version, the egress
+/// filter's handle); never read here, but defined here so it is created and
+/// pinned with the rest.
+#[map(name = "META")]
+static META: Array<u64> = Array::with_max_entries(meta::LEN, 0);
+
+/// Sampled drop events for `handshake-gate events`. 256 KiB: about 4,600
+/// events waiting; when it is full, further events are lost, never packets.
+#[map(name = "EVENTS")]
+static EVENTS: RingBuf = RingBuf::with_byte_size(EVENT_RING_BYTES, 0);
+
+/// Size of the `EVENTS` ring (a power of two and a multiple of the page size,
+/// as the kernel requires).
+const EVENT_RING_BYTES: u32 = 256 * 1024;
+
 /// Per-CPU scratch space for the parsed packet, which would not fit on the
 /// 512-byte BPF stack next to everything else: slot 0 for the XDP program,
 /// slot 1 for the egress program, so neither can overwrite the other's
@@ -104,7 +122,20 @@ pub fn handshake_in(ctx: XdpContext) -> u32 {
     };
     let facts = unsafe { &mut *facts };
     let mode = cfg.mode();
-    let reason = verdict(&ctx, facts, cfg, track::Side::Ingress);
+    let parsed = parse::parse(&ctx, facts);
+    let reason = verdict(parsed, facts, cfg, track::Side::Ingress);
+    if reason == Reason::FailOpen {
+        warn!(&ctx, "a map update failed; the packet passed (fail open)");
+    }
+    if reason.is_drop() && cfg.event_sample != 0 {
+        report(
+            facts,
+            matches!(parsed, parse::Parsed::Tcp),
+            reason,
+            mode,
+            cfg,
+        );
+    }
     finish_in(reason, mode)
 }
 
@@ -123,7 +154,8 @@ pub fn handshake_out(ctx: TcContext) -> i32 {
         // Fails only on a packet the parser then finds truncated.
         let _ = ctx.pull_data(want);
     }
-    let reason = verdict(&ctx, facts, cfg, track::Side::Egress);
+    let parsed = parse::parse(&ctx, facts);
+    let reason = verdict(parsed, facts, cfg, track::Side::Egress);
     finish_out(reason)
 }
 
@@ -146,20 +178,62 @@ pub fn noop_tc(_ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
-/// Parses and tracks one packet; the reason for its verdict.
+/// Tracks one parsed packet; the reason for its verdict.
 #[inline(always)]
-fn verdict<C: parse::Packet>(
-    ctx: &C,
-    facts: &mut Facts,
-    cfg: &Config,
-    side: track::Side,
-) -> Reason {
-    match parse::parse(ctx, facts) {
+fn verdict(parsed: parse::Parsed, facts: &mut Facts, cfg: &Config, side: track::Side) -> Reason {
+    match parsed {
         parse::Parsed::NotTcp => Reason::NotTcp,
         parse::Parsed::Malformed => Reason::Malformed,
         parse::Parsed::Tcp if cfg.mode() == Mode::Off => Reason::Pass,
         parse::Parsed::Tcp => track::track(facts, cfg, side),
     }
+}
+
+/// Writes a [`DropEvent`] for one in `event_sample` dropped packets (chosen
+/// at random, so a steady flood is sampled evenly). `tcp`: the headers were
+/// read, so `facts` holds this packet's addresses; otherwise (malformed)
+/// they may be a previous packet's and are left out.
+#[inline(never)]
+fn report(facts: &Facts, tcp: bool, reason: Reason, mode: Mode, cfg: &Config) {
+    // Checked here, on the same value the division uses, so the compiler
+    // leaves out the division-by-zero panic (which the verifier would refuse).
+    let one_in = cfg.event_sample;
+    if one_in == 0 || unsafe { bpf_get_prandom_u32() } % one_in != 0 {
+        return;
+    }
+    let Some(mut entry) = EVENTS.reserve::<DropEvent>(0) else {
+        // The ring is full: the reader is behind; losing a sample is fine.
+        return;
+    };
+    let e = entry.as_mut_ptr();
+    let (states, family) = if tcp {
+        (track::states_of(&facts.key), facts.family)
+    } else {
+        ((DropEvent::NO_STATE, DropEvent::NO_STATE), 0)
+    };
+    unsafe {
+        (*e).time_ns = bpf_ktime_get_ns();
+        (*e).reason = reason as u8;
+        (*e).family = family;
+        (*e).dropped = (mode == Mode::Enforce) as u8;
+        (*e).client_state = states.0;
+        (*e).server_state = states.1;
+        (*e)._pad = [0; 6];
+        if tcp {
+            (*e).src_addr = facts.src.addr;
+            (*e).dst_addr = facts.dst.addr;
+            (*e).src_port = facts.src.port;
+            (*e).dst_port = facts.dst.port;
+            (*e).tcp_flags = facts.seg.flags;
+        } else {
+            (*e).src_addr = [0; 16];
+            (*e).dst_addr = [0; 16];
+            (*e).src_port = 0;
+            (*e).dst_port = 0;
+            (*e).tcp_flags = 0;
+        }
+    }
+    entry.submit(0);
 }
 
 /// The XDP program's one exit point: counts the packet under its reason and

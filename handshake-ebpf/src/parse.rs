@@ -56,6 +56,7 @@ pub struct Facts {
     pub key: FlowKey,
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
 pub enum Parsed {
     /// A TCP packet; its facts are in the `out` argument of [`parse`].
     Tcp,

@@ -148,6 +148,24 @@ fn pick_up(f: &Facts, key: &FlowKey, src_is_lo: bool, now: u64) -> Reason {
     }
 }
 
+/// The (client, server) states of the connection `key` belongs to, or
+/// [`handshake_common::DropEvent::NO_STATE`] for both when it has no entry.
+/// For drop events only: a cold path.
+#[inline(never)]
+pub fn states_of(key: &FlowKey) -> (u8, u8) {
+    let found = match unsafe { ESTABLISHED.get(key) } {
+        Some(e) => Some(e),
+        None => unsafe { HALF_OPEN.get(key) },
+    };
+    match found {
+        Some(e) => (e.client_state, e.server_state),
+        None => (
+            handshake_common::DropEvent::NO_STATE,
+            handshake_common::DropEvent::NO_STATE,
+        ),
+    }
+}
+
 #[inline(always)]
 fn dir_of(e: &FlowEntry, src_is_lo: bool) -> Dir {
     if (e.client_is_lo != 0) == src_is_lo {

@@ -42,6 +42,25 @@ pub enum Command {
     ///
     /// Example: handshake-gate set eth0 max-half-open-per-source=20 mode=enforce
     Set(SetArgs),
+    /// Run as a daemon: attach (or adopt an attached gate), sweep expired
+    /// entries, serve Prometheus metrics, log the programs' messages, reload
+    /// the config file on SIGHUP; on SIGTERM, detach what it attached.
+    ///
+    /// Example: handshake-gate run eth0 --config /etc/handshake-gate.toml --metrics 127.0.0.1:9464
+    Run(RunArgs),
+    /// Follow sampled drop events (reason, source, port, state): who is
+    /// flooding. Needs event-sample set (`set IFACE event-sample=100`).
+    ///
+    /// Example: handshake-gate events eth0 --json --count 20
+    Events(EventsArgs),
+    /// Print shell completions for handshake-gate to standard output.
+    ///
+    /// Example: handshake-gate completions bash > /etc/bash_completion.d/handshake-gate
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff) to standard output.
+    ///
+    /// Example: handshake-gate manpage > /usr/share/man/man8/handshake-gate.8
+    Manpage,
 }
 
 #[derive(Debug, clap::Args)]
@@ -77,6 +96,78 @@ pub struct AttachArgs {
     /// A setting, applied after --config; repeat for more. `handshake-gate set --help` lists them.
     #[arg(long = "set", value_name = "KEY=VALUE")]
     pub set: Vec<String>,
+    /// Upgrade an attached gate in place: swap this binary's programs in,
+    /// atomically, over the pinned maps (tracked connections, counts and
+    /// settings stay; --config and --set, if given, are applied after).
+    /// Refuses when the pinned maps' layout differs from this version's.
+    #[arg(long, conflicts_with_all = ["mode", "max_connections"])]
+    pub replace: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// The network interface to protect.
+    pub iface: String,
+    /// A TOML file of settings, applied at start and again on SIGHUP (a file
+    /// that does not parse or validate leaves the running settings as they
+    /// are, and says why in the log).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Where to serve Prometheus metrics (`/metrics`), in the host's network
+    /// namespace even with --netns; `off` serves none.
+    #[arg(long, value_name = "ADDR:PORT", default_value = "127.0.0.1:9464", value_parser = parse_listen)]
+    pub metrics: Listen,
+    /// Leave the gate attached on SIGTERM / SIGINT (it is always left when
+    /// the daemon adopted a gate attached before it started).
+    #[arg(long)]
+    pub keep: bool,
+    /// Seconds between sweeps of expired entries.
+    #[arg(long, value_name = "SECS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub sweep_interval: u64,
+    /// XDP attach mode, when the daemon attaches.
+    #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
+    pub mode: ModeArg,
+    /// Connections tracked past their handshake, when the daemon attaches.
+    #[arg(long, value_name = "N", default_value_t = handshake_common::ESTABLISHED_CAPACITY)]
+    pub max_connections: u32,
+}
+
+/// Where `run` serves its metrics.
+#[derive(Clone, Copy, Debug)]
+pub enum Listen {
+    Off,
+    At(std::net::SocketAddr),
+}
+
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    if s == "off" {
+        return Ok(Listen::Off);
+    }
+    s.parse()
+        .map(Listen::At)
+        .map_err(|_| format!("{s:?} is not ADDR:PORT (like 127.0.0.1:9464 or [::1]:9464) or off"))
+}
+
+#[derive(Debug, clap::Args)]
+pub struct EventsArgs {
+    /// The network interface.
+    pub iface: String,
+    /// One JSON object per line (stable field names) instead of text.
+    #[arg(long)]
+    pub json: bool,
+    /// Stop after this many events (default: follow until interrupted).
+    #[arg(long, value_name = "N")]
+    pub count: Option<u64>,
+    /// Stop after this many seconds.
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CompletionsArgs {
+    /// The shell.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, clap::Args)]
@@ -84,8 +175,15 @@ pub struct StatusArgs {
     /// The network interface.
     pub iface: String,
     /// Print JSON (stable field names) instead of tables.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "watch")]
     pub json: bool,
+    /// Refresh every SECS seconds, with the rate of each verdict since the
+    /// last refresh, until interrupted.
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub watch: Option<u64>,
+    /// With --watch: stop after this many refreshes.
+    #[arg(long, value_name = "N", requires = "watch")]
+    pub count: Option<u64>,
 }
 
 #[derive(Debug, clap::Args)]

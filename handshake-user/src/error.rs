@@ -32,6 +32,11 @@ pub enum GateError {
         source: nix::Error,
     },
 
+    #[error(
+        "the pinned maps do not fit this version of the gate ({map}: {why}); `attach --replace` keeps the maps, so it cannot upgrade across this change: run `handshake-gate detach` then `attach` (connections already open are picked up as ESTABLISHED)"
+    )]
+    IncompatibleLayout { map: String, why: String },
+
     #[error("the kernel refused the {program} program:\n{log_tail}")]
     Verifier {
         program: &'static str,

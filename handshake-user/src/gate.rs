@@ -4,17 +4,18 @@ use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapInfo, PerCpuArray, RingBuf};
 use aya::programs::{
-    LinkOrder, ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+    LinkOrder, ProgramError, ProgramInfo, SchedClassifier, TcAttachType, Xdp, XdpMode,
     links::{FdLink, PinnedLink},
-    tc::{self, NlOptions, TcAttachOptions, TcError},
+    tc::{self, NlOptions, SchedClassifierLink, TcAttachOptions, TcError, TcHandle},
+    xdp::XdpLink,
 };
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 use handshake_common::flow::{AF_INET, Endpoint};
 use handshake_common::{
-    Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, TcpState, WindowCounter, machine,
-    maps, window,
+    Config, FlowEntry, FlowKey, LAYOUT_VERSION, Reason, SourceKey, SourceState, TcpState,
+    WindowCounter, machine, maps, meta, window,
 };
 
 use crate::settings::Settings;
@@ -66,7 +67,7 @@ pub const MIN_CONNECTIONS: u32 = 1_024;
 pub const MAX_CONNECTIONS: u32 = 16 * 1_048_576;
 
 /// Every map the controller pins, by name.
-const MAP_NAMES: [&str; 11] = [
+pub const MAP_NAMES: [&str; 14] = [
     maps::CONFIG,
     maps::COUNTERS,
     maps::DROPPED,
@@ -78,6 +79,9 @@ const MAP_NAMES: [&str; 11] = [
     maps::PORTS,
     maps::ALLOWED_PORTS,
     maps::VERIFIED,
+    maps::META,
+    maps::EVENTS,
+    maps::AYA_LOGS,
 ];
 
 /// Undoes a half-done attach on drop unless [`Rollback::commit`] was
@@ -166,14 +170,6 @@ pub fn attach(
         });
     }
 
-    let mut ebpf = load(options.max_connections)?;
-    xdp_program(&mut ebpf)
-        .load()
-        .map_err(|e| verifier("XDP", e))?;
-    tc_program(&mut ebpf)
-        .load()
-        .map_err(|e| verifier("TC egress", e))?;
-
     pins::create_dir(&dir)?;
     let mut rollback = Rollback {
         dir: dir.clone(),
@@ -181,13 +177,18 @@ pub fn attach(
         tc_filter: false,
         done: false,
     };
-    for name in MAP_NAMES {
-        let map = ebpf.map(name).expect("the object defines every pinned map");
-        map.pin(dir.join(name))
-            .map_err(GateError::step(format!("pin the {name} map")))?;
-    }
+    // Loading creates every map and pins it in `dir`.
+    let mut ebpf = load(&dir, Some(options.max_connections))?;
+    xdp_program(&mut ebpf)
+        .load()
+        .map_err(|e| verifier("XDP", e))?;
+    tc_program(&mut ebpf)
+        .load()
+        .map_err(|e| verifier("TC egress", e))?;
     // Through the pins, as every later command does.
-    Gate::open_dir(dir.clone())?.set_settings(settings)?;
+    let mut gate = Gate::open_dir(dir.clone())?;
+    gate.set_meta(meta::LAYOUT, LAYOUT_VERSION)?;
+    gate.set_settings(settings)?;
     xdp_program(&mut ebpf)
         .pin(dir.join(pins::XDP_PROG))
         .map_err(GateError::step("pin the XDP program"))?;
@@ -196,10 +197,15 @@ pub fn attach(
         .map_err(GateError::step("pin the TC egress program"))?;
 
     // Egress first: by the time SYNs are admitted, their SYN-ACKs are seen.
-    let tc_link = attach_tc(tc_program(&mut ebpf), iface, &mut rollback)?;
-    if let Some(link) = tc_link {
-        link.pin(dir.join(pins::TC_LINK))
-            .map_err(GateError::step("pin the TC egress link"))?;
+    match attach_tc(tc_program(&mut ebpf), iface, &mut rollback)? {
+        EgressLink::Tcx(link) => {
+            link.pin(dir.join(pins::TC_LINK))
+                .map_err(GateError::step("pin the TC egress link"))?;
+        }
+        EgressLink::Filter { priority, handle } => {
+            gate.set_meta(meta::TC_PRIORITY, priority.into())?;
+            gate.set_meta(meta::TC_HANDLE, u32::from(handle).into())?;
+        }
     }
     fail_point("xdp")?;
 
@@ -261,13 +267,21 @@ fn tc_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
         .expect("a TC classifier")
 }
 
+/// How the egress program hangs on the interface.
+enum EgressLink {
+    /// A TCX link, to pin.
+    Tcx(FdLink),
+    /// A netlink filter on the `clsact` qdisc, found again by these.
+    Filter { priority: u16, handle: TcHandle },
+}
+
 /// Attaches the egress program: a TCX link to pin where the kernel has TCX,
 /// else a netlink filter (recorded in `rollback`), which needs no pin.
 fn attach_tc(
     tc: &mut SchedClassifier,
     iface: &str,
     rollback: &mut Rollback<'_>,
-) -> Result<Option<FdLink>, GateError> {
+) -> Result<EgressLink, GateError> {
     if tcx_available() {
         let id = tc
             .attach_with_options(
@@ -284,7 +298,7 @@ fn attach_tc(
         let link: FdLink = link
             .try_into()
             .map_err(GateError::step("hold the TC egress link"))?;
-        return Ok(Some(link));
+        return Ok(EgressLink::Tcx(link));
     }
     match tc::qdisc_add_clsact(iface) {
         Ok(()) => {}
@@ -309,9 +323,13 @@ fn attach_tc(
     let link = tc
         .take_link(id)
         .map_err(GateError::step("take the TC egress filter"))?;
+    let where_ = (link.priority(), link.handle());
     // Dropping the link would remove the filter; it must outlive this process.
     std::mem::forget(link);
-    Ok(None)
+    match where_ {
+        (Ok(priority), Ok(handle)) => Ok(EgressLink::Filter { priority, handle }),
+        (Err(e), _) | (_, Err(e)) => Err(GateError::step("read the TC egress filter's handle")(e)),
+    }
 }
 
 /// Removes the netlink egress filter by the program's name; nothing to do
@@ -328,12 +346,179 @@ fn detach_tc_filter(iface: &str) -> Result<(), TcError> {
     }
 }
 
-fn load(max_connections: u32) -> Result<Ebpf, GateError> {
-    EbpfLoader::new()
-        .map_max_entries(maps::ESTABLISHED, max_connections)
+/// Loads the object with every map pinned in `dir`: a map already pinned
+/// there is reused as it is (`attach --replace`), a missing one is created
+/// and pinned. `max_connections` sizes a new established map.
+fn load(dir: &Path, max_connections: Option<u32>) -> Result<Ebpf, GateError> {
+    let mut loader = EbpfLoader::new();
+    for name in MAP_NAMES {
+        loader.map_pin_path(name, dir.join(name));
+    }
+    if let Some(n) = max_connections {
+        loader.map_max_entries(maps::ESTABLISHED, n);
+    }
+    loader
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
         .load(crate::ebpf_object())
         .map_err(GateError::step("load the gate's BPF object (maps)"))
+}
+
+/// Swaps new programs (this binary's) into an attached gate, atomically for
+/// each direction, over the pinned maps: every tracked connection, count and
+/// setting stays. Refuses, changing nothing, when the pinned maps' layout is
+/// not this binary's. Egress goes first, as in [`attach`]; if the ingress
+/// swap then fails, the old egress program is put back.
+pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
+    pins::require_root()?;
+    pins::require_bpffs()?;
+    let dir = pins::dir(iface, netns);
+    if !dir.exists() {
+        return Err(GateError::NotAttached {
+            iface: iface.into(),
+            dir,
+        });
+    }
+    check_layout(&dir)?;
+    let mut ebpf = load(&dir, None)?;
+    xdp_program(&mut ebpf)
+        .load()
+        .map_err(|e| verifier("XDP", e))?;
+    tc_program(&mut ebpf)
+        .load()
+        .map_err(|e| verifier("TC egress", e))?;
+
+    swap_egress(tc_program(&mut ebpf), &dir, iface)?;
+    let ingress =
+        fail_point("replace-xdp").and_then(|()| swap_ingress(xdp_program(&mut ebpf), &dir));
+    if let Err(e) = ingress {
+        let mut old = SchedClassifier::from_pin(dir.join(pins::TC_PROG)).map_err(
+            GateError::step("open the old TC egress program to put it back"),
+        )?;
+        swap_egress(&mut old, &dir, iface)?;
+        return Err(e);
+    }
+    for (pin, what) in [(pins::XDP_PROG, "XDP"), (pins::TC_PROG, "TC egress")] {
+        std::fs::remove_file(dir.join(pin))
+            .map_err(GateError::step(format!("unpin the old {what} program")))?;
+    }
+    xdp_program(&mut ebpf)
+        .pin(dir.join(pins::XDP_PROG))
+        .map_err(GateError::step("pin the new XDP program"))?;
+    tc_program(&mut ebpf)
+        .pin(dir.join(pins::TC_PROG))
+        .map_err(GateError::step("pin the new TC egress program"))?;
+    Ok(dir)
+}
+
+/// Puts `tc` in the egress program's place: in the pinned TCX link, or in
+/// the netlink filter `META` records, replaced in place.
+fn swap_egress(tc: &mut SchedClassifier, dir: &Path, iface: &str) -> Result<(), GateError> {
+    let pin = dir.join(pins::TC_LINK);
+    let link = if pin.exists() {
+        let fd: FdLink = PinnedLink::from_pin(&pin)
+            .map_err(GateError::step("open the pinned TC egress link"))?
+            .into();
+        SchedClassifierLink::try_from(fd).map_err(GateError::step("use the TC egress link"))?
+    } else {
+        let gate = Gate::open_dir(dir.to_path_buf())?;
+        let priority = gate.meta(meta::TC_PRIORITY)?;
+        let handle = gate.meta(meta::TC_HANDLE)?;
+        SchedClassifierLink::attached(
+            iface,
+            TcAttachType::Egress,
+            priority as u16,
+            TcHandle::from(handle as u32),
+            None,
+        )
+        .map_err(GateError::step(format!(
+            "find the TC egress filter on {iface}"
+        )))?
+    };
+    let id = tc
+        .attach_to_link(link)
+        .map_err(GateError::step("swap the TC egress program"))?;
+    let link = tc
+        .take_link(id)
+        .map_err(GateError::step("take the TC egress link"))?;
+    // Dropping a netlink link would remove the filter; a TCX link stays
+    // through its pin either way.
+    std::mem::forget(link);
+    Ok(())
+}
+
+/// Puts `xdp` in the pinned XDP link's place.
+fn swap_ingress(xdp: &mut Xdp, dir: &Path) -> Result<(), GateError> {
+    let fd: FdLink = PinnedLink::from_pin(dir.join(pins::XDP_LINK))
+        .map_err(GateError::step("open the pinned XDP link"))?
+        .into();
+    let link = XdpLink::try_from(fd).map_err(GateError::step("use the XDP link"))?;
+    let id = xdp
+        .attach_to_link(link)
+        .map_err(GateError::step("swap the XDP program"))?;
+    // The pin keeps the link: dropping this handle only closes it.
+    drop(xdp.take_link(id));
+    Ok(())
+}
+
+/// Checks that the maps pinned in `dir` are what this binary's programs
+/// expect: each present, of the same type, key and value sizes (and, but
+/// for the established map, which `--max-connections` sizes, capacity),
+/// and made under the same [`LAYOUT_VERSION`].
+pub fn check_layout(dir: &Path) -> Result<(), GateError> {
+    let obj = aya_obj::Object::parse(crate::ebpf_object())
+        .map_err(GateError::step("read this binary's BPF object"))?;
+    let incompatible = |map: &str, why: String| GateError::IncompatibleLayout {
+        map: map.to_string(),
+        why,
+    };
+    for name in MAP_NAMES {
+        let want = obj
+            .maps
+            .get(name)
+            .ok_or_else(|| incompatible(name, "this binary does not define it".into()))?;
+        let have = MapInfo::from_pin(dir.join(name))
+            .map_err(|_| incompatible(name, "not pinned (made by an older version?)".into()))?;
+        let have_type = have.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let mut diffs = Vec::new();
+        if have_type != want.map_type() {
+            diffs.push(format!("type {} vs {}", have_type, want.map_type()));
+        }
+        if have.key_size() != want.key_size() {
+            diffs.push(format!(
+                "key {} vs {} bytes",
+                have.key_size(),
+                want.key_size()
+            ));
+        }
+        if have.value_size() != want.value_size() {
+            diffs.push(format!(
+                "value {} vs {} bytes",
+                have.value_size(),
+                want.value_size()
+            ));
+        }
+        if name != maps::ESTABLISHED && have.max_entries() != want.max_entries() {
+            diffs.push(format!(
+                "{} vs {} entries",
+                have.max_entries(),
+                want.max_entries()
+            ));
+        }
+        if !diffs.is_empty() {
+            return Err(incompatible(
+                name,
+                format!("pinned vs this binary: {}", diffs.join(", ")),
+            ));
+        }
+    }
+    let version = Gate::open_dir(dir.to_path_buf())?.meta(meta::LAYOUT)?;
+    if version != LAYOUT_VERSION {
+        return Err(incompatible(
+            maps::META,
+            format!("layout version {version}, this binary's is {LAYOUT_VERSION}"),
+        ));
+    }
+    Ok(())
 }
 
 /// Turns a load error into the verifier's last lines, which say why.
@@ -434,6 +619,7 @@ pub struct Gate {
     global: Array<MapData, WindowCounter>,
     ports: Array<MapData, WindowCounter>,
     allowed_ports: Array<MapData, u64>,
+    meta: Array<MapData, u64>,
 }
 
 fn open_map<T>(dir: &Path, name: &str) -> Result<T, GateError>
@@ -474,8 +660,87 @@ impl Gate {
             global: open_map(&dir, maps::GLOBAL)?,
             ports: open_map(&dir, maps::PORTS)?,
             allowed_ports: open_map(&dir, maps::ALLOWED_PORTS)?,
+            meta: open_map(&dir, maps::META)?,
             dir,
         })
+    }
+
+    /// A slot of the `META` array.
+    pub fn meta(&self, slot: u32) -> Result<u64, GateError> {
+        self.meta
+            .get(&slot, 0)
+            .map_err(GateError::step("read the META map"))
+    }
+
+    pub fn set_meta(&mut self, slot: u32, value: u64) -> Result<(), GateError> {
+        self.meta
+            .set(slot, value, 0)
+            .map_err(GateError::step("write the META map"))
+    }
+
+    /// The pinned XDP program's kernel id (aya-log attaches to it).
+    pub fn xdp_program_id(&self) -> Result<u32, GateError> {
+        Ok(ProgramInfo::from_pin(self.dir.join(pins::XDP_PROG))
+            .map_err(GateError::step("read the pinned XDP program"))?
+            .id())
+    }
+
+    /// The drop-event ring buffer. Reading consumes: one reader at a time.
+    pub fn events(&self) -> Result<RingBuf<MapData>, GateError> {
+        open_map(&self.dir, maps::EVENTS)
+    }
+
+    /// Entries in each connection map: (half-open, established), expired
+    /// ones included (they hold their slot until swept or replaced).
+    pub fn map_fill(&self) -> Result<(usize, usize), GateError> {
+        Ok((
+            read_flows(&self.half_open)?.len(),
+            read_flows(&self.established)?.len(),
+        ))
+    }
+
+    /// Capacities of the connection maps: (half-open, established).
+    pub fn map_capacity(&self) -> Result<(u32, u32), GateError> {
+        let cap = |name: &str| -> Result<u32, GateError> {
+            Ok(MapInfo::from_pin(self.dir.join(name))
+                .map_err(GateError::step(format!("read the {name} map's size")))?
+                .max_entries())
+        };
+        Ok((cap(maps::HALF_OPEN)?, cap(maps::ESTABLISHED)?))
+    }
+
+    /// Deletes expired entries: half-open attempts past their timeout and
+    /// connections 2·MSL after they finished. Their half-open counts need
+    /// nothing: they aged out with their time bucket. Each entry is looked
+    /// at again just before it goes, so one that a packet brought back to
+    /// life meanwhile stays (a packet landing between that look and the
+    /// delete loses its entry; the flow is picked up again as ESTABLISHED).
+    /// Returns how many went from each map.
+    pub fn sweep(&mut self, cfg: &Config, now_ns: u64) -> Result<(usize, usize), GateError> {
+        let mut removed = (0, 0);
+        for (k, e) in read_flows(&self.half_open)? {
+            if machine::half_open_expired(&e, now_ns, cfg)
+                && self
+                    .half_open
+                    .get(&k, 0)
+                    .is_ok_and(|now| machine::half_open_expired(&now, now_ns, cfg))
+                && self.half_open.remove(&k).is_ok()
+            {
+                removed.0 += 1;
+            }
+        }
+        for (k, e) in read_flows(&self.established)? {
+            if machine::finished_expired(&e, now_ns, cfg)
+                && self
+                    .established
+                    .get(&k, 0)
+                    .is_ok_and(|now| machine::finished_expired(&now, now_ns, cfg))
+                && self.established.remove(&k).is_ok()
+            {
+                removed.1 += 1;
+            }
+        }
+        Ok(removed)
     }
 
     pub fn config(&self) -> Result<Config, GateError> {
@@ -672,4 +937,42 @@ pub fn state_counts(conns: &[Conn]) -> [BTreeMap<&'static str, u64>; 2] {
         *server.entry(c.entry.server_state().name()).or_insert(0) += 1;
     }
     [client, server]
+}
+
+/// Everything `status`, its `--watch` view and the metrics show, read at
+/// one moment.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub settings: Settings,
+    pub counters: Counters,
+    /// The global half-open count the limits use now.
+    pub half_open: u32,
+    /// Live connections per state: client side, server side.
+    pub states: [BTreeMap<&'static str, u64>; 2],
+    /// Live connections in all.
+    pub connections: usize,
+    pub top_sources: Vec<(String, u32)>,
+    pub top_ports: Vec<(u16, u32)>,
+    /// When it was read (monotonic ns).
+    pub taken_ns: u64,
+}
+
+impl Gate {
+    /// Reads a [`Snapshot`], with the `top` busiest sources and ports.
+    pub fn snapshot(&self, top: usize) -> Result<Snapshot, GateError> {
+        let settings = self.settings()?;
+        let cfg = settings.config;
+        let now = crate::monotonic_ns();
+        let conns = self.conns(&cfg, now)?;
+        Ok(Snapshot {
+            counters: self.counters()?,
+            half_open: self.half_open_now(&cfg, now)?,
+            states: state_counts(&conns),
+            connections: conns.len(),
+            top_sources: self.top_sources(&cfg, now, top),
+            top_ports: self.top_ports(&cfg, now, top)?,
+            taken_ns: now,
+            settings,
+        })
+    }
 }

@@ -113,7 +113,7 @@ pub struct Key {
 }
 
 const MODES: &[&str] = &["off", "monitor", "enforce"];
-const OVERFLOWS: &[&str] = &["drop", "pass"];
+pub const OVERFLOWS: &[&str] = &["drop", "pass"];
 
 macro_rules! config_key {
     ($name:literal, $field:ident, $kind:expr, $help:literal) => {
@@ -234,6 +234,15 @@ pub const KEYS: &[Key] = &[
             max: 600_000
         },
         "maximum segment lifetime; a closed connection stays in TIME_WAIT for 2·MSL"
+    ),
+    config_key!(
+        "event-sample",
+        event_sample,
+        Kind::Number {
+            min: 0,
+            max: 1_000_000
+        },
+        "report one in this many dropped packets to `handshake-gate events` (0: none, 1: all)"
     ),
 ];
 

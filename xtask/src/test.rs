@@ -106,6 +106,8 @@ fn run_vm_layer(root: &Path, kernel: Option<&Path>) -> anyhow::Result<()> {
     let mut text =
         String::from("#!/bin/sh\n# Written by `cargo xtask test`; run by the VM's init.\n");
     text.push_str("echo \"vm: running on $(uname -r)\"\n");
+    // The daemon tests scrape metrics on the guest's own loopback.
+    text.push_str("ip link set lo up || echo \"vm: could not bring lo up\"\n");
     text.push_str(&format!(
         "for m in {}; do {} $m || echo \"vm: could not load $m\"; done\n",
         vm::test_modules(),

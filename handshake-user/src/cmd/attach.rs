@@ -1,23 +1,17 @@
 use handshake_common::Config;
-use handshake_user::gate::{self, AttachMode, AttachOptions};
+use handshake_user::gate::{self, AttachMode, AttachOptions, Gate};
 use handshake_user::settings::{self, Settings};
 
 use crate::args::{AttachArgs, ModeArg};
 
 pub fn run(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
-    // The whole configuration is checked before anything is loaded.
-    let mut s = Settings::default();
-    if let Some(path) = &a.config {
-        s = settings::from_file(&s, path)?;
+    if a.replace {
+        return replace(a, netns);
     }
-    let s = settings::apply_all(&s, &a.set)?;
-    let mode = match a.mode {
-        ModeArg::Auto => AttachMode::Auto,
-        ModeArg::Native => AttachMode::Native,
-        ModeArg::Skb => AttachMode::Skb,
-    };
+    // The whole configuration is checked before anything is loaded.
+    let s = settings_from(&Settings::default(), &a)?;
     let options = AttachOptions {
-        mode,
+        mode: attach_mode(a.mode),
         max_connections: a.max_connections,
     };
     let dir = gate::attach(&a.iface, netns, options, &s)?;
@@ -29,6 +23,44 @@ pub fn run(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
         dir.display()
     );
     Ok(())
+}
+
+/// `attach --replace`: new programs over the pinned maps, then any
+/// `--config` / `--set` over the settings the gate already has.
+fn replace(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
+    let before = Gate::open(&a.iface, netns)?;
+    let current = before.settings()?;
+    // Checked before anything changes.
+    let wanted = settings_from(&current, &a)?;
+    let dir = gate::replace(&a.iface, netns)?;
+    let mut after = Gate::open_dir(dir.clone())?;
+    if wanted != current {
+        after.set_settings(&wanted)?;
+    }
+    let now = handshake_user::monotonic_ns();
+    let kept = after.conns(&wanted.config, now)?.len();
+    println!(
+        "replaced the programs on {} in place; {kept} tracked connection(s) and every count and setting kept, pinned in {}",
+        a.iface,
+        dir.display()
+    );
+    Ok(())
+}
+
+fn settings_from(base: &Settings, a: &AttachArgs) -> anyhow::Result<Settings> {
+    let mut s = base.clone();
+    if let Some(path) = &a.config {
+        s = settings::from_file(&s, path)?;
+    }
+    Ok(settings::apply_all(&s, &a.set)?)
+}
+
+pub fn attach_mode(m: ModeArg) -> AttachMode {
+    match m {
+        ModeArg::Auto => AttachMode::Auto,
+        ModeArg::Native => AttachMode::Native,
+        ModeArg::Skb => AttachMode::Skb,
+    }
 }
 
 fn describe_caps(cfg: &Config) -> String {

@@ -2,15 +2,30 @@
 
 pub mod attach;
 pub mod conns;
+pub mod docs;
+pub mod events;
+pub mod run;
 pub mod set;
 pub mod status;
 
 use crate::args::{Cli, Command};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    // Every command touches BPF objects; say so before anything else fails
-    // for want of privileges.
+    // These two only print text from the command-line definitions.
+    match &cli.command {
+        Command::Completions(a) => return docs::completions(a.shell),
+        Command::Manpage => return docs::manpage(),
+        _ => {}
+    }
+    // Every other command touches BPF objects; say so before anything else
+    // fails for want of privileges.
     handshake_user::pins::require_root()?;
+    // The daemon's metrics socket is opened before entering the namespace,
+    // so it serves in the host's namespace, where the operator is.
+    let metrics = match &cli.command {
+        Command::Run(a) => run::listen(a)?,
+        _ => None,
+    };
     if let Some(ns) = &cli.netns {
         // First thing, before any thread exists: everything below happens in
         // that namespace, while the mount namespace (and bpffs) stays the host's.
@@ -27,5 +42,8 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Status(a) => status::run(a, netns),
         Command::Conns(a) => conns::run(a, netns),
         Command::Set(a) => set::run(a, netns),
+        Command::Run(a) => run::run(a, netns, metrics),
+        Command::Events(a) => events::run(a, netns),
+        Command::Completions(_) | Command::Manpage => unreachable!("handled above"),
     }
 }

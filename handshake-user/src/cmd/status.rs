@@ -1,6 +1,9 @@
+use std::io::IsTerminal as _;
+use std::time::Duration;
+
 use comfy_table::{CellAlignment, Table, presets::NOTHING};
 use handshake_common::Reason;
-use handshake_user::gate::{self, Gate};
+use handshake_user::gate::{Gate, Snapshot};
 use handshake_user::settings::KEYS;
 use serde_json::{Map, Value, json};
 
@@ -11,107 +14,152 @@ const TOP: usize = 5;
 
 pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let gate = Gate::open(&a.iface, netns)?;
-    let settings = gate.settings()?;
-    let cfg = settings.config;
-    let now = handshake_user::monotonic_ns();
-    let counters = gate.counters()?;
-    let half_open = gate.half_open_now(&cfg, now)?;
-    let conns = gate.conns(&cfg, now)?;
-    let [client, server] = gate::state_counts(&conns);
-    let top = gate.top_sources(&cfg, now, TOP);
-    let top_ports = gate.top_ports(&cfg, now, TOP)?;
-
-    if a.json {
-        let limits: Map<String, Value> = KEYS
-            .iter()
-            .map(|k| (k.name.to_string(), k.json(&settings)))
-            .collect();
-        let drops: Map<String, Value> = Reason::ALL
-            .iter()
-            .filter(|r| r.is_drop())
-            .map(|r| (r.name().to_string(), counters.get(*r).into()))
-            .collect();
-        let by_reason = |v: &[u64]| -> Map<String, Value> {
-            Reason::ALL
-                .iter()
-                .map(|r| (r.name().to_string(), v[*r as usize].into()))
-                .collect()
-        };
-        let out = json!({
-            "interface": a.iface,
-            "netns": netns,
-            "mode": handshake_user::settings::mode_name(&cfg),
-            "limits": limits,
-            "half_open": half_open,
-            "states": { "client": client, "server": server },
-            "drops": drops,
-            "dropped_packets": counters.dropped.iter().sum::<u64>(),
-            "packets": by_reason(&counters.packets),
-            "egress": by_reason(&counters.egress),
-            "top_sources": top.iter().map(|(s, n)| json!({"source": s, "half_open": n})).collect::<Vec<_>>(),
-            "top_ports": top_ports.iter().map(|(p, n)| json!({"port": p, "half_open": n})).collect::<Vec<_>>(),
-        });
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+    if let Some(secs) = a.watch {
+        return watch(&gate, &a, netns, secs);
     }
+    let snap = gate.snapshot(TOP)?;
+    if a.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json(&a.iface, netns, &snap))?
+        );
+    } else {
+        print!("{}", text(&a.iface, netns, &snap, None));
+    }
+    Ok(())
+}
 
-    println!(
-        "handshake-gate on {}{}",
-        a.iface,
+/// `--watch`: the status again every `secs` seconds, with each verdict's
+/// rate since the previous refresh. On a terminal each refresh replaces the
+/// last; otherwise refreshes follow one another.
+fn watch(gate: &Gate, a: &StatusArgs, netns: Option<&str>, secs: u64) -> anyhow::Result<()> {
+    let clear = std::io::stdout().is_terminal();
+    let mut prev: Option<Snapshot> = None;
+    let mut shown = 0u64;
+    loop {
+        let snap = gate.snapshot(TOP)?;
+        let page = text(&a.iface, netns, &snap, prev.as_ref());
+        if clear {
+            print!("\x1b[2J\x1b[H{page}");
+        } else {
+            println!("--- refresh {} ---\n{page}", shown + 1);
+        }
+        shown += 1;
+        if a.count.is_some_and(|n| shown >= n) {
+            return Ok(());
+        }
+        prev = Some(snap);
+        std::thread::sleep(Duration::from_secs(secs));
+    }
+}
+
+fn json(iface: &str, netns: Option<&str>, s: &Snapshot) -> Value {
+    let limits: Map<String, Value> = KEYS
+        .iter()
+        .map(|k| (k.name.to_string(), k.json(&s.settings)))
+        .collect();
+    let c = &s.counters;
+    let drops: Map<String, Value> = Reason::ALL
+        .iter()
+        .filter(|r| r.is_drop())
+        .map(|r| (r.name().to_string(), c.get(*r).into()))
+        .collect();
+    let by_reason = |v: &[u64]| -> Map<String, Value> {
+        Reason::ALL
+            .iter()
+            .map(|r| (r.name().to_string(), v[*r as usize].into()))
+            .collect()
+    };
+    let [client, server] = &s.states;
+    json!({
+        "interface": iface,
+        "netns": netns,
+        "mode": handshake_user::settings::mode_name(&s.settings.config),
+        "limits": limits,
+        "half_open": s.half_open,
+        "states": { "client": client, "server": server },
+        "drops": drops,
+        "dropped_packets": c.dropped.iter().sum::<u64>(),
+        "packets": by_reason(&c.packets),
+        "egress": by_reason(&c.egress),
+        "top_sources": s.top_sources.iter().map(|(src, n)| json!({"source": src, "half_open": n})).collect::<Vec<_>>(),
+        "top_ports": s.top_ports.iter().map(|(p, n)| json!({"port": p, "half_open": n})).collect::<Vec<_>>(),
+    })
+}
+
+/// The human view; with `prev`, a per-second rate column for each verdict.
+fn text(iface: &str, netns: Option<&str>, s: &Snapshot, prev: Option<&Snapshot>) -> String {
+    use std::fmt::Write as _;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "handshake-gate on {iface}{}\n",
         netns.map(|n| format!(" (netns {n})")).unwrap_or_default()
     );
-    println!();
     let mut t = table(&["limit", "value"], 2);
     for k in KEYS {
-        t.add_row(vec![k.name.to_string(), k.show(&settings)]);
+        t.add_row(vec![k.name.to_string(), k.show(&s.settings)]);
     }
-    println!("{t}\n");
+    let _ = writeln!(out, "{t}\n");
 
-    println!("half-open now: {half_open}");
-    if !top.is_empty() {
+    let _ = writeln!(out, "half-open now: {}", s.half_open);
+    if !s.top_sources.is_empty() {
         let mut t = table(&["top source", "half-open"], 1);
-        for (s, n) in &top {
-            t.add_row(vec![s.clone(), n.to_string()]);
+        for (src, n) in &s.top_sources {
+            t.add_row(vec![src.clone(), n.to_string()]);
         }
-        println!("{t}");
+        let _ = writeln!(out, "{t}");
     }
-    if !top_ports.is_empty() {
+    if !s.top_ports.is_empty() {
         let mut t = table(&["top port", "half-open"], 1);
-        for (p, n) in &top_ports {
+        for (p, n) in &s.top_ports {
             t.add_row(vec![p.to_string(), n.to_string()]);
         }
-        println!("{t}");
+        let _ = writeln!(out, "{t}");
     }
-    println!();
+    out.push('\n');
 
+    let [client, server] = &s.states;
     let mut t = table(&["state", "client side", "server side"], 1);
-    for (name, c) in &client {
-        let s = server[name];
-        if *c != 0 || s != 0 {
-            t.add_row(vec![name.to_string(), c.to_string(), s.to_string()]);
+    for (name, c) in client {
+        let sv = server[name];
+        if *c != 0 || sv != 0 {
+            t.add_row(vec![name.to_string(), c.to_string(), sv.to_string()]);
         }
     }
-    if conns.is_empty() {
-        println!("no tracked connections\n");
+    if s.connections == 0 {
+        let _ = writeln!(out, "no tracked connections\n");
     } else {
-        println!("{t}\n");
+        let _ = writeln!(out, "{t}\n");
     }
 
-    let mut t = table(&["verdict", "arriving", "dropped", "leaving"], 1);
+    let mut header = vec!["verdict", "arriving", "dropped", "leaving"];
+    if prev.is_some() {
+        header.push("arriving/s");
+    }
+    let mut t = table(&header, 1);
+    let c = &s.counters;
     for r in Reason::ALL {
-        t.add_row(vec![
+        let i = r as usize;
+        let mut row = vec![
             r.name().to_string(),
-            counters.packets[r as usize].to_string(),
+            c.packets[i].to_string(),
             if r.is_drop() {
-                counters.dropped[r as usize].to_string()
+                c.dropped[i].to_string()
             } else {
                 "-".into()
             },
-            counters.egress[r as usize].to_string(),
-        ]);
+            c.egress[i].to_string(),
+        ];
+        if let Some(p) = prev {
+            let secs = (s.taken_ns.saturating_sub(p.taken_ns) as f64 / 1e9).max(1e-3);
+            let delta = c.packets[i].saturating_sub(p.counters.packets[i]);
+            row.push(format!("{:.0}", delta as f64 / secs));
+        }
+        t.add_row(row);
     }
-    println!("{t}");
-    Ok(())
+    let _ = writeln!(out, "{t}");
+    out
 }
 
 /// A borderless table headed by `header`; every column after the first

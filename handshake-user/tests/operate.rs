@@ -1,0 +1,525 @@
+//! Operating the gate: the `run` daemon (metrics, SIGHUP, SIGTERM, SIGKILL),
+//! `attach --replace` under a live connection, drop events and the
+//! `status --watch` view. Real server, real clients, network namespaces;
+//! needs root; `cargo xtask test` runs it.
+
+mod common;
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::{Attached, GATE, cli, cli_with, pin_dir};
+use handshake_lab::{EchoServer, Lab, Sources};
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+
+/// A `handshake-gate run` child process; its log goes to a file the test
+/// reads. Killed on drop (also when the test panics).
+struct Daemon {
+    child: Child,
+    log: PathBuf,
+    metrics: String,
+}
+
+impl Daemon {
+    fn start(lab: &Lab, tag: &str, extra: &[&str]) -> Daemon {
+        let port = free_port();
+        let log = std::env::temp_dir().join(format!("hg-{tag}-{}.log", std::process::id()));
+        let file = std::fs::File::create(&log).expect("log file");
+        let listen = format!("127.0.0.1:{port}");
+        let mut args = vec![
+            "--netns",
+            &lab.server.name,
+            "run",
+            &lab.server_if,
+            "--sweep-interval",
+            "1",
+        ];
+        if !extra.contains(&"--metrics") {
+            args.extend(["--metrics", &listen]);
+        }
+        args.extend_from_slice(extra);
+        let child = Command::new(GATE)
+            .args(&args)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(file)
+            .spawn()
+            .expect("start the daemon");
+        let d = Daemon {
+            child,
+            log,
+            metrics: format!("http://{listen}/metrics"),
+        };
+        d.wait_for_log("running: SIGHUP");
+        d
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits (10 s at most) until the log has `what`; panics with the log if not.
+    fn wait_for_log(&self, what: &str) {
+        let start = Instant::now();
+        while !self.log().contains(what) {
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the daemon never logged {what:?}; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn signal(&self, s: Signal) {
+        kill(Pid::from_raw(self.child.id() as i32), s).expect("signal the daemon");
+    }
+
+    /// Waits (10 s at most) for the daemon to exit; whether it succeeded.
+    fn wait(&mut self) -> bool {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                return status.success();
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "the daemon did not stop; its log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Scrapes the metrics endpoint and parses it as Prometheus text.
+    fn scrape(&self) -> prometheus_parse::Scrape {
+        let body = ureq::get(&self.metrics)
+            .call()
+            .expect("scrape the metrics")
+            .body_mut()
+            .read_to_string()
+            .expect("metrics body");
+        prometheus_parse::Scrape::parse(body.lines().map(|l| Ok(l.to_string())))
+            .unwrap_or_else(|e| panic!("not Prometheus text: {e}\n{body}"))
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// Detaches the lab's gate on drop, however it was attached.
+struct DetachOnDrop<'a>(&'a Lab);
+
+impl Drop for DetachOnDrop<'_> {
+    fn drop(&mut self) {
+        let lab = self.0;
+        let _ = cli(&["--netns", &lab.server.name, "detach", &lab.server_if]);
+        let _ = handshake_user::pins::remove_dir(&pin_dir(lab));
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// The value of the sample `name` whose labels include `labels`.
+fn metric(s: &prometheus_parse::Scrape, name: &str, labels: &[(&str, &str)]) -> f64 {
+    use prometheus_parse::Value;
+    let sample = s
+        .samples
+        .iter()
+        .find(|x| x.metric == name && labels.iter().all(|(k, v)| x.labels.get(k) == Some(*v)))
+        .unwrap_or_else(|| panic!("no sample {name}{labels:?}"));
+    match sample.value {
+        Value::Counter(v) | Value::Gauge(v) | Value::Untyped(v) => v,
+        _ => panic!("{name} is not a number"),
+    }
+}
+
+fn status(lab: &Lab) -> serde_json::Value {
+    let (ok, out, err) = cli(&[
+        "--netns",
+        &lab.server.name,
+        "status",
+        &lab.server_if,
+        "--json",
+    ]);
+    assert!(ok, "status: {err}");
+    serde_json::from_str(&out).expect("status --json")
+}
+
+fn flood_from(lab: &Lab, addr: SocketAddr, src: &str, count: u64) {
+    let sent = common::flood(lab, addr, Sources::One(src.parse().unwrap()), count, 1);
+    assert_eq!(sent, count);
+}
+
+/// Polls `f` (10 s at most) until it holds; panics with `what` if it never does.
+fn eventually(what: &str, mut f: impl FnMut() -> bool) {
+    let start = Instant::now();
+    while !f() {
+        assert!(start.elapsed() < Duration::from_secs(10), "never: {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn config_file(tag: &str, text: &str) -> PathBuf {
+    let p = std::env::temp_dir().join(format!("hg-{tag}-{}.toml", std::process::id()));
+    std::fs::write(&p, text).expect("write the config");
+    p
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn daemon_serves_metrics_sweeps_reloads_and_detaches_on_sigterm() {
+    let lab = Lab::new("opa").expect("lab");
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
+    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    let _cleanup = DetachOnDrop(&lab);
+    let cfg = config_file(
+        "opa",
+        "max-half-open-per-source = 10\nhalf-open-timeout-ms = 3000\n",
+    );
+    let mut d = Daemon::start(&lab, "opa", &["--config", cfg.to_str().unwrap()]);
+    assert!(pin_dir(&lab).exists(), "the daemon did not attach");
+    d.wait_for_log("attached to");
+    assert!(
+        !d.log().contains("not forwarded"),
+        "the programs' log is not forwarded: {}",
+        d.log()
+    );
+
+    let m = d.scrape();
+    for name in [
+        "handshake_gate_packets_total",
+        "handshake_gate_dropped_total",
+        "handshake_gate_connections",
+        "handshake_gate_half_open",
+        "handshake_gate_limit",
+        "handshake_gate_mode",
+        "handshake_gate_overflow",
+        "handshake_gate_map_entries",
+        "handshake_gate_map_capacity",
+        "handshake_gate_swept_total",
+    ] {
+        assert!(
+            m.samples.iter().any(|s| s.metric == name),
+            "no metric {name}"
+        );
+    }
+    assert_eq!(
+        metric(
+            &m,
+            "handshake_gate_limit",
+            &[("setting", "max-half-open-per-source")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric(&m, "handshake_gate_mode", &[("mode", "enforce")]),
+        1.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "handshake_gate_dropped_total",
+            &[("reason", "per_source")]
+        ),
+        0.0
+    );
+
+    // A flood moves the values.
+    flood_from(&lab, addr, "198.18.0.66", 200);
+    let m = d.scrape();
+    assert_eq!(
+        metric(
+            &m,
+            "handshake_gate_dropped_total",
+            &[("reason", "per_source")]
+        ),
+        190.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "handshake_gate_packets_total",
+            &[("direction", "in"), ("reason", "per_source")]
+        ),
+        190.0
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "handshake_gate_connections",
+            &[("side", "client"), ("state", "SYN_SENT")]
+        ),
+        10.0
+    );
+    assert_eq!(
+        metric(&m, "handshake_gate_map_entries", &[("map", "half_open")]),
+        10.0
+    );
+
+    // SIGHUP with a good file: the new limit, live.
+    std::fs::write(
+        &cfg,
+        "max-half-open-per-source = 20\nhalf-open-timeout-ms = 3000\n",
+    )
+    .unwrap();
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("max-half-open-per-source: 10 -> 20");
+    assert_eq!(status(&lab)["limits"]["max-half-open-per-source"], 20);
+
+    // SIGHUP with a bad file: the running settings stay, the log says why.
+    std::fs::write(&cfg, "max-half-open-per-source = \"lots\"\n").unwrap();
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("kept the running settings");
+    assert!(d.log().contains("max-half-open-per-source"), "{}", d.log());
+    assert_eq!(status(&lab)["limits"]["max-half-open-per-source"], 20);
+    assert_eq!(status(&lab)["limits"]["half-open-timeout-ms"], 3000);
+
+    // The sweeper deletes the flood's attempts once they expire.
+    eventually("the sweeper empties the half-open map", || {
+        let m = d.scrape();
+        metric(&m, "handshake_gate_map_entries", &[("map", "half_open")]) == 0.0
+            && metric(&m, "handshake_gate_swept_total", &[("map", "half_open")]) == 10.0
+    });
+
+    // SIGTERM: it attached the gate, so it detaches it.
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait(), "the daemon failed; its log:\n{}", d.log());
+    assert!(!pin_dir(&lab).exists(), "pins left after SIGTERM");
+    assert!(d.log().contains("detached from"), "{}", d.log());
+    let _ = std::fs::remove_file(&cfg);
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn the_gate_outlives_a_killed_daemon_and_an_adopting_daemon_leaves_it_attached() {
+    let lab = Lab::new("opb").expect("lab");
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
+    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    let _cleanup = DetachOnDrop(&lab);
+    let cfg = config_file("opb", "max-half-open-per-source = 10\n");
+    let mut d = Daemon::start(
+        &lab,
+        "opb",
+        &["--config", cfg.to_str().unwrap(), "--metrics", "off"],
+    );
+    d.signal(Signal::SIGKILL);
+    let _ = d.wait();
+    // Nobody runs now; the gate still protects.
+    assert!(pin_dir(&lab).exists());
+    flood_from(&lab, addr, "198.18.0.66", 100);
+    let s = status(&lab);
+    assert_eq!(s["drops"]["per_source"], 90, "{s:#}");
+    assert_eq!(s["half_open"], 10, "{s:#}");
+
+    // A new daemon adopts the gate, keeps its counts, and leaves it attached.
+    let mut d = Daemon::start(&lab, "opb2", &[]);
+    d.wait_for_log("adopted the gate");
+    let m = d.scrape();
+    assert_eq!(
+        metric(
+            &m,
+            "handshake_gate_dropped_total",
+            &[("reason", "per_source")]
+        ),
+        90.0
+    );
+    d.signal(Signal::SIGTERM);
+    assert!(d.wait(), "{}", d.log());
+    assert!(
+        pin_dir(&lab).exists(),
+        "an adopting daemon detached the gate"
+    );
+    flood_from(&lab, addr, "198.18.0.67", 100);
+    assert_eq!(status(&lab)["drops"]["per_source"], 180);
+    let _ = std::fs::remove_file(&cfg);
+}
+
+/// The kernel ids of the gate's pinned programs: (XDP, TC egress).
+fn program_ids(lab: &Lab) -> (u32, u32) {
+    let id = |pin: &str| {
+        aya::programs::ProgramInfo::from_pin(pin_dir(lab).join(pin))
+            .expect("pinned program")
+            .id()
+    };
+    (id("xdp_prog"), id("tc_prog"))
+}
+
+/// Ids of the gate's programs loaded in the kernel now, by name.
+fn loaded(name: &str) -> Vec<u32> {
+    aya::programs::loaded_programs()
+        .filter_map(Result::ok)
+        .filter(|p| p.name_as_str() == Some(name))
+        .map(|p| p.id())
+        .collect()
+}
+
+/// Waits (2 s at most) until exactly the programs `want` are loaded under
+/// `name`: the kernel frees a replaced program from deferred work.
+fn loaded_settles(name: &str, want: &[u32]) -> Vec<u32> {
+    let start = Instant::now();
+    loop {
+        let mut have = loaded(name);
+        have.sort();
+        if have == want || start.elapsed() > Duration::from_secs(2) {
+            return have;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn echo(conn: &mut TcpStream, msg: &[u8]) {
+    conn.write_all(msg).expect("send");
+    let mut back = vec![0u8; msg.len()];
+    conn.read_exact(&mut back).expect("echo");
+    assert_eq!(back, msg);
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns, XDP and TC; run by `cargo xtask test`"]
+fn replace_swaps_the_programs_and_keeps_connections_counts_and_settings() {
+    let lab = Lab::new("opc").expect("lab");
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
+    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    let gate = Attached::new(
+        &lab,
+        &["max-half-open-per-source=10", "half-open-timeout-ms=60000"],
+    );
+    let ns = lab.server.name.clone();
+    let iface = lab.server_if.clone();
+    // A connection made through the gate, open across the swap.
+    let mut conn = lab
+        .client
+        .run(move || Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?))
+        .expect("connect");
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    echo(&mut conn, b"before");
+    flood_from(&lab, addr, "198.18.0.66", 20);
+    let local = conn.local_addr().unwrap().to_string();
+    let find = |conns: Vec<serde_json::Value>| {
+        conns
+            .into_iter()
+            .find(|c| c["client"] == local.as_str())
+            .unwrap_or_else(|| panic!("{local} not tracked"))
+    };
+    let before = find(gate.conns());
+    assert_eq!(before["client_state"], "ESTABLISHED");
+    assert_eq!(before["server_state"], "ESTABLISHED");
+    let s = gate.status();
+    assert_eq!(s["half_open"], 10, "{s:#}");
+    assert_eq!(s["drops"]["per_source"], 10, "{s:#}");
+    let old = program_ids(&lab);
+
+    let (ok, out, err) = cli(&["--netns", &ns, "attach", &iface, "--replace"]);
+    assert!(ok, "attach --replace failed: {err}");
+    assert!(out.contains("replaced the programs"), "{out}");
+    let new = program_ids(&lab);
+    assert_ne!(new.0, old.0, "the XDP program was not replaced");
+    assert_ne!(new.1, old.1, "the TC program was not replaced");
+    // The old programs are gone from the kernel: the links run the new ones.
+    assert_eq!(loaded_settles("handshake_in", &[new.0]), [new.0]);
+    assert_eq!(loaded_settles("handshake_out", &[new.1]), [new.1]);
+
+    // Same connection, same states, its age not reset; counts and settings kept.
+    let after = find(gate.conns());
+    assert_eq!(after["client_state"], "ESTABLISHED");
+    assert_eq!(after["server_state"], "ESTABLISHED");
+    assert!(
+        after["age_ms"].as_u64() >= before["age_ms"].as_u64(),
+        "{before} / {after}"
+    );
+    let s = gate.status();
+    assert_eq!(s["half_open"], 10, "{s:#}");
+    assert_eq!(s["drops"]["per_source"], 10, "{s:#}");
+    assert_eq!(s["limits"]["max-half-open-per-source"], 10, "{s:#}");
+    let passed = s["packets"]["pass"].as_u64().unwrap();
+
+    // The connection keeps working, through the new programs.
+    echo(&mut conn, b"after the swap");
+    assert!(gate.status()["packets"]["pass"].as_u64().unwrap() > passed);
+    // The new programs enforce with the old counts: that source is still
+    // full. The sender repeats its tuples: of these 30, the 10 tracked ones
+    // pass as retransmissions, the 10 refused before and 10 new ones are
+    // dropped.
+    flood_from(&lab, addr, "198.18.0.66", 30);
+    assert_eq!(gate.status()["drops"]["per_source"], 30);
+
+    // A failure between the two swaps puts the old egress program back.
+    let (ok, _, err) = cli_with(
+        &["--netns", &ns, "attach", &iface, "--replace"],
+        &[("HANDSHAKE_GATE_FAIL_AT", "replace-xdp")],
+    );
+    assert!(!ok, "the injected failure did not fail");
+    assert!(err.contains("injected failure"), "{err}");
+    assert_eq!(program_ids(&lab), new);
+    assert_eq!(loaded_settles("handshake_in", &[new.0]), [new.0]);
+    assert_eq!(loaded_settles("handshake_out", &[new.1]), [new.1]);
+    echo(&mut conn, b"still");
+
+    // Maps of another layout: refused, nothing changed.
+    {
+        let data = aya::maps::MapData::from_pin(pin_dir(&lab).join("META")).unwrap();
+        let mut meta: aya::maps::Array<_, u64> =
+            aya::maps::Array::try_from(aya::maps::Map::Array(data)).unwrap();
+        meta.set(handshake_common::meta::LAYOUT, 999, 0).unwrap();
+    }
+    let (ok, _, err) = cli(&["--netns", &ns, "attach", &iface, "--replace"]);
+    assert!(!ok, "a replace over another layout succeeded");
+    assert!(err.contains("do not fit this version"), "{err}");
+    assert!(err.contains("layout version 999"), "{err}");
+    assert_eq!(program_ids(&lab), new);
+    echo(&mut conn, b"unharmed");
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn events_name_the_flooder_and_watch_shows_rates() {
+    let lab = Lab::new("opd").expect("lab");
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
+    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    let gate = Attached::new(&lab, &["max-half-open-per-source=5", "event-sample=1"]);
+    flood_from(&lab, addr, "198.18.0.66", 50);
+    let out = gate.run("events", &["--json", "--count", "45", "--timeout", "10"]);
+    let events: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect();
+    assert_eq!(events.len(), 45, "{out}");
+    for e in &events {
+        assert_eq!(e["reason"], "per_source", "{e}");
+        assert_eq!(e["dropped"], true, "{e}");
+        assert!(
+            e["source"].as_str().unwrap().starts_with("198.18.0.66:"),
+            "{e}"
+        );
+        assert_eq!(e["destination"], "198.18.0.1:8080", "{e}");
+        assert_eq!(e["destination_port"], 8080, "{e}");
+        assert_eq!(e["tcp_flags"], "S", "{e}");
+        assert!(e["client_state"].is_null(), "{e}");
+    }
+    // Sampling: one in 10 (random), so about 5 of the next 50 drops.
+    gate.run("set", &["event-sample=10"]);
+    flood_from(&lab, addr, "198.18.0.67", 55);
+    let out = gate.run("events", &["--json", "--timeout", "1"]);
+    let n = out.lines().count();
+    assert!(n < 50, "event-sample=10 let {n} of 50 drops through");
+
+    // --watch: two refreshes, the second with rates.
+    let out = gate.run("status", &["--watch", "1", "--count", "2"]);
+    assert!(out.contains("--- refresh 2 ---"), "{out}");
+    assert!(out.contains("arriving/s"), "{out}");
+}
