@@ -10,6 +10,7 @@ mod flood;
 mod memory;
 mod packets;
 mod report;
+mod soak;
 
 use std::path::PathBuf;
 
@@ -27,11 +28,25 @@ struct Args {
     /// The controller binary (a release build, as operators run it).
     #[arg(long, default_value = "target/release/handshake-gate")]
     gate: PathBuf,
+    /// Instead of the benchmarks, the soak run (`cargo xtask soak`): this
+    /// many minutes; writes soak.md and soak.json to --out.
+    #[arg(long, value_name = "MINUTES")]
+    soak: Option<f64>,
 }
 
 fn main() -> anyhow::Result<()> {
     let a = Args::parse();
     std::fs::create_dir_all(&a.out)?;
+    if let Some(minutes) = a.soak {
+        eprintln!("soak: {minutes} minutes");
+        let r = soak::run(&a.gate, minutes)?;
+        let md = r.markdown();
+        std::fs::write(a.out.join("soak.md"), &md)?;
+        std::fs::write(a.out.join("soak.json"), serde_json::to_string_pretty(&r)?)?;
+        print!("{md}");
+        anyhow::ensure!(r.ok(), "the soak run failed a requirement (see the table)");
+        return Ok(());
+    }
     let mut r = report::Report::new(a.full);
 
     eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");

@@ -32,7 +32,7 @@ pub struct Memory {
 }
 
 /// The kernel's accounting of a map's memory.
-fn memlock(map: &MapData) -> anyhow::Result<u64> {
+pub(crate) fn memlock(map: &MapData) -> anyhow::Result<u64> {
     let fd = map.fd().as_fd().as_raw_fd();
     let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}"))?;
     info.lines()
@@ -41,7 +41,7 @@ fn memlock(map: &MapData) -> anyhow::Result<u64> {
         .ok_or_else(|| anyhow::anyhow!("no memlock in the fdinfo of a map"))
 }
 
-fn pinned_maps(dir: &Path) -> anyhow::Result<Vec<(String, MapData)>> {
+pub(crate) fn pinned_maps(dir: &Path) -> anyhow::Result<Vec<(String, MapData)>> {
     let mut v = Vec::new();
     for e in std::fs::read_dir(dir)? {
         let name = e?.file_name().to_string_lossy().into_owned();
@@ -71,6 +71,7 @@ impl Attached<'_> {
 
     fn dir(&self) -> PathBuf {
         handshake_user::pins::dir(&self.lab.server_if, Some(&self.lab.server.name))
+            .expect("the lab's names are plain")
     }
 }
 

@@ -87,7 +87,7 @@ pub const AF_INET6: u8 = 6;
 /// Addresses and ports are in network byte order; an IPv4 address fills the
 /// first 4 bytes and the rest is zero.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct FlowKey {
     pub lo_addr: [u8; 16],
     pub hi_addr: [u8; 16],
@@ -219,7 +219,7 @@ impl FlowEntry {
 /// Key of the per-source map: the source address masked to the configured
 /// prefix (network byte order), its family and the prefix length.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct SourceKey {
     pub addr: [u8; 16],
     pub family: u8,

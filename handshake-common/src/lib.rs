@@ -13,11 +13,19 @@
 #[cfg(test)]
 extern crate std;
 
+#[cfg(feature = "model")]
+extern crate alloc;
+
 pub mod admit;
 pub mod config;
 pub mod event;
 pub mod flow;
+#[cfg(feature = "model")]
+pub mod fuzz;
 pub mod machine;
+#[cfg(feature = "model")]
+pub mod model;
+pub mod parse;
 pub mod reason;
 pub mod window;
 

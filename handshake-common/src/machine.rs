@@ -44,6 +44,29 @@ impl Segment {
     }
 }
 
+/// Whether a segment may be tracked at all, before any lookup: the reason
+/// to refuse it, if not.
+///
+/// - Port 0 at either end: no TCP endpoint uses it (`malformed`).
+/// - SYN together with FIN or RST, and any segment that is neither a SYN
+///   nor an RST yet carries no ACK (RFC 9293: every segment after the first
+///   SYN acknowledges something): NULL, FIN alone, XMAS without ACK
+///   (`bad_flags`). Linux drops these too, but a gate that tracked them
+///   would let a spoofed FIN without ACK move a connection's state.
+pub const fn check(src_port: u16, dst_port: u16, seg: &Segment) -> Result<(), Reason> {
+    if src_port == 0 || dst_port == 0 {
+        return Err(Reason::Malformed);
+    }
+    let syn = seg.has(tcp::SYN);
+    if syn && seg.flags & (tcp::FIN | tcp::RST) != 0 {
+        return Err(Reason::BadFlags);
+    }
+    if !syn && !seg.has(tcp::RST) && !seg.has(tcp::ACK) {
+        return Err(Reason::BadFlags);
+    }
+    Ok(())
+}
+
 /// Which end sent the packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Dir {

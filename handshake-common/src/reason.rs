@@ -30,11 +30,21 @@ pub enum Reason {
     /// A SYN over the global or per-port cap, passed untracked so the
     /// kernel's own SYN cookies answer it (`overflow=pass`).
     OverflowPass = 10,
+    /// A flag combination no TCP sends: SYN with FIN or RST, or a segment
+    /// that is neither SYN nor RST and carries no ACK (NULL, FIN alone,
+    /// XMAS without ACK). Checked before any lookup, so such packets never
+    /// move a tracked connection's state.
+    BadFlags = 11,
 }
 
 impl Reason {
     /// Number of reasons: the length of the counter arrays.
-    pub const COUNT: u32 = 11;
+    pub const COUNT: u32 = 12;
+
+    /// Slots of the counter arrays: more than [`Reason::COUNT`], so a new
+    /// reason does not change the maps' layout (`attach --replace` keeps
+    /// the counters across versions).
+    pub const SLOTS: u32 = 32;
 
     /// Every reason, in index order.
     pub const ALL: [Reason; Self::COUNT as usize] = [
@@ -49,6 +59,7 @@ impl Reason {
         Reason::BadAck,
         Reason::FailOpen,
         Reason::OverflowPass,
+        Reason::BadFlags,
     ];
 
     /// The reason with this index, if there is one.
@@ -82,6 +93,7 @@ impl Reason {
             Reason::BadAck => "bad_ack",
             Reason::FailOpen => "fail_open",
             Reason::OverflowPass => "overflow_pass",
+            Reason::BadFlags => "bad_flags",
         }
     }
 }

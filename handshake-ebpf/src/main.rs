@@ -38,17 +38,17 @@ static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
 /// Arriving packets per reason. Per CPU: the controller sums the CPUs.
 #[map(name = "COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::SLOTS, 0);
 
 /// Arriving packets actually dropped per reason (0 in `monitor` mode). Per CPU.
 #[map(name = "DROPPED")]
-static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::SLOTS, 0);
 
 /// Leaving packets per reason. Per CPU. The egress program never drops, so
 /// a drop reason here (say `bad_ack` on a SYN-ACK) means this host's own
 /// stack disagreed with the gate's record; the packet left anyway.
 #[map(name = "EGRESS")]
-static EGRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::COUNT, 0);
+static EGRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::SLOTS, 0);
 
 /// Half-open attempts. Separate from `ESTABLISHED`, so a SYN flood can only
 /// evict other half-open attempts, never an established connection.
@@ -122,7 +122,7 @@ pub fn handshake_in(ctx: XdpContext) -> u32 {
     };
     let facts = unsafe { &mut *facts };
     let mode = cfg.mode();
-    let parsed = parse::parse(&ctx, facts);
+    let parsed = parse::parse(&parse::Xdp(&ctx), facts);
     let reason = verdict(parsed, facts, cfg, track::Side::Ingress);
     if reason == Reason::FailOpen {
         warn!(&ctx, "a map update failed; the packet passed (fail open)");
@@ -154,7 +154,7 @@ pub fn handshake_out(ctx: TcContext) -> i32 {
         // Fails only on a packet the parser then finds truncated.
         let _ = ctx.pull_data(want);
     }
-    let parsed = parse::parse(&ctx, facts);
+    let parsed = parse::parse(&parse::Tc(&ctx), facts);
     let reason = verdict(parsed, facts, cfg, track::Side::Egress);
     finish_out(reason)
 }

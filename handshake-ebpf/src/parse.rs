@@ -1,264 +1,44 @@
-//! Header parsing: Ethernet (up to two VLAN tags), IPv4 (honouring IHL),
-//! IPv6 (following a bounded chain of extension headers), TCP (honouring the
-//! data offset). Every read goes through [`ptr_at`], which checks it against
-//! the end of the packet.
-//!
-//! Traffic classes let through without TCP tracking, on purpose:
-//! - anything that is not IPv4/IPv6 (ARP, LLDP, MPLS, …) and any IP protocol
-//!   but TCP: the gate is about TCP handshakes;
-//! - non-first IPv4/IPv6 fragments: they carry no TCP header, and no SYN can
-//!   be rebuilt from them without the first fragment, which the gate parses
-//!   (a first fragment too short to hold the TCP header is `Malformed`).
-//!
-//! Classes counted as `Malformed` (dropped in enforce mode, as the kernel
-//! would drop them too): truncated headers, IPv4 IHL < 5 or version ≠ 4,
-//! IPv4 total length shorter than its headers or longer than the frame, TCP
-//! data offset < 5 or past the end, more than [`MAX_VLAN`] VLAN tags, and an
-//! IPv6 extension-header chain longer than [`MAX_EXT`] (it could hide a TCP
-//! header the gate would otherwise not see).
-
-use core::mem::size_of;
+//! The parser lives in `handshake_common::parse`, so the host can run (and
+//! fuzz) the very same code; here each program's context says where its
+//! packet's bytes are.
 
 use aya_ebpf::programs::{TcContext, XdpContext};
-use handshake_common::flow::{AF_INET, AF_INET6, Endpoint, FlowKey};
+pub use handshake_common::parse::{Facts, Packet, Parsed, parse};
 
-use handshake_common::machine::Segment;
-use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr};
+/// The XDP program's frame, as the parser sees it.
+pub struct Xdp<'a>(pub &'a XdpContext);
 
-/// VLAN tags followed (802.1Q and 802.1ad): a double-tagged (QinQ) frame is
-/// the most that is deployed.
-const MAX_VLAN: usize = 2;
-/// IPv6 extension headers followed before the chain counts as malformed:
-/// hop-by-hop, routing, fragment and destination options each once, as RFC
-/// 8200 orders them.
-const MAX_EXT: usize = 4;
+/// The egress program's skb (its linear part), as the parser sees it.
+pub struct Tc<'a>(pub &'a TcContext);
 
-const ETH_P_IP: u16 = 0x0800;
-const ETH_P_IPV6: u16 = 0x86DD;
-const ETH_P_8021Q: u16 = 0x8100;
-const ETH_P_8021AD: u16 = 0x88A8;
-const IPPROTO_TCP: u8 = 6;
-const IPV6_HOPOPTS: u8 = 0;
-const IPV6_ROUTING: u8 = 43;
-const IPV6_FRAGMENT: u8 = 44;
-const IPV6_DSTOPTS: u8 = 60;
-
-/// The facts of a TCP packet that the tracker needs. Lives in a per-CPU
-/// scratch map, not on the 512-byte BPF stack.
-#[repr(C)]
-pub struct Facts {
-    pub family: u8,
-    pub src: Endpoint,
-    pub dst: Endpoint,
-    pub seg: Segment,
-    /// The flow's normalised key, filled in by the tracker (kept here, off
-    /// the stack).
-    pub key: FlowKey,
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Parsed {
-    /// A TCP packet; its facts are in the `out` argument of [`parse`].
-    Tcp,
-    NotTcp,
-    Malformed,
-}
-
-/// What the parser needs of a program's context: where the packet's bytes
-/// are. XDP sees the frame as it arrived; TC egress sees the skb's linear
-/// part, which the egress program first makes cover the headers.
-pub trait Packet {
-    fn data(&self) -> usize;
-    fn data_end(&self) -> usize;
-    /// The whole packet's length: the IP lengths are checked against it.
-    /// For TC this counts the skb's paged data too (a TSO segment's payload
-    /// sits there); XDP programs here see single-buffer frames.
-    fn len(&self) -> usize;
-}
-
-impl Packet for XdpContext {
+impl Packet for Xdp<'_> {
     #[inline(always)]
     fn data(&self) -> usize {
-        XdpContext::data(self)
+        XdpContext::data(self.0)
     }
     #[inline(always)]
     fn data_end(&self) -> usize {
-        XdpContext::data_end(self)
+        XdpContext::data_end(self.0)
     }
     #[inline(always)]
     fn len(&self) -> usize {
         // Opaque to the optimiser: otherwise it folds the comparisons this
         // feeds into arithmetic on `data_end`, which the verifier refuses.
-        core::hint::black_box(XdpContext::data_end(self) - XdpContext::data(self))
+        core::hint::black_box(XdpContext::data_end(self.0) - XdpContext::data(self.0))
     }
 }
 
-impl Packet for TcContext {
+impl Packet for Tc<'_> {
     #[inline(always)]
     fn data(&self) -> usize {
-        TcContext::data(self)
+        TcContext::data(self.0)
     }
     #[inline(always)]
     fn data_end(&self) -> usize {
-        TcContext::data_end(self)
+        TcContext::data_end(self.0)
     }
     #[inline(always)]
     fn len(&self) -> usize {
-        TcContext::len(self) as usize
+        TcContext::len(self.0) as usize
     }
-}
-
-/// A pointer to a `T` at `offset`, if the whole `T` lies inside the packet.
-#[inline(always)]
-pub fn ptr_at<C: Packet, T>(ctx: &C, offset: usize) -> Option<*const T> {
-    let start = ctx.data();
-    let end = ctx.data_end();
-    if start + offset + size_of::<T>() > end {
-        return None;
-    }
-    Some((start + offset) as *const T)
-}
-
-/// Where the IP header starts and which protocol it is, after the VLAN tags.
-#[inline(always)]
-fn l3<C: Packet>(ctx: &C) -> Result<(usize, u16), Parsed> {
-    let eth: *const EthHdr = ptr_at(ctx, 0).ok_or(Parsed::Malformed)?;
-    let mut proto = u16::from_be(unsafe { (*eth).ether_type });
-    let mut off = EthHdr::LEN;
-    for _ in 0..MAX_VLAN {
-        if proto != ETH_P_8021Q && proto != ETH_P_8021AD {
-            return Ok((off, proto));
-        }
-        // TCI (2 bytes), then the inner EtherType.
-        let inner: *const [u8; 2] = ptr_at(ctx, off + 2).ok_or(Parsed::Malformed)?;
-        proto = u16::from_be_bytes(unsafe { *inner });
-        off += 4;
-    }
-    if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
-        return Err(Parsed::Malformed);
-    }
-    Ok((off, proto))
-}
-
-/// Classifies a packet, filling `out` for TCP.
-#[inline(always)]
-pub fn parse<C: Packet>(ctx: &C, out: &mut Facts) -> Parsed {
-    let (off, proto) = match l3(ctx) {
-        Ok(v) => v,
-        Err(p) => return p,
-    };
-    let r = match proto {
-        ETH_P_IP => ipv4(ctx, off, out),
-        ETH_P_IPV6 => ipv6(ctx, off, out),
-        _ => return Parsed::NotTcp,
-    };
-    match r {
-        Ok(p) | Err(p) => p,
-    }
-}
-
-#[inline(always)]
-fn ipv4<C: Packet>(ctx: &C, off: usize, out: &mut Facts) -> Result<Parsed, Parsed> {
-    let ip: *const Ipv4Hdr = ptr_at(ctx, off).ok_or(Parsed::Malformed)?;
-    let ip = unsafe { &*ip };
-    let ihl = ip.ihl() as usize;
-    if ip.version() != 4 || ihl < Ipv4Hdr::LEN {
-        return Err(Parsed::Malformed);
-    }
-    if ip.proto != IPPROTO_TCP {
-        return Ok(Parsed::NotTcp);
-    }
-    if ip.frag_offset() != 0 {
-        return Ok(Parsed::NotTcp);
-    }
-    let tot_len = ip.tot_len() as usize;
-    let avail = ctx.len() - off;
-    if tot_len > avail {
-        return Err(Parsed::Malformed);
-    }
-    out.family = AF_INET;
-    out.src.addr = [0u8; 16];
-    out.dst.addr = [0u8; 16];
-    out.src.addr[..4].copy_from_slice(&ip.src_addr);
-    out.dst.addr[..4].copy_from_slice(&ip.dst_addr);
-    // IHL is 4 bits of 32-bit words: at most 60 bytes, which the verifier sees.
-    let l4 = off + (ihl & 0x3c);
-    let l4_len = match tot_len.checked_sub(ihl) {
-        Some(n) => n,
-        None => return Err(Parsed::Malformed),
-    };
-    tcp(ctx, l4, l4_len, out)
-}
-
-#[inline(always)]
-fn ipv6<C: Packet>(ctx: &C, off: usize, out: &mut Facts) -> Result<Parsed, Parsed> {
-    let ip: *const Ipv6Hdr = ptr_at(ctx, off).ok_or(Parsed::Malformed)?;
-    let ip = unsafe { &*ip };
-    if ip.vcf[0] >> 4 != 6 {
-        return Err(Parsed::Malformed);
-    }
-    out.family = AF_INET6;
-    out.src.addr = ip.src_addr;
-    out.dst.addr = ip.dst_addr;
-    let mut payload = ip.payload_len() as usize;
-    if payload > ctx.len() - off - Ipv6Hdr::LEN {
-        return Err(Parsed::Malformed);
-    }
-    let mut next = ip.next_hdr;
-    let mut l4 = off + Ipv6Hdr::LEN;
-    for _ in 0..MAX_EXT {
-        let len = match next {
-            IPPROTO_TCP => return tcp(ctx, l4, payload, out),
-            IPV6_HOPOPTS | IPV6_ROUTING | IPV6_DSTOPTS => {
-                let h: *const [u8; 2] = ptr_at(ctx, l4).ok_or(Parsed::Malformed)?;
-                let h = unsafe { *h };
-                next = h[0];
-                (h[1] as usize + 1) * 8
-            }
-            IPV6_FRAGMENT => {
-                let h: *const [u8; 4] = ptr_at(ctx, l4).ok_or(Parsed::Malformed)?;
-                let h = unsafe { *h };
-                // Fragment offset: the upper 13 bits of bytes 2..4.
-                if u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
-                    return Ok(Parsed::NotTcp);
-                }
-                next = h[0];
-                8
-            }
-            _ => return Ok(Parsed::NotTcp),
-        };
-        payload = match payload.checked_sub(len) {
-            Some(p) => p,
-            None => return Err(Parsed::Malformed),
-        };
-        // An extension header is at most 2 KiB; the mask keeps the offset
-        // visibly bounded for the verifier.
-        l4 = (l4 + len) & 0x3fff;
-    }
-    if next == IPPROTO_TCP {
-        return tcp(ctx, l4, payload, out);
-    }
-    Err(Parsed::Malformed)
-}
-
-#[inline(always)]
-fn tcp<C: Packet>(ctx: &C, off: usize, l4_len: usize, out: &mut Facts) -> Result<Parsed, Parsed> {
-    let th_ptr: *const TcpHdr = ptr_at(ctx, off).ok_or(Parsed::Malformed)?;
-    let th = unsafe { &*th_ptr };
-    let doff = th.doff() as usize * 4;
-    if doff < TcpHdr::LEN || doff > l4_len {
-        return Err(Parsed::Malformed);
-    }
-    // Byte 13 of the header is the flag byte; read through the pointer that
-    // was bounds-checked, so the verifier sees the check.
-    let flags = unsafe { *(th_ptr as *const u8).add(13) };
-    out.src.port = u16::from_ne_bytes(th.source);
-    out.dst.port = u16::from_ne_bytes(th.dest);
-    out.seg = Segment {
-        flags,
-        seq: u32::from_be_bytes(th.seq),
-        ack: u32::from_be_bytes(th.ack_seq),
-        payload_len: (l4_len - doff) as u32,
-    };
-    Ok(Parsed::Tcp)
 }

@@ -36,6 +36,9 @@ pub enum Side {
 /// combined stack under the 512-byte limit.
 #[inline(never)]
 pub fn track(f: &mut Facts, cfg: &Config, side: Side) -> Reason {
+    if let Err(r) = machine::check(u16::from_be(f.src.port), u16::from_be(f.dst.port), &f.seg) {
+        return r;
+    }
     let now = unsafe { bpf_ktime_get_ns() };
     let src_is_lo;
     (f.key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);

@@ -7,6 +7,11 @@ pub enum GateError {
     #[error("this command needs root (CAP_BPF and CAP_NET_ADMIN): run it with sudo")]
     NotRoot,
 
+    #[error(
+        "{name:?} is not an interface name (1 to 15 characters, no '/', ':' or spaces, not . or ..)"
+    )]
+    BadInterfaceName { name: String },
+
     #[error("no interface named {name:?}{where_}: check `ip link`", where_ = netns_suffix(.netns))]
     UnknownInterface { name: String, netns: Option<String> },
 

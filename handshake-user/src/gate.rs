@@ -162,7 +162,7 @@ pub fn attach(
             name: iface.into(),
             netns: netns.map(str::to_string),
         })?;
-    let dir = pins::dir(iface, netns);
+    let dir = pins::dir(iface, netns)?;
     if dir.exists() {
         return Err(GateError::AlreadyAttached {
             iface: iface.into(),
@@ -371,7 +371,7 @@ fn load(dir: &Path, max_connections: Option<u32>) -> Result<Ebpf, GateError> {
 pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
     pins::require_root()?;
     pins::require_bpffs()?;
-    let dir = pins::dir(iface, netns);
+    let dir = pins::dir(iface, netns)?;
     if !dir.exists() {
         return Err(GateError::NotAttached {
             iface: iface.into(),
@@ -544,7 +544,7 @@ fn verifier(program: &'static str, e: ProgramError) -> GateError {
 pub fn detach(iface: &str, netns: Option<&str>) -> Result<(), GateError> {
     pins::require_root()?;
     pins::require_bpffs()?;
-    let dir = pins::dir(iface, netns);
+    let dir = pins::dir(iface, netns)?;
     if !dir.exists() {
         return Err(GateError::NotAttached {
             iface: iface.into(),
@@ -638,7 +638,7 @@ impl Gate {
     pub fn open(iface: &str, netns: Option<&str>) -> Result<Gate, GateError> {
         pins::require_root()?;
         pins::require_bpffs()?;
-        let dir = pins::dir(iface, netns);
+        let dir = pins::dir(iface, netns)?;
         if !dir.exists() {
             return Err(GateError::NotAttached {
                 iface: iface.into(),

@@ -31,10 +31,44 @@ pub const TC_LINK: &str = "tc_link";
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The pin directory of `iface` in `netns` (None: the host's namespace).
-pub fn dir(iface: &str, netns: Option<&str>) -> PathBuf {
+/// Both names become path components, so each must be a plain name: an
+/// interface name as the kernel accepts one, a namespace name without `/`
+/// (so `../..` cannot point a command at another directory).
+pub fn dir(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
+    check_iface_name(iface)?;
     match netns {
-        None => Path::new(ROOT).join("host").join(iface),
-        Some(ns) => Path::new(ROOT).join("netns").join(ns).join(iface),
+        None => Ok(Path::new(ROOT).join("host").join(iface)),
+        Some(ns) => {
+            if !plain_name(ns) {
+                return Err(GateError::NetnsNotFound {
+                    name: ns.into(),
+                    path: PathBuf::from(crate::netns::NETNS_RUN_DIR),
+                });
+            }
+            Ok(Path::new(ROOT).join("netns").join(ns).join(iface))
+        }
+    }
+}
+
+/// A name usable as one path component: not empty, not `.` or `..`, no `/`
+/// and no NUL.
+fn plain_name(s: &str) -> bool {
+    !s.is_empty() && s != "." && s != ".." && !s.contains(['/', '\0'])
+}
+
+/// The kernel's own rule for interface names (`dev_valid_name`): 1 to 15
+/// bytes, not `.` or `..`, no `/`, `:` or white space.
+pub fn check_iface_name(iface: &str) -> Result<(), GateError> {
+    let ok = plain_name(iface)
+        && iface.len() < libc::IFNAMSIZ
+        && !iface.contains(':')
+        && !iface.chars().any(char::is_whitespace);
+    if ok {
+        Ok(())
+    } else {
+        Err(GateError::BadInterfaceName {
+            name: iface.to_string(),
+        })
     }
 }
 
@@ -106,4 +140,43 @@ pub fn remove_dir(dir: &Path) -> std::io::Result<()> {
         parent = p.parent();
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn interface_names_cannot_leave_the_pin_directory() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../etc",
+            "a/b",
+            "eth0:1",
+            "eth 0",
+            "sixteen-chars-xx",
+            "nul\0",
+        ] {
+            assert!(
+                matches!(dir(bad, None), Err(GateError::BadInterfaceName { .. })),
+                "{bad:?} was accepted"
+            );
+        }
+        assert_eq!(
+            dir("eth0", None).unwrap(),
+            Path::new("/sys/fs/bpf/handshake-gate/host/eth0")
+        );
+        assert_eq!(
+            dir("veth-1.100", Some("lab")).unwrap(),
+            Path::new("/sys/fs/bpf/handshake-gate/netns/lab/veth-1.100")
+        );
+        for bad in ["", "..", "a/../../b"] {
+            assert!(
+                dir("eth0", Some(bad)).is_err(),
+                "netns {bad:?} was accepted"
+            );
+        }
+    }
 }

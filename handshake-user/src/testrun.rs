@@ -4,10 +4,12 @@
 
 use std::time::Duration;
 
-use aya::maps::{Array, HashMap, MapData, PerCpuArray};
+use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
-use handshake_common::{Config, FlowEntry, FlowKey, Reason, WindowCounter, maps, window};
+use handshake_common::{
+    Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter, maps, window,
+};
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
@@ -100,10 +102,14 @@ impl Harness {
 
     /// Runs one leaving packet through the TC egress program; returns its action.
     pub fn run_out(&self, pkt: &[u8]) -> u32 {
+        self.try_run_out(pkt).expect("BPF_PROG_TEST_RUN")
+    }
+
+    /// [`Harness::run_out`], or the kernel's refusal to build an skb of
+    /// `pkt` (it wants at least an Ethernet header's worth more than XDP).
+    pub fn try_run_out(&self, pkt: &[u8]) -> Result<u32, aya::programs::ProgramError> {
         let tc: &SchedClassifier = self.program(maps::TC_PROGRAM);
-        tc.test_run(packet(pkt))
-            .expect("BPF_PROG_TEST_RUN")
-            .return_value
+        tc.test_run(packet(pkt)).map(|r| r.return_value)
     }
 
     fn program<'a, P>(&'a self, name: &str) -> &'a P
@@ -146,6 +152,57 @@ impl Harness {
             .into_iter()
             .map(|(_, e)| e)
             .collect()
+    }
+
+    /// The entry of `key`, and whether it is in the half-open map (the
+    /// established map is looked in first, as the programs do).
+    pub fn entry(&self, key: &FlowKey) -> Option<(FlowEntry, bool)> {
+        for (name, half_open) in [(maps::ESTABLISHED, false), (maps::HALF_OPEN, true)] {
+            let m: HashMap<&MapData, FlowKey, FlowEntry> =
+                HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
+            if let Ok(e) = m.get(key, 0) {
+                return Some((e, half_open));
+            }
+        }
+        None
+    }
+
+    /// Empties every tracking map and zeroes the counts (the global one, and
+    /// those of `ports`), as if freshly loaded, without reloading.
+    pub fn reset(&mut self, ports: &[u16]) {
+        fn clear<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
+            let mut m: HashMap<&mut MapData, K, V> =
+                HashMap::try_from(ebpf.map_mut(name).unwrap()).unwrap();
+            let keys: Vec<K> = m.keys().map(Result::unwrap).collect();
+            for k in keys {
+                m.remove(&k).unwrap();
+            }
+        }
+        clear::<FlowKey, FlowEntry>(&mut self.ebpf, maps::HALF_OPEN);
+        clear::<FlowKey, FlowEntry>(&mut self.ebpf, maps::ESTABLISHED);
+        clear::<SourceKey, SourceState>(&mut self.ebpf, maps::SOURCES);
+        clear::<SourceKey, u64>(&mut self.ebpf, maps::VERIFIED);
+        let mut g: Array<_, WindowCounter> =
+            Array::try_from(self.ebpf.map_mut(maps::GLOBAL).unwrap()).unwrap();
+        g.set(0, WindowCounter::default(), 0).unwrap();
+        let mut p: Array<_, WindowCounter> =
+            Array::try_from(self.ebpf.map_mut(maps::PORTS).unwrap()).unwrap();
+        for &port in ports {
+            p.set(port as u32, WindowCounter::default(), 0).unwrap();
+        }
+    }
+
+    /// Zeroes every verdict counter.
+    pub fn reset_counters(&mut self) {
+        for name in [maps::COUNTERS, maps::DROPPED, maps::EGRESS] {
+            let mut a: PerCpuArray<_, u64> =
+                PerCpuArray::try_from(self.ebpf.map_mut(name).unwrap()).unwrap();
+            let cpus = aya::util::nr_cpus().expect("the number of CPUs");
+            for r in Reason::ALL {
+                let zeros = PerCpuValues::try_from(vec![0u64; cpus]).unwrap();
+                a.set(r as u32, zeros, 0).unwrap();
+            }
+        }
     }
 
     /// The global half-open count the limits see now.

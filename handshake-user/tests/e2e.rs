@@ -215,9 +215,22 @@ fn attach_errors_are_clear_and_leave_nothing_behind() {
         "{err}"
     );
 
+    // A name that would lead out of the pin directory.
+    let (ok, _, err) = cli(&["--netns", ns, "detach", "../../host"]);
+    assert!(!ok);
+    assert!(err.contains("is not an interface name"), "{err}");
+
     {
         let _gate = Attached::new(&lab, &[]);
         assert!(dir.join("xdp_link").exists());
+        // Root's alone: the directory 0700, every pin 0600.
+        use std::os::unix::fs::PermissionsExt as _;
+        let mode = |p: &std::path::Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&dir), 0o700, "{}", dir.display());
+        for pin in std::fs::read_dir(&dir).unwrap() {
+            let pin = pin.unwrap().path();
+            assert_eq!(mode(&pin), 0o600, "{}", pin.display());
+        }
         let (ok, _, err) = cli(&["--netns", ns, "attach", &lab.server_if]);
         assert!(!ok);
         assert!(err.contains("already attached"), "{err}");

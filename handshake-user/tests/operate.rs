@@ -382,6 +382,28 @@ fn loaded_settles(name: &str, want: &[u32]) -> Vec<u32> {
     }
 }
 
+/// A server for one connection that echoes until the client closes, with
+/// no idle timeout worth the name (an emulated VM can take many seconds
+/// between two messages); the lab's echo server gives up after 10 s idle.
+fn patient_echo_server(lab: &Lab, addr: SocketAddr) {
+    let listener = lab
+        .server
+        .run(move || Ok(std::net::TcpListener::bind(addr)?))
+        .expect("listen");
+    std::thread::spawn(move || {
+        let Ok((mut conn, _)) = listener.accept() else {
+            return;
+        };
+        let _ = conn.set_read_timeout(Some(Duration::from_secs(600)));
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = conn.read(&mut buf) {
+            if n == 0 || conn.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
+}
+
 fn echo(conn: &mut TcpStream, msg: &[u8]) {
     conn.write_all(msg).expect("send");
     let mut back = vec![0u8; msg.len()];
@@ -394,7 +416,7 @@ fn echo(conn: &mut TcpStream, msg: &[u8]) {
 fn replace_swaps_the_programs_and_keeps_connections_counts_and_settings() {
     let lab = Lab::new("opc").expect("lab");
     let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
-    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    patient_echo_server(&lab, addr);
     let gate = Attached::new(
         &lab,
         &["max-half-open-per-source=10", "half-open-timeout-ms=60000"],
@@ -406,7 +428,8 @@ fn replace_swaps_the_programs_and_keeps_connections_counts_and_settings() {
         .client
         .run(move || Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?))
         .expect("connect");
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     echo(&mut conn, b"before");
     flood_from(&lab, addr, "198.18.0.66", 20);
     let local = conn.local_addr().unwrap().to_string();

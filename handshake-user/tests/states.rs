@@ -181,8 +181,12 @@ fn walk(lab: &Lab, server_addr: SocketAddr, close: Close) -> Vec<String> {
 
     // 2. The retried SYN is answered; the client's final ACK is held back
     //    before it leaves the client, so neither the gate nor the server sees it.
+    //    The ACK hold goes in before the SYN hold comes out: the client
+    //    retries its SYN by itself, and in a slow VM the answer could
+    //    otherwise complete the handshake between the two.
+    let ack_hold = Hold::new(cli, Hook::Output, &format!("{to_server} tcp flags == ack")).unwrap();
     drop(hold);
-    let hold = Hold::new(cli, Hook::Output, &format!("{to_server} tcp flags == ack")).unwrap();
+    let hold = ack_hold;
     c.settle(
         "SYN-ACK seen, final ACK held back",
         "ESTABLISHED",

@@ -18,11 +18,44 @@ pub struct Options {
     full: bool,
 }
 
-pub fn run(o: Options) -> anyhow::Result<()> {
+#[derive(clap::Args)]
+pub struct SoakOptions {
+    /// Skip the setup step.
+    #[arg(long)]
+    no_setup: bool,
+    /// How long to run.
+    #[arg(long, default_value_t = 10.0)]
+    minutes: f64,
+}
+
+/// `cargo xtask soak`: the long run of `handshake-bench --soak` (not part
+/// of `cargo xtask test`); writes `target/soak/soak.md` and `soak.json`.
+pub fn soak(o: SoakOptions) -> anyhow::Result<()> {
     if !o.no_setup {
         crate::setup::run()?;
     }
     let root = crate::workspace_root();
+    build(&root)?;
+    let status = Command::new(root.join("target/release/handshake-bench"))
+        .arg("--out")
+        .arg(root.join("target/soak"))
+        .arg("--gate")
+        .arg(root.join("target/release/handshake-gate"))
+        .arg("--soak")
+        .arg(o.minutes.to_string())
+        .current_dir(&root)
+        .status()?;
+    if !status.success() {
+        bail!("the soak run failed");
+    }
+    println!(
+        "
+soak: wrote target/soak/soak.md and soak.json"
+    );
+    Ok(())
+}
+
+fn build(root: &std::path::Path) -> anyhow::Result<()> {
     let status = Command::new(env!("CARGO"))
         .args([
             "build",
@@ -32,11 +65,20 @@ pub fn run(o: Options) -> anyhow::Result<()> {
             "-p",
             "handshake-bench",
         ])
-        .current_dir(&root)
+        .current_dir(root)
         .status()?;
     if !status.success() {
         bail!("building the benchmark failed");
     }
+    Ok(())
+}
+
+pub fn run(o: Options) -> anyhow::Result<()> {
+    if !o.no_setup {
+        crate::setup::run()?;
+    }
+    let root = crate::workspace_root();
+    build(&root)?;
     let mut cmd = Command::new(root.join("target/release/handshake-bench"));
     cmd.arg("--out")
         .arg(root.join("target/bench"))

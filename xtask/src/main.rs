@@ -1,4 +1,4 @@
-//! Project tasks. `cargo xtask setup | test | demo | bench`.
+//! Project tasks. `cargo xtask setup | test | demo | bench | soak`.
 
 mod bench;
 mod demo;
@@ -26,6 +26,10 @@ enum Command {
     /// Set up, then measure: per-packet cost, CPU per flood SYN against the
     /// kernel alone, clients under flood, memory, control plane.
     Bench(bench::Options),
+    /// Set up, then a long run (10 minutes by default): clients echoing
+    /// through the gate, floods on and off, limits changed mid-run; reports
+    /// connections and bytes lost, half-open counts and map memory.
+    Soak(bench::SoakOptions),
     /// Set up, then run the lab: a real server, real clients and a SYN flood,
     /// without and with the gate, and print a before/after report.
     Demo(demo::Options),
@@ -37,6 +41,7 @@ fn main() -> anyhow::Result<()> {
         Command::Test(o) => test::run(o),
         Command::Demo(o) => demo::run(o),
         Command::Bench(o) => bench::run(o),
+        Command::Soak(o) => bench::soak(o),
     }
 }
 

@@ -37,6 +37,9 @@ pub struct Options {
 
 const PRIVILEGED_ARGS: &[&str] = &["--ignored", "--test-threads=1"];
 
+/// Differential-fuzzing sequences in the VM layer.
+const VM_FUZZ_SEQUENCES: u32 = 3_000;
+
 pub fn run(o: Options) -> anyhow::Result<()> {
     if !o.no_setup {
         crate::setup::run()?;
@@ -108,6 +111,11 @@ fn run_vm_layer(root: &Path, kernel: Option<&Path>) -> anyhow::Result<()> {
     text.push_str("echo \"vm: running on $(uname -r)\"\n");
     // The daemon tests scrape metrics on the guest's own loopback.
     text.push_str("ip link set lo up || echo \"vm: could not bring lo up\"\n");
+    // An emulated CPU is some twenty times slower: fewer differential
+    // sequences there (the host layer runs the full 100,000).
+    text.push_str(&format!(
+        "export HANDSHAKE_FUZZ_SEQUENCES={VM_FUZZ_SEQUENCES}\n"
+    ));
     text.push_str(&format!(
         "for m in {}; do {} $m || echo \"vm: could not load $m\"; done\n",
         vm::test_modules(),

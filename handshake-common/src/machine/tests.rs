@@ -445,3 +445,43 @@ fn sequence_comparison_wraps() {
     assert!(!seq_geq(u32::MAX - 5, 5));
     assert!(seq_geq(7, 7));
 }
+
+#[test]
+fn flag_combinations_no_tcp_sends_are_refused() {
+    use crate::machine::tcp::{PSH, URG};
+    let bad = [
+        ("SYN+FIN", SYN | FIN),
+        ("SYN+RST", SYN | RST),
+        ("SYN+ACK+FIN", SYN | ACK | FIN),
+        ("NULL", 0),
+        ("FIN alone", FIN),
+        ("XMAS without ACK", FIN | PSH | URG),
+        ("PSH alone", PSH),
+    ];
+    for (name, flags) in bad {
+        assert_eq!(
+            check(40_000, 80, &seg(flags, 1, 0, 0)),
+            Err(Reason::BadFlags),
+            "{name}"
+        );
+    }
+    let good = [
+        ("SYN", SYN),
+        ("SYN+PSH", SYN | PSH),
+        ("SYN-ACK", SYN | ACK),
+        ("ACK", ACK),
+        ("FIN+ACK", FIN | ACK),
+        ("RST", RST),
+        ("RST+ACK", RST | ACK),
+        ("XMAS with ACK", FIN | PSH | URG | ACK),
+    ];
+    for (name, flags) in good {
+        assert_eq!(check(40_000, 80, &seg(flags, 1, 0, 0)), Ok(()), "{name}");
+    }
+}
+
+#[test]
+fn port_zero_is_malformed() {
+    assert_eq!(check(0, 80, &seg(SYN, 1, 0, 0)), Err(Reason::Malformed));
+    assert_eq!(check(40_000, 0, &seg(SYN, 1, 0, 0)), Err(Reason::Malformed));
+}

@@ -63,7 +63,7 @@ pub fn run(
         Some(path) => Some(settings::from_file(&Settings::default(), path)?),
         None => None,
     };
-    let dir = pins::dir(&a.iface, netns);
+    let dir = pins::dir(&a.iface, netns)?;
     let attached_here = if dir.exists() {
         let mut g = Gate::open(&a.iface, netns)?;
         if let Some(s) = &file {

@@ -1,0 +1,175 @@
+//! One fuzzing step over the host-side parser and the reference model:
+//! the body of the `cargo fuzz` target (`fuzz/`), and of a unit test that
+//! runs it on random input in every `cargo test`.
+//!
+//! The input is read as a configuration byte, then packets: a header byte
+//! (which template frame, which direction, how much time passes), a count of
+//! byte edits, the edits (offset, value) applied to the template, so random
+//! input reaches deep into the parser and the state machine. Checked: no
+//! panic, parsed facts that make sense, and counts that never exceed their
+//! caps.
+
+use crate::admit::unverified_budget;
+use crate::config::{Config, Mode, Overflow};
+use crate::flow::{AF_INET, AF_INET6};
+use crate::model::{Model, Packet, Side};
+use crate::parse::{self, Bytes, Facts, Parsed};
+use crate::window;
+
+/// IPv4 SYN 198.18.0.66:40000 → 198.18.0.1:80, seq 1000.
+const V4_SYN: [u8; 54] = [
+    2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00, // Ethernet
+    0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 66, 198, 18, 0, 1, // IPv4
+    0x9c, 0x40, 0, 80, 0, 0, 0x03, 0xe8, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0,
+    0, // TCP
+];
+
+/// IPv6 SYN [2001:db8::66]:40000 → [2001:db8::1]:443.
+const V6_SYN: [u8; 74] = [
+    2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x86, 0xdd, // Ethernet
+    0x60, 0, 0, 0, 0, 20, 6, 64, // IPv6: payload 20, next TCP
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x66, // source
+    0x20, 0x01, 0x0d, 0xb8, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x01, // destination
+    0x9c, 0x40, 0x01, 0xbb, 0, 0, 0x03, 0xe8, 0, 0, 0, 0, 0x50, 0x02, 0xfa, 0xf0, 0, 0, 0,
+    0, // TCP
+];
+
+/// IPv4 SYN-ACK 198.18.0.1:80 → 198.18.0.66:40000 in one 802.1Q tag.
+const V4_VLAN_SYNACK: [u8; 58] = [
+    2, 0, 0, 0, 0, 2, 2, 0, 0, 0, 0, 1, 0x81, 0x00, 0, 10, 0x08, 0x00, // Ethernet + VLAN
+    0x45, 0, 0, 40, 0, 0, 0x40, 0, 64, 6, 0, 0, 198, 18, 0, 1, 198, 18, 0, 66, // IPv4
+    0, 80, 0x9c, 0x40, 0, 0, 0x10, 0, 0, 0, 0x03, 0xe9, 0x50, 0x12, 0xfa, 0xf0, 0, 0, 0,
+    0, // TCP
+];
+
+/// Runs the input; panics on any broken invariant.
+pub fn run(data: &[u8]) {
+    let Some((&c, mut rest)) = data.split_first() else {
+        return;
+    };
+    let cfg = Config {
+        mode: [Mode::Enforce, Mode::Monitor, Mode::Off][(c % 3) as usize] as u32,
+        overflow: if c & 4 != 0 {
+            Overflow::Pass
+        } else {
+            Overflow::Drop
+        } as u32,
+        max_half_open: [0, 1, 3, 8][((c >> 3) & 3) as usize],
+        max_half_open_per_source: [0, 1, 2, 4][((c >> 5) & 3) as usize],
+        max_half_open_per_port: if c & 0x80 != 0 { 2 } else { 0 },
+        verified_reserve_pct: 50,
+        half_open_timeout_ms: 1_000,
+        msl_ms: 1_000,
+        ..Config::DEFAULT
+    };
+    let mut model = Model::default();
+    let mut facts = Facts {
+        family: 0,
+        src: crate::flow::Endpoint {
+            addr: [0; 16],
+            port: 0,
+        },
+        dst: crate::flow::Endpoint {
+            addr: [0; 16],
+            port: 0,
+        },
+        seg: crate::machine::Segment {
+            flags: 0,
+            seq: 0,
+            ack: 0,
+            payload_len: 0,
+        },
+        key: Default::default(),
+    };
+    let mut now: u64 = 1_000_000_000;
+    let mut frame = [0u8; 128];
+    while let [head, edits, tail @ ..] = rest {
+        let template: &[u8] = match head & 3 {
+            0 => &V4_SYN,
+            1 => &V6_SYN,
+            _ => &V4_VLAN_SYNACK,
+        };
+        let side = if head & 4 != 0 {
+            Side::Egress
+        } else {
+            Side::Ingress
+        };
+        now += u64::from(head >> 3) * 50_000_000;
+        let n = (*edits as usize % 8).min(tail.len() / 2);
+        let mut len = template.len();
+        frame[..len].copy_from_slice(template);
+        for e in tail[..2 * n].chunks_exact(2) {
+            let at = e[0] as usize % frame.len();
+            frame[at] = e[1];
+            // An edit past the end grows the frame (with zeroes between).
+            len = len.max(at + 1);
+        }
+        // Some cut the frame short instead.
+        if head & 0x80 != 0 && n > 0 {
+            len = (tail[0] as usize).min(len);
+        }
+        rest = &tail[2 * n..];
+        let pkt = &frame[..len];
+        match parse::parse(&Bytes(pkt), &mut facts) {
+            Parsed::Tcp => {
+                assert!(
+                    facts.family == AF_INET || facts.family == AF_INET6,
+                    "TCP with family {}",
+                    facts.family
+                );
+                assert!(
+                    (facts.seg.payload_len as usize) < pkt.len(),
+                    "a payload longer than the frame"
+                );
+                let p = Packet {
+                    family: facts.family,
+                    src: facts.src,
+                    dst: facts.dst,
+                    seg: facts.seg,
+                };
+                model.packet(side, &p, &cfg, now);
+            }
+            Parsed::NotTcp | Parsed::Malformed => {}
+        }
+        let ep = window::epoch(now, window::bucket_width_ns(cfg.half_open_timeout_ms));
+        if cfg.max_half_open != 0 {
+            assert!(
+                model.global.live(ep) <= cfg.max_half_open,
+                "over the global cap"
+            );
+            assert!(unverified_budget(&cfg) <= cfg.max_half_open);
+        }
+        if cfg.max_half_open_per_source != 0 {
+            for s in model.sources.values() {
+                assert!(
+                    s.half_open.live(ep) <= cfg.max_half_open_per_source,
+                    "a source over its cap"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn random_input_keeps_every_invariant() {
+        let mut rng = fastrand::Rng::with_seed(7);
+        let mut buf = std::vec::Vec::new();
+        for _ in 0..20_000 {
+            buf.clear();
+            let n = rng.usize(1..200);
+            buf.extend((0..n).map(|_| rng.u8(..)));
+            super::run(&buf);
+        }
+    }
+
+    #[test]
+    fn the_templates_parse_as_tcp() {
+        use crate::parse::{Bytes, Parsed, parse};
+        for t in [&super::V4_SYN[..], &super::V6_SYN, &super::V4_VLAN_SYNACK] {
+            let mut f = unsafe { core::mem::zeroed() };
+            assert!(matches!(parse(&Bytes(t), &mut f), Parsed::Tcp));
+        }
+    }
+}
