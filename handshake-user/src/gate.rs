@@ -717,30 +717,13 @@ impl Gate {
     /// delete loses its entry; the flow is picked up again as ESTABLISHED).
     /// Returns how many went from each map.
     pub fn sweep(&mut self, cfg: &Config, now_ns: u64) -> Result<(usize, usize), GateError> {
-        let mut removed = (0, 0);
-        for (k, e) in read_flows(&self.half_open)? {
-            if machine::half_open_expired(&e, now_ns, cfg)
-                && self
-                    .half_open
-                    .get(&k, 0)
-                    .is_ok_and(|now| machine::half_open_expired(&now, now_ns, cfg))
-                && self.half_open.remove(&k).is_ok()
-            {
-                removed.0 += 1;
-            }
-        }
-        for (k, e) in read_flows(&self.established)? {
-            if machine::finished_expired(&e, now_ns, cfg)
-                && self
-                    .established
-                    .get(&k, 0)
-                    .is_ok_and(|now| machine::finished_expired(&now, now_ns, cfg))
-                && self.established.remove(&k).is_ok()
-            {
-                removed.1 += 1;
-            }
-        }
-        Ok(removed)
+        let half_open = sweep_map(&mut self.half_open, |e| {
+            machine::half_open_expired(e, now_ns, cfg)
+        })?;
+        let established = sweep_map(&mut self.established, |e| {
+            machine::finished_expired(e, now_ns, cfg)
+        })?;
+        Ok((half_open, established))
     }
 
     pub fn config(&self) -> Result<Config, GateError> {
@@ -902,6 +885,21 @@ fn read_flows(
         Err(e) if crate::batch::unsupported(&e) => Ok(map.iter().filter_map(Result::ok).collect()),
         Err(e) => Err(GateError::step("read the connection maps")(e)),
     }
+}
+
+/// Deletes the entries of `map` that are `expired`, looking at each again
+/// just before it goes; how many went.
+fn sweep_map(
+    map: &mut HashMap<MapData, FlowKey, FlowEntry>,
+    expired: impl Fn(&FlowEntry) -> bool,
+) -> Result<usize, GateError> {
+    let mut removed = 0;
+    for (k, e) in read_flows(map)? {
+        if expired(&e) && map.get(&k, 0).is_ok_and(|now| expired(&now)) && map.remove(&k).is_ok() {
+            removed += 1;
+        }
+    }
+    Ok(removed)
 }
 
 fn now_epoch(cfg: &Config, now_ns: u64) -> u32 {

@@ -127,6 +127,14 @@ impl Drop for DetachOnDrop<'_> {
     }
 }
 
+/// A lab with an echo server on 198.18.0.1:8080.
+fn lab_with_server(tag: &str) -> (Lab, SocketAddr, EchoServer) {
+    let lab = Lab::new(tag).expect("lab");
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
+    let server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    (lab, addr, server)
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -183,9 +191,7 @@ fn config_file(tag: &str, text: &str) -> PathBuf {
 #[test]
 #[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
 fn daemon_serves_metrics_sweeps_reloads_and_detaches_on_sigterm() {
-    let lab = Lab::new("opa").expect("lab");
-    let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
-    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    let (lab, addr, _server) = lab_with_server("opa");
     let _cleanup = DetachOnDrop(&lab);
     let cfg = config_file(
         "opa",
@@ -307,9 +313,7 @@ fn daemon_serves_metrics_sweeps_reloads_and_detaches_on_sigterm() {
 #[test]
 #[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
 fn the_gate_outlives_a_killed_daemon_and_an_adopting_daemon_leaves_it_attached() {
-    let lab = Lab::new("opb").expect("lab");
-    let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
-    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    let (lab, addr, _server) = lab_with_server("opb");
     let _cleanup = DetachOnDrop(&lab);
     let cfg = config_file("opb", "max-half-open-per-source = 10\n");
     let mut d = Daemon::start(
@@ -511,9 +515,7 @@ fn replace_swaps_the_programs_and_keeps_connections_counts_and_settings() {
 #[test]
 #[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
 fn events_name_the_flooder_and_watch_shows_rates() {
-    let lab = Lab::new("opd").expect("lab");
-    let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
-    let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
+    let (lab, addr, _server) = lab_with_server("opd");
     let gate = Attached::new(&lab, &["max-half-open-per-source=5", "event-sample=1"]);
     flood_from(&lab, addr, "198.18.0.66", 50);
     let out = gate.run("events", &["--json", "--count", "45", "--timeout", "10"]);
