@@ -363,12 +363,9 @@ fn load(dir: &Path, max_connections: Option<u32>) -> Result<Ebpf, GateError> {
         .map_err(GateError::step("load the gate's BPF object (maps)"))
 }
 
-/// Swaps new programs (this binary's) into an attached gate, atomically for
-/// each direction, over the pinned maps: every tracked connection, count and
-/// setting stays. Refuses, changing nothing, when the pinned maps' layout is
-/// not this binary's. Egress goes first, as in [`attach`]; if the ingress
-/// swap then fails, the old egress program is put back.
-pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
+/// The pin directory of a gate attached to `iface`, after the checks every
+/// command against an attached gate makes: root, bpffs, and the pins there.
+fn attached_dir(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
     pins::require_root()?;
     pins::require_bpffs()?;
     let dir = pins::dir(iface, netns)?;
@@ -378,6 +375,16 @@ pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
             dir,
         });
     }
+    Ok(dir)
+}
+
+/// Swaps new programs (this binary's) into an attached gate, atomically for
+/// each direction, over the pinned maps: every tracked connection, count and
+/// setting stays. Refuses, changing nothing, when the pinned maps' layout is
+/// not this binary's. Egress goes first, as in [`attach`]; if the ingress
+/// swap then fails, the old egress program is put back.
+pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
+    let dir = attached_dir(iface, netns)?;
     check_layout(&dir)?;
     let mut ebpf = load(&dir, None)?;
     xdp_program(&mut ebpf)
@@ -542,15 +549,7 @@ fn verifier(program: &'static str, e: ProgramError) -> GateError {
 
 /// Detaches the gate (both programs) from `iface` and removes its pins.
 pub fn detach(iface: &str, netns: Option<&str>) -> Result<(), GateError> {
-    pins::require_root()?;
-    pins::require_bpffs()?;
-    let dir = pins::dir(iface, netns)?;
-    if !dir.exists() {
-        return Err(GateError::NotAttached {
-            iface: iface.into(),
-            dir,
-        });
-    }
+    let dir = attached_dir(iface, netns)?;
     // Ingress first, so no SYN is admitted whose SYN-ACK goes unseen.
     unpin_link(&dir.join(pins::XDP_LINK), "XDP")?;
     let tc_link = dir.join(pins::TC_LINK);
@@ -636,16 +635,7 @@ where
 
 impl Gate {
     pub fn open(iface: &str, netns: Option<&str>) -> Result<Gate, GateError> {
-        pins::require_root()?;
-        pins::require_bpffs()?;
-        let dir = pins::dir(iface, netns)?;
-        if !dir.exists() {
-            return Err(GateError::NotAttached {
-                iface: iface.into(),
-                dir,
-            });
-        }
-        Self::open_dir(dir)
+        Self::open_dir(attached_dir(iface, netns)?)
     }
 
     pub fn open_dir(dir: PathBuf) -> Result<Gate, GateError> {
