@@ -103,7 +103,9 @@ fn set_changes_limits_live_and_counts_return_to_zero() {
     let _server = EchoServer::start(&lab.server, addr, 1024).expect("server");
     let gate = Attached::new(
         &lab,
-        &["max-half-open-per-source=5", "half-open-timeout-ms=300"],
+        // Long enough that nothing ages out between the floods and the
+        // status reads, even in a slow emulated VM.
+        &["max-half-open-per-source=5", "half-open-timeout-ms=3000"],
     );
     let ns = lab.server.name.as_str();
 
@@ -128,9 +130,16 @@ fn set_changes_limits_live_and_counts_return_to_zero() {
     assert_eq!(s["half_open"], 30, "{s:#}");
     assert_eq!(s["drops"]["per_source"], 45 + 20, "{s:#}");
 
-    // Nothing completes these handshakes: after the timeout they are gone.
-    std::thread::sleep(Duration::from_millis(600));
-    let s = gate.status();
+    // Nothing completes these handshakes: after the timeout (plus one
+    // bucket, 3000/7 ms) they are gone.
+    let start = std::time::Instant::now();
+    let s = loop {
+        let s = gate.status();
+        if s["half_open"] == 0 || start.elapsed() > Duration::from_secs(8) {
+            break s;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
     assert_eq!(s["half_open"], 0, "half-open counts leaked: {s:#}");
     assert_eq!(s["top_sources"].as_array().map(Vec::len), Some(0));
 
