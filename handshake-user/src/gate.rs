@@ -179,12 +179,7 @@ pub fn attach(
     };
     // Loading creates every map and pins it in `dir`.
     let mut ebpf = load(&dir, Some(options.max_connections))?;
-    xdp_program(&mut ebpf)
-        .load()
-        .map_err(|e| verifier("XDP", e))?;
-    tc_program(&mut ebpf)
-        .load()
-        .map_err(|e| verifier("TC egress", e))?;
+    load_programs(&mut ebpf)?;
     // Through the pins, as every later command does.
     let mut gate = Gate::open_dir(dir.clone())?;
     gate.set_meta(meta::LAYOUT, LAYOUT_VERSION)?;
@@ -387,12 +382,7 @@ pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
     let dir = attached_dir(iface, netns)?;
     check_layout(&dir)?;
     let mut ebpf = load(&dir, None)?;
-    xdp_program(&mut ebpf)
-        .load()
-        .map_err(|e| verifier("XDP", e))?;
-    tc_program(&mut ebpf)
-        .load()
-        .map_err(|e| verifier("TC egress", e))?;
+    load_programs(&mut ebpf)?;
 
     swap_egress(tc_program(&mut ebpf), &dir, iface)?;
     let ingress =
@@ -526,6 +516,14 @@ pub fn check_layout(dir: &Path) -> Result<(), GateError> {
         ));
     }
     Ok(())
+}
+
+/// Loads both programs into the kernel (through the verifier).
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), GateError> {
+    xdp_program(ebpf).load().map_err(|e| verifier("XDP", e))?;
+    tc_program(ebpf)
+        .load()
+        .map_err(|e| verifier("TC egress", e))
 }
 
 /// Turns a load error into the verifier's last lines, which say why.
@@ -678,15 +676,6 @@ impl Gate {
     /// The drop-event ring buffer. Reading consumes: one reader at a time.
     pub fn events(&self) -> Result<RingBuf<MapData>, GateError> {
         open_map(&self.dir, maps::EVENTS)
-    }
-
-    /// Entries in each connection map: (half-open, established), expired
-    /// ones included (they hold their slot until swept or replaced).
-    pub fn map_fill(&self) -> Result<(usize, usize), GateError> {
-        Ok((
-            read_flows(&self.half_open)?.len(),
-            read_flows(&self.established)?.len(),
-        ))
     }
 
     /// Capacities of the connection maps: (half-open, established).
@@ -842,9 +831,26 @@ impl Gate {
     /// Every connection still tracked (expired entries left out), read in
     /// batches.
     pub fn conns(&self, cfg: &Config, now_ns: u64) -> Result<Vec<Conn>, GateError> {
+        Ok(self.conns_and_fill(cfg, now_ns)?.0)
+    }
+
+    /// [`Gate::conns`], and from the same read the entries in each
+    /// connection map, (half-open, established), expired ones included
+    /// (they hold their slot until swept or replaced).
+    fn conns_and_fill(
+        &self,
+        cfg: &Config,
+        now_ns: u64,
+    ) -> Result<(Vec<Conn>, (usize, usize)), GateError> {
         let mut out = Vec::new();
-        for (map, half_open) in [(&self.half_open, true), (&self.established, false)] {
-            for (k, e) in read_flows(map)? {
+        let mut fill = [0usize; 2];
+        for (i, (map, half_open)) in [(&self.half_open, true), (&self.established, false)]
+            .into_iter()
+            .enumerate()
+        {
+            let flows = read_flows(map)?;
+            fill[i] = flows.len();
+            for (k, e) in flows {
                 let expired = if half_open {
                     machine::half_open_expired(&e, now_ns, cfg)
                 } else {
@@ -861,7 +867,7 @@ impl Gate {
                 }
             }
         }
-        Ok(out)
+        Ok((out, (fill[0], fill[1])))
     }
 }
 
@@ -939,6 +945,9 @@ pub struct Snapshot {
     pub states: [BTreeMap<&'static str, u64>; 2],
     /// Live connections in all.
     pub connections: usize,
+    /// Entries in each connection map, (half-open, established), expired
+    /// ones not yet swept included.
+    pub map_entries: (usize, usize),
     pub top_sources: Vec<(String, u32)>,
     pub top_ports: Vec<(u16, u32)>,
     /// When it was read (monotonic ns).
@@ -951,8 +960,9 @@ impl Gate {
         let settings = self.settings()?;
         let cfg = settings.config;
         let now = crate::monotonic_ns();
-        let conns = self.conns(&cfg, now)?;
+        let (conns, map_entries) = self.conns_and_fill(&cfg, now)?;
         Ok(Snapshot {
+            map_entries,
             counters: self.counters()?,
             half_open: self.half_open_now(&cfg, now)?,
             states: state_counts(&conns),

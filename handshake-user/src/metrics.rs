@@ -39,7 +39,6 @@ pub type Swept = (u64, u64);
 #[derive(Debug)]
 struct Scrape {
     snap: Snapshot,
-    fill: (usize, usize),
     capacity: (u32, u32),
     swept: Swept,
 }
@@ -48,7 +47,6 @@ struct Scrape {
 pub fn render(gate: &Gate, swept: Swept) -> Result<String, GateError> {
     let scrape = Scrape {
         snap: gate.snapshot(0)?,
-        fill: gate.map_fill()?,
         capacity: gate.map_capacity()?,
         swept,
     };
@@ -181,7 +179,7 @@ impl Collector for Scrape {
             &mut enc,
             "handshake_gate_map_entries",
             "Entries in each connection map, expired ones not yet swept included.",
-            maps(self.fill.0 as i64, self.fill.1 as i64),
+            maps(s.map_entries.0 as i64, s.map_entries.1 as i64),
         )?;
         gauge(
             &mut enc,
