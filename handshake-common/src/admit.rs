@@ -39,6 +39,9 @@ pub enum Admission {
     /// `overflow=pass`, so the kernel's own SYN cookies answer it (counted
     /// as `overflow_pass`).
     PassUntracked,
+    /// Answer it with a SYN cookie, untracked: over the global or per-port
+    /// cap with `overflow=cookie` (counted as `cookie`).
+    Cookie,
     /// Refuse it for this reason.
     Refuse(Reason),
 }
@@ -80,6 +83,7 @@ pub fn admit_syn(cfg: &Config, occ: &Occupancy, f: &SynFacts) -> Admission {
         (None, _) => Admission::Track,
         (Some(r), Overflow::Drop) => Admission::Refuse(r),
         (Some(_), Overflow::Pass) => Admission::PassUntracked,
+        (Some(_), Overflow::Cookie) => Admission::Cookie,
     }
 }
 
@@ -203,6 +207,25 @@ mod tests {
         );
         assert_eq!(
             admit_syn(&cfg, &occ(3, 0, 0), &OPEN),
+            Admission::Refuse(Reason::PerSource)
+        );
+    }
+
+    #[test]
+    fn overflow_cookie_applies_to_the_port_and_global_caps_only() {
+        let cfg = Config {
+            max_half_open: 10,
+            max_half_open_per_source: 3,
+            max_half_open_per_port: 5,
+            verified_reserve_pct: 0,
+            overflow: Overflow::Cookie as u32,
+            ..Config::DEFAULT
+        };
+        assert_eq!(admit_syn(&cfg, &occ(0, 4, 9), &OPEN), Admission::Track);
+        assert_eq!(admit_syn(&cfg, &occ(0, 5, 0), &OPEN), Admission::Cookie);
+        assert_eq!(admit_syn(&cfg, &occ(0, 0, 10), &OPEN), Admission::Cookie);
+        assert_eq!(
+            admit_syn(&cfg, &occ(3, 0, 10), &OPEN),
             Admission::Refuse(Reason::PerSource)
         );
     }

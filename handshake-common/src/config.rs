@@ -39,14 +39,19 @@ pub enum Overflow {
     /// Drop it (counted as `global` or `per_port`).
     Drop = 0,
     /// Pass it untracked, so the kernel's own SYN cookies answer it
-    /// (counted under the cap's reason all the same).
+    /// (counted as `overflow_pass`).
     Pass = 1,
+    /// Answer it from XDP with a SYN-ACK carrying a SYN cookie the local
+    /// kernel accepts, keeping no state; the kernel never sees the SYN
+    /// (counted as `cookie`).
+    Cookie = 2,
 }
 
 impl Overflow {
     pub const fn from_u32(v: u32) -> Overflow {
         match v {
             1 => Overflow::Pass,
+            2 => Overflow::Cookie,
             _ => Overflow::Drop,
         }
     }
@@ -55,6 +60,7 @@ impl Overflow {
         match self {
             Overflow::Drop => "drop",
             Overflow::Pass => "pass",
+            Overflow::Cookie => "cookie",
         }
     }
 }
@@ -94,9 +100,18 @@ pub struct Config {
     /// One in this many dropped arriving packets is reported as a
     /// [`crate::DropEvent`] (0: none).
     pub event_sample: u32,
+    /// 1: with `overflow=cookie`, the controller sets
+    /// `net.ipv4.tcp_timestamps=2` so cookies can carry window scaling and
+    /// SACK; 0: it leaves timestamps as they are (the MSS only, unless
+    /// they are 2 already).
+    pub cookie_timestamps: u32,
+    /// What the SYN-ACKs of `overflow=cookie` may carry besides the MSS,
+    /// written by the controller from the namespace's TCP settings (see
+    /// [`crate::cookie::Options`]); 0: the MSS only.
+    pub cookie_options: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 60);
+const _: () = assert!(core::mem::size_of::<Config>() == 68);
 
 impl Config {
     /// Defaults: enforce, a global cap far below the map's capacity with a
@@ -121,6 +136,8 @@ impl Config {
         half_open_timeout_ms: 5_000,
         msl_ms: 30_000,
         event_sample: 0,
+        cookie_timestamps: 1,
+        cookie_options: 0,
     };
 
     pub const fn mode(&self) -> Mode {

@@ -11,6 +11,7 @@
 
 use crate::admit::unverified_budget;
 use crate::config::{Config, Mode, Overflow};
+use crate::cookie;
 use crate::flow::{AF_INET, AF_INET6};
 use crate::model::{Model, Packet, Side};
 use crate::parse::{self, Bytes, Facts, Parsed};
@@ -49,11 +50,12 @@ pub fn run(data: &[u8]) {
     };
     let cfg = Config {
         mode: [Mode::Enforce, Mode::Monitor, Mode::Off][(c % 3) as usize] as u32,
-        overflow: if c & 4 != 0 {
-            Overflow::Pass
-        } else {
-            Overflow::Drop
-        } as u32,
+        overflow: [
+            Overflow::Drop,
+            Overflow::Drop,
+            Overflow::Pass,
+            Overflow::Cookie,
+        ][((c >> 1) & 3) as usize] as u32,
         max_half_open: [0, 1, 3, 8][((c >> 3) & 3) as usize],
         max_half_open_per_source: [0, 1, 2, 4][((c >> 5) & 3) as usize],
         max_half_open_per_port: if c & 0x80 != 0 { 2 } else { 0 },
@@ -80,6 +82,9 @@ pub fn run(data: &[u8]) {
             payload_len: 0,
         },
         key: Default::default(),
+        l3: 0,
+        l4: 0,
+        cookie: crate::parse::CookieScratch::EMPTY,
     };
     let mut now: u64 = 1_000_000_000;
     let mut frame = [0u8; 128];
@@ -128,6 +133,7 @@ pub fn run(data: &[u8]) {
                     seg: facts.seg,
                 };
                 model.packet(side, &p, &cfg, now);
+                cookie_reply(pkt, &facts, now);
             }
             Parsed::NotTcp | Parsed::Malformed => {}
         }
@@ -148,6 +154,42 @@ pub fn run(data: &[u8]) {
             }
         }
     }
+}
+
+/// The cookie path's pure part on whatever the parser took for TCP: the
+/// SYN's options read, a reply built, its checksums right.
+fn cookie_reply(pkt: &[u8], facts: &Facts, now: u64) {
+    let l4 = facts.l4 as usize;
+    let doff = (pkt[l4 + 12] >> 4) as usize * 4;
+    let mut opts = [0u8; cookie::OPTIONS_BUF];
+    opts[..doff - 20].copy_from_slice(&pkt[l4 + 20..l4 + doff]);
+    let syn = cookie::parse_options(&opts, doff - 20);
+    let r = cookie::Reply {
+        family: facts.family,
+        client: &facts.src,
+        server: &facts.dst,
+        client_seq: facts.seg.seq,
+        cookie: facts.seg.ack,
+        mss: 1460,
+        syn,
+        host: cookie::Options::from_bits(u32::from(pkt[l4 + 14])),
+        now_ns: now,
+    };
+    let mut out = [0u8; cookie::MAX_REPLY];
+    let n = cookie::build(&r, &mut out);
+    let ip = if facts.family == AF_INET { 20 } else { 40 };
+    assert!(
+        n == ip + 24 || n == ip + 36 || n == ip + 40,
+        "reply of {n} bytes"
+    );
+    if facts.family == AF_INET {
+        assert_eq!(cookie::checksum(cookie::sum16(&out[..20], 0)), 0);
+    }
+    let a = if facts.family == AF_INET { 4 } else { 16 };
+    let pseudo = cookie::sum16(&facts.dst.addr[..a], cookie::sum16(&facts.src.addr[..a], 0));
+    let tcp = &out[ip..n];
+    let sum = cookie::sum16(tcp, pseudo + 6 + tcp.len() as u32);
+    assert_eq!(cookie::checksum(sum), 0, "TCP checksum of the reply");
 }
 
 #[cfg(test)]

@@ -18,6 +18,7 @@ extern crate alloc;
 
 pub mod admit;
 pub mod config;
+pub mod cookie;
 pub mod event;
 pub mod flow;
 #[cfg(feature = "model")]
@@ -100,6 +101,11 @@ pub mod meta {
     pub const TC_PRIORITY: u32 = 1;
     /// The egress filter's handle, where it is a netlink filter.
     pub const TC_HANDLE: u32 = 2;
+    /// `net.ipv4.tcp_syncookies` as it was before `overflow=cookie` set it,
+    /// plus one (0: the controller changed nothing), to restore on detach.
+    pub const SAVED_SYNCOOKIES: u32 = 3;
+    /// `net.ipv4.tcp_timestamps` likewise.
+    pub const SAVED_TIMESTAMPS: u32 = 4;
     /// Slots in all (room to grow without changing the map's size).
     pub const LEN: u32 = 8;
 }
@@ -108,7 +114,7 @@ pub mod meta {
 /// programs over the pinned maps only when this matches (and every map's
 /// type and key and value sizes do), so bump it whenever a shared type keeps
 /// its size but changes its meaning.
-pub const LAYOUT_VERSION: u64 = 1;
+pub const LAYOUT_VERSION: u64 = 2;
 
 /// Capacity of the half-open map. `max-half-open` may not exceed it, so with a
 /// global cap in force the LRU only ever evicts entries that already expired.

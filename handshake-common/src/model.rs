@@ -214,6 +214,9 @@ impl Model {
         match admit::admit_syn(cfg, &occ, &facts) {
             Admission::Refuse(r) => r,
             Admission::PassUntracked => Reason::OverflowPass,
+            // The model has no sockets: it says what the gate decides, the
+            // cookie path (XDP only) then sends one or fails.
+            Admission::Cookie => Reason::Cookie,
             Admission::Track => {
                 if !self.half_open.contains_key(key) {
                     self.half_open

@@ -56,6 +56,41 @@ pub struct Facts {
     /// The flow's normalised key, filled in by the tracker (kept here, off
     /// the stack).
     pub key: FlowKey,
+    /// Where the IP header starts (after Ethernet and VLAN tags).
+    pub l3: u16,
+    /// Where the TCP header starts.
+    pub l4: u16,
+    /// Room for `overflow=cookie`: the SYN's options, then the reply.
+    pub cookie: CookieScratch,
+}
+
+/// The cookie path's working space, off the 512-byte stack.
+#[repr(C)]
+pub struct CookieScratch {
+    /// The frame's link-layer header (Ethernet and up to two VLAN tags).
+    pub l2: [u8; 32],
+    /// The SYN's IP header (without IPv4 options or IPv6 extension headers).
+    pub ip: [u8; 40],
+    /// The SYN's TCP header: the fixed 20 bytes, then room for
+    /// [`crate::cookie::OPTIONS_BUF`] bytes of options.
+    pub tcp: [u8; 20 + crate::cookie::OPTIONS_BUF],
+    /// The reply's IP and TCP headers.
+    pub reply: [u8; crate::cookie::MAX_REPLY],
+}
+
+impl CookieScratch {
+    pub const EMPTY: CookieScratch = CookieScratch {
+        l2: [0; 32],
+        ip: [0; 40],
+        tcp: [0; 20 + crate::cookie::OPTIONS_BUF],
+        reply: [0; crate::cookie::MAX_REPLY],
+    };
+
+    /// The options part of [`CookieScratch::tcp`].
+    pub fn options(&self) -> &[u8; crate::cookie::OPTIONS_BUF] {
+        let (_, opts) = self.tcp.split_at(20);
+        opts.try_into().unwrap_or(&[0; crate::cookie::OPTIONS_BUF])
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -157,6 +192,7 @@ fn ipv4<C: Packet>(ctx: &C, off: usize, out: &mut Facts) -> Result<Parsed, Parse
     out.dst.addr = [0u8; 16];
     out.src.addr[..4].copy_from_slice(&ip.src_addr);
     out.dst.addr[..4].copy_from_slice(&ip.dst_addr);
+    out.l3 = off as u16;
     // IHL is 4 bits of 32-bit words: at most 60 bytes, which the verifier sees.
     let l4 = off + (ihl & 0x3c);
     let l4_len = match tot_len.checked_sub(ihl) {
@@ -176,6 +212,7 @@ fn ipv6<C: Packet>(ctx: &C, off: usize, out: &mut Facts) -> Result<Parsed, Parse
     out.family = AF_INET6;
     out.src.addr = ip.src_addr;
     out.dst.addr = ip.dst_addr;
+    out.l3 = off as u16;
     let mut payload = ip.payload_len() as usize;
     if payload > ctx.len() - off - Ipv6Hdr::LEN {
         return Err(Parsed::Malformed);
@@ -228,6 +265,7 @@ fn tcp<C: Packet>(ctx: &C, off: usize, l4_len: usize, out: &mut Facts) -> Result
     // Byte 13 of the header is the flag byte; read through the pointer that
     // was bounds-checked, so the verifier sees the check.
     let flags = unsafe { *(th_ptr as *const u8).add(13) };
+    out.l4 = off as u16;
     out.src.port = u16::from_ne_bytes(th.source);
     out.dst.port = u16::from_ne_bytes(th.dest);
     out.seg = Segment {

@@ -20,7 +20,9 @@ pub enum Reason {
     Global = 5,
     /// SYN over the per-source SYN rate (token bucket).
     SynRate = 6,
-    /// SYN to a port that is not in `allowed-ports`.
+    /// SYN to a port that is not in `allowed-ports`; or, with
+    /// `overflow=cookie`, a SYN over a cap to a port nothing listens on
+    /// (the kernel would only answer it with a reset).
     PortClosed = 7,
     /// A packet that claims to complete a tracked handshake with the wrong
     /// acknowledgement number.
@@ -35,11 +37,21 @@ pub enum Reason {
     /// XMAS without ACK). Checked before any lookup, so such packets never
     /// move a tracked connection's state.
     BadFlags = 11,
+    /// A SYN over the global or per-port cap, answered from XDP with a SYN
+    /// cookie (`overflow=cookie`): neither passed nor tracked. In the egress
+    /// counts: the cookie SYN-ACKs sent (they leave from XDP, unseen by the
+    /// egress program).
+    Cookie = 12,
+    /// A SYN `overflow=cookie` would answer, but no cookie could be made
+    /// (the kernel refused one: `tcp_syncookies` is not 2, or the
+    /// listener's accept queue is full; or headers the gate cannot answer
+    /// for): passed to the kernel, which decides.
+    CookieFail = 13,
 }
 
 impl Reason {
     /// Number of reasons: the length of the counter arrays.
-    pub const COUNT: u32 = 12;
+    pub const COUNT: u32 = 14;
 
     /// Slots of the counter arrays: more than [`Reason::COUNT`], so a new
     /// reason does not change the maps' layout (`attach --replace` keeps
@@ -60,6 +72,8 @@ impl Reason {
         Reason::FailOpen,
         Reason::OverflowPass,
         Reason::BadFlags,
+        Reason::Cookie,
+        Reason::CookieFail,
     ];
 
     /// The reason with this index, if there is one.
@@ -71,11 +85,17 @@ impl Reason {
         }
     }
 
-    /// Whether a packet with this reason is dropped in `enforce` mode.
+    /// Whether a packet with this reason is dropped in `enforce` mode (a
+    /// `cookie` SYN is answered instead, and does not pass either).
     pub const fn is_drop(self) -> bool {
         !matches!(
             self,
-            Reason::Pass | Reason::NotTcp | Reason::FailOpen | Reason::OverflowPass
+            Reason::Pass
+                | Reason::NotTcp
+                | Reason::FailOpen
+                | Reason::OverflowPass
+                | Reason::Cookie
+                | Reason::CookieFail
         )
     }
 
@@ -94,6 +114,8 @@ impl Reason {
             Reason::FailOpen => "fail_open",
             Reason::OverflowPass => "overflow_pass",
             Reason::BadFlags => "bad_flags",
+            Reason::Cookie => "cookie",
+            Reason::CookieFail => "cookie_fail",
         }
     }
 }
@@ -124,6 +146,16 @@ mod tests {
             .filter(|r| !r.is_drop())
             .map(|r| r.name())
             .collect();
-        assert_eq!(passing, ["pass", "not_tcp", "fail_open", "overflow_pass"]);
+        assert_eq!(
+            passing,
+            [
+                "pass",
+                "not_tcp",
+                "fail_open",
+                "overflow_pass",
+                "cookie",
+                "cookie_fail"
+            ]
+        );
     }
 }

@@ -13,6 +13,7 @@
     reason = "atomic_cxchg: the BPF target has no AtomicU64::compare_exchange"
 )]
 
+mod cookie;
 mod parse;
 mod track;
 
@@ -123,7 +124,19 @@ pub fn handshake_in(ctx: XdpContext) -> u32 {
     let facts = unsafe { &mut *facts };
     let mode = cfg.mode();
     let parsed = parse::parse(&parse::Xdp(&ctx), facts);
-    let reason = verdict(parsed, facts, cfg, track::Side::Ingress);
+    let mut reason = verdict(parsed, facts, cfg, track::Side::Ingress);
+    if reason == Reason::Cookie && mode == Mode::Enforce {
+        match cookie::answer(&ctx, facts, cfg) {
+            cookie::Outcome::Sent => {
+                bump(&COUNTERS, Reason::Cookie);
+                // It leaves from here, unseen by the egress program.
+                bump(&EGRESS, Reason::Cookie);
+                return xdp_action::XDP_TX;
+            }
+            cookie::Outcome::NoListener => reason = Reason::PortClosed,
+            cookie::Outcome::Failed => reason = Reason::CookieFail,
+        }
+    }
     if reason == Reason::FailOpen {
         warn!(&ctx, "a map update failed; the packet passed (fail open)");
     }

@@ -236,6 +236,7 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
     match admit::admit_syn(cfg, &occ, &facts) {
         Admission::Refuse(r) => r,
         Admission::PassUntracked => Reason::OverflowPass,
+        Admission::Cookie => Reason::Cookie,
         Admission::Track => {
             let e = machine::open(&f.seg, src_is_lo, now, ep, true);
             if HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64).is_ok() {

@@ -3,7 +3,7 @@
 
 use std::net::IpAddr;
 
-use etherparse::{PacketBuilder, VlanId};
+use etherparse::{PacketBuilder, TcpOptionElement, VlanId};
 
 const SRC_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x02];
 const DST_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
@@ -30,6 +30,8 @@ pub struct Tcp {
     pub payload: Vec<u8>,
     /// VLAN tags: 0, 1 or 2.
     pub vlans: usize,
+    /// TCP options.
+    pub options: Vec<TcpOptionElement>,
 }
 
 pub fn syn(src: &str, sport: u16, dst: &str, dport: u16) -> Tcp {
@@ -45,6 +47,7 @@ pub fn syn(src: &str, sport: u16, dst: &str, dport: u16) -> Tcp {
         rst: false,
         payload: Vec::new(),
         vlans: 0,
+        options: Vec::new(),
     }
 }
 
@@ -100,6 +103,22 @@ impl Tcp {
         }
     }
 
+    /// The options a Linux client's SYN carries: MSS 1460, SACK permitted,
+    /// timestamp `tsval`, window scale 7 (in Linux's order and padding).
+    pub fn linux_options(&self, tsval: u32) -> Tcp {
+        use TcpOptionElement::*;
+        Tcp {
+            options: vec![
+                MaximumSegmentSize(1460),
+                SelectiveAcknowledgementPermitted,
+                Timestamp(tsval, 0),
+                Noop,
+                WindowScale(7),
+            ],
+            ..self.clone()
+        }
+    }
+
     pub fn vlans(&self, n: usize) -> Tcp {
         Tcp {
             vlans: n,
@@ -129,7 +148,10 @@ impl Tcp {
             }
             other => panic!("cannot build {other:?}"),
         };
-        let mut b = ip.tcp(self.sport, self.dport, self.seq, 64_240);
+        let mut b = ip
+            .tcp(self.sport, self.dport, self.seq, 64_240)
+            .options(&self.options)
+            .expect("TCP options fit in 40 bytes");
         if self.syn {
             b = b.syn();
         }

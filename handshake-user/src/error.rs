@@ -55,6 +55,18 @@ pub enum GateError {
         source: Box<dyn std::error::Error + Send + Sync + 'static>,
     },
 
+    #[error("could not {action} {name} in this network namespace: {why}")]
+    Sysctl {
+        name: String,
+        action: &'static str,
+        why: String,
+    },
+
+    #[error(
+        "overflow=cookie is not possible here: {why}; nothing was changed (overflow=drop and overflow=pass work without it)"
+    )]
+    CookieUnavailable { why: String },
+
     #[error(transparent)]
     Setting(#[from] crate::settings::SettingError),
 }

@@ -14,7 +14,7 @@ use aya::programs::{
 use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
 use handshake_common::flow::{AF_INET, Endpoint};
 use handshake_common::{
-    Config, FlowEntry, FlowKey, LAYOUT_VERSION, Reason, SourceKey, SourceState, TcpState,
+    Config, FlowEntry, FlowKey, LAYOUT_VERSION, Overflow, Reason, SourceKey, SourceState, TcpState,
     WindowCounter, machine, maps, meta, window,
 };
 
@@ -106,6 +106,12 @@ impl Drop for Rollback<'_> {
         if self.done {
             return;
         }
+        // Put back any TCP setting `overflow=cookie` changed.
+        if let Ok(mut gate) = Gate::open_dir(self.dir.clone())
+            && let Err(e) = gate.restore_sysctls(&mut Vec::new())
+        {
+            log::warn!("after a failed attach: {e}");
+        }
         if self.tc_filter
             && let Err(e) = detach_tc_filter(self.iface)
         {
@@ -137,13 +143,14 @@ fn tcx_available() -> bool {
 /// [`pins::dir`]: the XDP program on ingress and the TC program on egress,
 /// as one unit. The process can exit afterwards; the gate keeps working.
 /// On any failure nothing stays attached or pinned, and the error names the
-/// step that failed.
+/// step that failed. Returns the pin directory and what was changed
+/// outside the gate (see [`Gate::set_settings`]).
 pub fn attach(
     iface: &str,
     netns: Option<&str>,
     options: AttachOptions,
     settings: &Settings,
-) -> Result<PathBuf, GateError> {
+) -> Result<(PathBuf, Vec<String>), GateError> {
     let mode = options.mode;
     pins::require_root()?;
     pins::require_bpffs()?;
@@ -183,7 +190,7 @@ pub fn attach(
     // Through the pins, as every later command does.
     let mut gate = Gate::open_dir(dir.clone())?;
     gate.set_meta(meta::LAYOUT, LAYOUT_VERSION)?;
-    gate.set_settings(settings)?;
+    let notes = gate.set_settings(settings)?;
     xdp_program(&mut ebpf)
         .pin(dir.join(pins::XDP_PROG))
         .map_err(GateError::step("pin the XDP program"))?;
@@ -232,7 +239,7 @@ pub fn attach(
     link.pin(dir.join(pins::XDP_LINK))
         .map_err(GateError::step("pin the XDP link"))?;
     rollback.commit();
-    Ok(dir)
+    Ok((dir, notes))
 }
 
 /// A test hook: `HANDSHAKE_GATE_FAIL_AT=xdp` makes attach fail just before
@@ -546,8 +553,9 @@ fn verifier(program: &'static str, e: ProgramError) -> GateError {
 }
 
 /// Detaches the gate (both programs) from `iface` and removes its pins.
-pub fn detach(iface: &str, netns: Option<&str>) -> Result<(), GateError> {
+pub fn detach(iface: &str, netns: Option<&str>) -> Result<Vec<String>, GateError> {
     let dir = attached_dir(iface, netns)?;
+    let mut notes = Vec::new();
     // Ingress first, so no SYN is admitted whose SYN-ACK goes unseen.
     unpin_link(&dir.join(pins::XDP_LINK), "XDP")?;
     let tc_link = dir.join(pins::TC_LINK);
@@ -558,7 +566,10 @@ pub fn detach(iface: &str, netns: Option<&str>) -> Result<(), GateError> {
             "remove the TC egress filter from {iface}"
         )))?;
     }
-    pins::remove_dir(&dir).map_err(GateError::step(format!("remove {}", dir.display())))
+    // After the programs are gone: no cookie is made from here on.
+    Gate::open_dir(dir.clone())?.restore_sysctls(&mut notes)?;
+    pins::remove_dir(&dir).map_err(GateError::step(format!("remove {}", dir.display())))?;
+    Ok(notes)
 }
 
 /// Unpins a link; with no process holding it, that detaches its program.
@@ -729,16 +740,120 @@ impl Gate {
     /// Writes new settings; the programs use them from their next packet,
     /// with no reattach and no tracked state lost. The port bitmap and the
     /// flag that turns it on are ordered so that no port that is open before
-    /// and after is ever closed in between.
-    pub fn set_settings(&mut self, s: &Settings) -> Result<(), GateError> {
+    /// and after is ever closed in between. With `overflow=cookie`, first
+    /// sets what the namespace's TCP stack needs for it (see
+    /// [`Gate::cookie_sysctls`]); away from it, puts back what it changed.
+    /// Returns what it changed outside the gate, for the operator.
+    pub fn set_settings(&mut self, s: &Settings) -> Result<Vec<String>, GateError> {
         crate::settings::validate(s)?;
+        let mut config = s.config;
+        let cookie = config.overflow() == Overflow::Cookie;
+        let mut notes = Vec::new();
+        if cookie {
+            config.cookie_options = self.cookie_sysctls(&config, &mut notes)?.to_bits();
+        } else {
+            config.cookie_options = 0;
+        }
+        let s = &Settings {
+            config,
+            allowed_ports: s.allowed_ports.clone(),
+        };
         if s.allowed_ports.is_empty() {
             self.write_config(&s.config)?;
-            self.write_ports(s)
+            self.write_ports(s)?;
         } else {
             self.write_ports(s)?;
-            self.write_config(&s.config)
+            self.write_config(&s.config)?;
         }
+        if !cookie {
+            self.restore_sysctls(&mut notes)?;
+        }
+        Ok(notes)
+    }
+
+    /// Sets `net.ipv4.tcp_syncookies=2` in this namespace (and, with
+    /// `cookie-timestamps=on`, `net.ipv4.tcp_timestamps=2`), keeping each
+    /// value it replaces in `META` to put back later; returns what the
+    /// cookies may then carry. Refuses, changing nothing of its own, where
+    /// SYN cookies are not available.
+    fn cookie_sysctls(
+        &mut self,
+        cfg: &Config,
+        notes: &mut Vec<String>,
+    ) -> Result<handshake_common::cookie::Options, GateError> {
+        use crate::sysctl::{self, SYNCOOKIES, TIMESTAMPS};
+        let unavailable = |e: GateError| GateError::CookieUnavailable { why: e.to_string() };
+        let mut wanted = vec![(SYNCOOKIES, meta::SAVED_SYNCOOKIES)];
+        if cfg.cookie_timestamps != 0 {
+            wanted.push((TIMESTAMPS, meta::SAVED_TIMESTAMPS));
+        } else {
+            self.restore(TIMESTAMPS, meta::SAVED_TIMESTAMPS, notes)?;
+        }
+        // (name, value before, whether its META slot was filled here)
+        let mut changed = Vec::new();
+        let mut result = Ok(());
+        for (name, slot) in wanted {
+            let step = sysctl::read(name).and_then(|was| {
+                if was != 2 {
+                    sysctl::write(name, 2)?;
+                    let fresh = self.meta(slot)? == 0;
+                    changed.push((name, slot, was, fresh));
+                    if fresh {
+                        self.set_meta(slot, was + 1)?;
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = step {
+                result = Err(e);
+                break;
+            }
+        }
+        let options = match result.and_then(|()| sysctl::cookie_options()) {
+            Ok(o) => o,
+            Err(e) => {
+                // Put back what this call changed, so a refusal changes nothing.
+                for &(name, slot, was, fresh) in &changed {
+                    if let Err(e) = sysctl::write(name, was) {
+                        log::warn!("{e}");
+                    }
+                    if fresh {
+                        let _ = self.set_meta(slot, 0);
+                    }
+                }
+                return Err(unavailable(e));
+            }
+        };
+        for (name, _, was, _) in changed {
+            notes.push(format!(
+                "set {} to 2 in this network namespace (was {was}; put back on detach or when overflow changes)",
+                sysctl::dotted(name)
+            ));
+        }
+        notes.push(sysctl::describe(&options));
+        Ok(options)
+    }
+
+    /// Puts back every TCP setting `overflow=cookie` changed.
+    pub fn restore_sysctls(&mut self, notes: &mut Vec<String>) -> Result<(), GateError> {
+        use crate::sysctl::{SYNCOOKIES, TIMESTAMPS};
+        self.restore(SYNCOOKIES, meta::SAVED_SYNCOOKIES, notes)?;
+        self.restore(TIMESTAMPS, meta::SAVED_TIMESTAMPS, notes)
+    }
+
+    fn restore(&mut self, name: &str, slot: u32, notes: &mut Vec<String>) -> Result<(), GateError> {
+        let saved = self.meta(slot)?;
+        if saved == 0 {
+            return Ok(());
+        }
+        crate::sysctl::write(name, saved - 1)?;
+        self.set_meta(slot, 0)?;
+        notes.push(format!(
+            "put {} back to {} in this network namespace",
+            crate::sysctl::dotted(name),
+            saved - 1
+        ));
+        Ok(())
     }
 
     fn write_config(&mut self, cfg: &Config) -> Result<(), GateError> {

@@ -9,6 +9,7 @@ pub mod metrics;
 pub mod netns;
 pub mod pins;
 pub mod settings;
+pub mod sysctl;
 pub mod testrun;
 
 pub use error::GateError;

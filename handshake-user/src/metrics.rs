@@ -16,6 +16,7 @@
 //! | `map_entries` | gauge | `map` (`half_open`, `established`) |
 //! | `map_capacity` | gauge | `map` |
 //! | `swept_total` | counter | `map`: entries the daemon's sweeper deleted |
+//! | `cookies_sent_total` | counter | SYN-ACKs with a SYN cookie sent from XDP (`overflow=cookie`) |
 
 use handshake_common::{Reason, TcpState};
 use prometheus_client::collector::Collector;
@@ -186,6 +187,15 @@ impl Collector for Scrape {
             "handshake_gate_map_capacity",
             "Capacity of each connection map.",
             maps(self.capacity.0.into(), self.capacity.1.into()),
+        )?;
+        counter(
+            &mut enc,
+            "handshake_gate_cookies_sent",
+            "SYN-ACKs carrying a SYN cookie sent from XDP (overflow=cookie); they leave unseen by the egress program.",
+            [(
+                [("via", "xdp".to_string())],
+                c.egress[Reason::Cookie as usize],
+            )],
         )?;
         counter(
             &mut enc,

@@ -113,7 +113,8 @@ pub struct Key {
 }
 
 const MODES: &[&str] = &["off", "monitor", "enforce"];
-pub const OVERFLOWS: &[&str] = &["drop", "pass"];
+pub const OVERFLOWS: &[&str] = &["drop", "pass", "cookie"];
+const ON_OFF: &[&str] = &["off", "on"];
 
 macro_rules! config_key {
     ($name:literal, $field:ident, $kind:expr, $help:literal) => {
@@ -215,7 +216,13 @@ pub const KEYS: &[Key] = &[
         "overflow",
         overflow,
         Kind::Choice(OVERFLOWS),
-        "SYN over the global or per-port cap: drop it, or pass it untracked to the kernel's SYN cookies"
+        "SYN over the global or per-port cap: drop it, pass it untracked to the kernel's SYN cookies, or answer it from XDP with a SYN cookie (sets net.ipv4.tcp_syncookies=2)"
+    ),
+    config_key!(
+        "cookie-timestamps",
+        cookie_timestamps,
+        Kind::Choice(ON_OFF),
+        "with overflow=cookie, set net.ipv4.tcp_timestamps=2 (no random offsets) so cookie connections keep window scaling and SACK"
     ),
     config_key!(
         "half-open-timeout-ms",

@@ -13,6 +13,7 @@ use handshake_common::{
 
 pub const XDP_DROP: u32 = 1;
 pub const XDP_PASS: u32 = 2;
+pub const XDP_TX: u32 = 3;
 /// The egress program's only verdict: let the packet leave.
 pub const TC_ACT_OK: u32 = 0;
 
@@ -57,6 +58,11 @@ impl Harness {
         h
     }
 
+    pub fn config(&self) -> Config {
+        let a: Array<_, Config> = Array::try_from(self.ebpf.map(maps::CONFIG).unwrap()).unwrap();
+        a.get(&0, 0).unwrap()
+    }
+
     pub fn set(&mut self, cfg: Config) {
         let mut a: Array<_, Config> =
             Array::try_from(self.ebpf.map_mut(maps::CONFIG).unwrap()).unwrap();
@@ -98,6 +104,22 @@ impl Harness {
         xdp.test_run(packet(pkt))
             .expect("BPF_PROG_TEST_RUN")
             .return_value
+    }
+
+    /// Runs one arriving packet through the XDP program; returns its action
+    /// and the frame as the program left it (what `XDP_TX` would send).
+    pub fn run_with_output(&self, pkt: &[u8]) -> (u32, Vec<u8>) {
+        let xdp: &Xdp = self.program(maps::XDP_PROGRAM);
+        let mut out = vec![0u8; 4096];
+        let r = xdp
+            .test_run(TestRunOptions {
+                data_in: Some(pkt),
+                data_out: Some(&mut out),
+                ..Default::default()
+            })
+            .expect("BPF_PROG_TEST_RUN");
+        out.truncate(r.data_size_out as usize);
+        (r.return_value, out)
     }
 
     /// Runs one leaving packet through the TC egress program; returns its action.
@@ -220,5 +242,37 @@ fn packet(pkt: &[u8]) -> TestRunOptions<'_> {
     TestRunOptions {
         data_in: Some(pkt),
         ..Default::default()
+    }
+}
+
+/// The no-op XDP program attached (native mode) to `iface` in network
+/// namespace `netns`, for as long as the value lives. On a veth pair, a
+/// frame sent back with `XDP_TX` in native mode is delivered only when the
+/// peer has an XDP program of its own (the peer's receive queue is
+/// serviced for XDP frames only then): the lab's client side needs one for
+/// the gate's cookie SYN-ACKs to arrive.
+pub struct PeerXdp {
+    _ebpf: Ebpf,
+}
+
+impl PeerXdp {
+    pub fn attach(netns: &str, iface: &str) -> anyhow::Result<PeerXdp> {
+        let (netns, iface) = (netns.to_string(), iface.to_string());
+        // In a thread of its own that enters the namespace, where the
+        // interface's name means that interface.
+        let ebpf = std::thread::spawn(move || -> anyhow::Result<Ebpf> {
+            crate::netns::enter(&netns)?;
+            let mut ebpf = EbpfLoader::new().load(crate::ebpf_object())?;
+            let xdp: &mut Xdp = ebpf
+                .program_mut(maps::NOOP_XDP)
+                .ok_or_else(|| anyhow::anyhow!("no {} program", maps::NOOP_XDP))?
+                .try_into()?;
+            xdp.load()?;
+            xdp.attach(&iface, aya::programs::XdpMode::Driver)?;
+            Ok(ebpf)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread attaching the peer's XDP program panicked"))??;
+        Ok(PeerXdp { _ebpf: ebpf })
     }
 }

@@ -14,7 +14,7 @@ pub fn run(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
         mode: attach_mode(a.mode),
         max_connections: a.max_connections,
     };
-    let dir = gate::attach(&a.iface, netns, options, &s)?;
+    let (dir, notes) = gate::attach(&a.iface, netns, options, &s)?;
     println!(
         "attached to {} ({} mode, {}), pinned in {}",
         a.iface,
@@ -22,6 +22,7 @@ pub fn run(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
         describe_caps(&s.config),
         dir.display()
     );
+    super::print_notes(&notes);
     Ok(())
 }
 
@@ -34,9 +35,11 @@ fn replace(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let wanted = settings_from(&current, &a)?;
     let dir = gate::replace(&a.iface, netns)?;
     let mut after = Gate::open_dir(dir.clone())?;
-    if wanted != current {
-        after.set_settings(&wanted)?;
-    }
+    let notes = if wanted != current {
+        after.set_settings(&wanted)?
+    } else {
+        Vec::new()
+    };
     let now = handshake_user::monotonic_ns();
     let kept = after.conns(&wanted.config, now)?.len();
     println!(
@@ -44,6 +47,7 @@ fn replace(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
         a.iface,
         dir.display()
     );
+    super::print_notes(&notes);
     Ok(())
 }
 
@@ -72,8 +76,9 @@ fn describe_caps(cfg: &Config) -> String {
         }
     };
     format!(
-        "max-half-open {}, per source {}",
+        "max-half-open {}, per source {}, overflow {}",
         cap(cfg.max_half_open),
-        cap(cfg.max_half_open_per_source)
+        cap(cfg.max_half_open_per_source),
+        settings::overflow_name(cfg)
     )
 }

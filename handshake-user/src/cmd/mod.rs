@@ -35,8 +35,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Attach(a) => attach::run(a, netns),
         Command::Detach(a) => {
-            handshake_user::gate::detach(&a.iface, netns)?;
+            let notes = handshake_user::gate::detach(&a.iface, netns)?;
             println!("detached from {}", a.iface);
+            print_notes(&notes);
             Ok(())
         }
         Command::Status(a) => status::run(a, netns),
@@ -45,5 +46,13 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Run(a) => run::run(a, netns, metrics),
         Command::Events(a) => events::run(a, netns),
         Command::Completions(_) | Command::Manpage => unreachable!("handled above"),
+    }
+}
+
+/// What a command changed outside the gate (TCP settings of the
+/// namespace), one line each.
+fn print_notes(notes: &[String]) {
+    for n in notes {
+        println!("{n}");
     }
 }

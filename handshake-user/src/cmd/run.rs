@@ -67,7 +67,9 @@ pub fn run(
     let attached_here = if dir.exists() {
         let mut g = Gate::open(&a.iface, netns)?;
         if let Some(s) = &file {
-            g.set_settings(s)?;
+            for n in g.set_settings(s)? {
+                info!("{n}");
+            }
         }
         info!(
             "adopted the gate already attached to {} (pins in {}); it stays attached when the daemon stops",
@@ -81,8 +83,11 @@ pub fn run(
             max_connections: a.max_connections,
         };
         let s = file.clone().unwrap_or_default();
-        gate::attach(&a.iface, netns, options, &s)?;
+        let (_, notes) = gate::attach(&a.iface, netns, options, &s)?;
         info!("attached to {}, pinned in {}", a.iface, dir.display());
+        for n in notes {
+            info!("{n}");
+        }
         true
     };
     let shared = Arc::new(Shared {
@@ -99,8 +104,11 @@ pub fn run(
         error!("{e:#}");
     }
     if attached_here && !a.keep {
-        gate::detach(&a.iface, netns)?;
+        let notes = gate::detach(&a.iface, netns)?;
         info!("detached from {}", a.iface);
+        for n in notes {
+            info!("{n}");
+        }
     } else {
         info!("left the gate attached to {}", a.iface);
     }
@@ -205,9 +213,16 @@ fn reload(shared: &Shared, path: Option<&Path>) {
             return;
         }
     };
-    if let Err(e) = gate.set_settings(&new) {
-        error!("SIGHUP: kept the running settings: {e}");
-        return;
+    match gate.set_settings(&new) {
+        Ok(notes) => {
+            for n in notes {
+                info!("SIGHUP: {n}");
+            }
+        }
+        Err(e) => {
+            error!("SIGHUP: kept the running settings: {e}");
+            return;
+        }
     }
     let changes: Vec<String> = KEYS
         .iter()

@@ -2,7 +2,7 @@ use std::io::IsTerminal as _;
 use std::time::Duration;
 
 use comfy_table::{CellAlignment, Table, presets::NOTHING};
-use handshake_common::Reason;
+use handshake_common::{Overflow, Reason, cookie};
 use handshake_user::gate::{Gate, Snapshot};
 use handshake_user::settings::KEYS;
 use serde_json::{Map, Value, json};
@@ -82,6 +82,8 @@ fn json(iface: &str, netns: Option<&str>, s: &Snapshot) -> Value {
         "dropped_packets": c.dropped.iter().sum::<u64>(),
         "packets": by_reason(&c.packets),
         "egress": by_reason(&c.egress),
+        "cookies_sent": c.egress[Reason::Cookie as usize],
+        "cookies": cookies_json(s),
         "top_sources": s.top_sources.iter().map(|(src, n)| json!({"source": src, "half_open": n})).collect::<Vec<_>>(),
         "top_ports": s.top_ports.iter().map(|(p, n)| json!({"port": p, "half_open": n})).collect::<Vec<_>>(),
     })
@@ -159,7 +161,56 @@ fn text(iface: &str, netns: Option<&str>, s: &Snapshot, prev: Option<&Snapshot>)
         t.add_row(row);
     }
     let _ = writeln!(out, "{t}");
+    if let Some(line) = cookies_text(s) {
+        let _ = writeln!(out, "\n{line}");
+    }
     out
+}
+
+/// What the SYN-ACKs of `overflow=cookie` carry now.
+fn cookie_options(s: &Snapshot) -> Option<cookie::Options> {
+    (s.settings.config.overflow() == Overflow::Cookie)
+        .then(|| cookie::Options::from_bits(s.settings.config.cookie_options))
+}
+
+/// The cookies line: how many were sent and what they carry, when
+/// `overflow=cookie` is set or some were sent.
+fn cookies_text(s: &Snapshot) -> Option<String> {
+    let c = &s.counters;
+    let sent = c.egress[Reason::Cookie as usize];
+    let failed = c.packets[Reason::CookieFail as usize];
+    let options = cookie_options(s);
+    if options.is_none() && sent == 0 && failed == 0 {
+        return None;
+    }
+    let mut line = format!("cookies: {sent} sent from XDP, {failed} could not be made (passed on)");
+    if let Some(o) = options {
+        line.push_str(&format!("\n{}", handshake_user::sysctl::describe(&o)));
+    }
+    Some(line)
+}
+
+fn cookies_json(s: &Snapshot) -> Value {
+    let c = &s.counters;
+    let carry = cookie_options(s).map(|o| {
+        let mut v = vec!["mss"];
+        if o.timestamps {
+            v.push("timestamps");
+            if o.window_scaling {
+                v.push("window_scaling");
+            }
+            if o.sack {
+                v.push("sack");
+            }
+        }
+        v
+    });
+    json!({
+        "sent": c.egress[Reason::Cookie as usize],
+        "failed": c.packets[Reason::CookieFail as usize],
+        "carry": carry,
+        "window_scale": cookie_options(s).filter(|o| o.timestamps && o.window_scaling).map(|o| o.rcv_wscale),
+    })
 }
 
 /// A borderless table headed by `header`; every column after the first

@@ -1,0 +1,201 @@
+//! `overflow=cookie`: answers a SYN over a cap with a SYN-ACK carrying a
+//! SYN cookie, from XDP, keeping no state. The kernel makes the cookie
+//! (`bpf_tcp_gen_syncookie`, for the listening socket the SYN is for), so
+//! it accepts the client's ACK and creates the connection; the SYN itself
+//! never reaches it. Needs `net.ipv4.tcp_syncookies=2` in the namespace,
+//! which the controller sets.
+//!
+//! The headers are copied into scratch memory and the reply written back
+//! with `bpf_xdp_load_bytes` / `bpf_xdp_store_bytes`, which check their
+//! bounds at run time: no length read from the packet has to be proven to
+//! the verifier against the packet's end. A reply longer than the SYN
+//! (an MSS option where the SYN had none) takes its room from the frame's
+//! headroom, which XDP always has, not from its tailroom, which a frame
+//! may lack.
+
+use aya_ebpf::{
+    bindings::tcphdr,
+    helpers::{
+        bpf_ktime_get_ns,
+        generated::{
+            bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_adjust_head,
+            bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+        },
+    },
+    programs::XdpContext,
+};
+use handshake_common::{
+    Config,
+    cookie::{self, MAX_REPLY, Options, Reply},
+    flow::AF_INET,
+};
+
+use crate::parse::Facts;
+
+/// How answering went.
+pub enum Outcome {
+    /// The SYN became the SYN-ACK: transmit it (`XDP_TX`).
+    Sent,
+    /// Nothing listens on the SYN's port: the kernel would only reset it.
+    NoListener,
+    /// No cookie could be made (the kernel refused one, or the headers
+    /// could not be read): the SYN is untouched, pass it.
+    Failed,
+}
+
+/// `BPF_F_CURRENT_NETNS`: look the socket up in the device's namespace.
+const CURRENT_NETNS: u64 = u64::MAX;
+
+/// Answers the SYN in `f` (parsed from this frame) with a cookie SYN-ACK.
+#[inline(never)]
+pub fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
+    let xdp = ctx.ctx;
+    let (l3, l4) = (f.l3 as u32, f.l4 as u32);
+    // Two VLAN tags at most; the masks show the verifier the bounds the
+    // parser guarantees.
+    if l3 > 22 {
+        return Outcome::Failed;
+    }
+    let l3 = l3 & 0x1f;
+    let v4 = f.family == AF_INET;
+    let ip_len: u32 = if v4 { 20 } else { 40 };
+    let c = &mut f.cookie;
+
+    // The TCP header, whole: its length read from it, then checked on the
+    // value passed on (opaque to the optimiser, which would otherwise fold
+    // the check into one the verifier cannot follow).
+    if unsafe { bpf_xdp_load_bytes(xdp, l4, c.tcp.as_mut_ptr().cast(), 20) } != 0 {
+        return Outcome::Failed;
+    }
+    let th_len = core::hint::black_box((c.tcp[12] >> 4) as u32 * 4);
+    if !(20..=60).contains(&th_len) {
+        return Outcome::Failed;
+    }
+    // The same value, in a form whose bounds the verifier derives itself
+    // (20 to 80, inside the 84-byte buffer).
+    let th_len = 20 + (core::hint::black_box(th_len - 20) & 0x3c);
+    if th_len > 20
+        && unsafe {
+            bpf_xdp_load_bytes(xdp, l4 + 20, c.tcp.as_mut_ptr().add(20).cast(), th_len - 20)
+        } != 0
+    {
+        return Outcome::Failed;
+    }
+    if unsafe { bpf_xdp_load_bytes(xdp, l3, c.ip.as_mut_ptr().cast(), ip_len) } != 0 {
+        return Outcome::Failed;
+    }
+
+    let value = match make_cookie(ctx, f, ip_len, th_len) {
+        Ok(v) => v,
+        Err(o) => return o,
+    };
+    let c = &mut f.cookie;
+    // The options' length from the copy: a value of its own, not linked to
+    // `th_len`, which the helper call made precise, so the verifier can
+    // prune the walk's states whatever it learns about this one.
+    let opt_len = ((c.tcp[12] >> 4) as usize * 4).saturating_sub(20);
+    let syn = cookie::parse_options(c.options(), opt_len);
+    let reply = Reply {
+        family: f.family,
+        client: &f.src,
+        server: &f.dst,
+        client_seq: f.seg.seq,
+        cookie: value as u32,
+        mss: (value >> 32) as u16,
+        syn,
+        host: Options::from_bits(cfg.cookie_options),
+        now_ns: unsafe { bpf_ktime_get_ns() },
+    };
+    let n = cookie::build(&reply, &mut f.cookie.reply) as u32;
+    write_reply(ctx, &mut f.cookie, l3, n)
+}
+
+/// Finds the listening socket the SYN is for and has the kernel make its
+/// cookie from the copied headers: the cookie in the low 32 bits, the MSS
+/// it encodes above.
+#[inline(always)]
+fn make_cookie(ctx: &XdpContext, f: &mut Facts, ip_len: u32, th_len: u32) -> Result<u64, Outcome> {
+    let mut tuple: aya_ebpf::bindings::bpf_sock_tuple = unsafe { core::mem::zeroed() };
+    let word = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
+    let size = if f.family == AF_INET {
+        let t = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
+        t.saddr = word(&f.src.addr, 0);
+        t.daddr = word(&f.dst.addr, 0);
+        t.sport = f.src.port;
+        t.dport = f.dst.port;
+        12
+    } else {
+        let t = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
+        for w in 0..4 {
+            t.saddr[w] = word(&f.src.addr, 4 * w);
+            t.daddr[w] = word(&f.dst.addr, 4 * w);
+        }
+        t.sport = f.src.port;
+        t.dport = f.dst.port;
+        36
+    };
+    let sk = unsafe { bpf_skc_lookup_tcp(ctx.ctx.cast(), &mut tuple, size, CURRENT_NETNS, 0) };
+    if sk.is_null() {
+        return Err(Outcome::NoListener);
+    }
+    let c = &mut f.cookie;
+    let value = unsafe {
+        bpf_tcp_gen_syncookie(
+            sk.cast(),
+            c.ip.as_mut_ptr().cast(),
+            ip_len,
+            c.tcp.as_mut_ptr().cast::<tcphdr>(),
+            th_len,
+        )
+    };
+    unsafe { bpf_sk_release(sk.cast()) };
+    if value < 0 {
+        return Err(Outcome::Failed);
+    }
+    Ok(value as u64)
+}
+
+/// Makes the frame the reply: the link-layer header with its MACs swapped,
+/// then the `n` bytes of IP and TCP headers built in `c.reply`. A frame too
+/// short grows at its head; a longer one is cut at its tail.
+#[inline(always)]
+fn write_reply(
+    ctx: &XdpContext,
+    c: &mut handshake_common::parse::CookieScratch,
+    l3: u32,
+    n: u32,
+) -> Outcome {
+    let xdp = ctx.ctx;
+    if n < 40 || n > MAX_REPLY as u32 {
+        return Outcome::Failed;
+    }
+    if l3 < 14 || unsafe { bpf_xdp_load_bytes(xdp, 0, c.l2.as_mut_ptr().cast(), l3) } != 0 {
+        return Outcome::Failed;
+    }
+    for i in 0..6 {
+        c.l2.swap(i, 6 + i);
+    }
+    let want = l3 + n;
+    let have = (ctx.data_end() - ctx.data()) as u32;
+    if have < want {
+        // Nothing was written yet: a failure here leaves the SYN as it was.
+        if unsafe { bpf_xdp_adjust_head(xdp, -((want - have) as i32)) } != 0 {
+            return Outcome::Failed;
+        }
+    } else if have > want {
+        // Cannot fail for a frame this long; should it, the IP length
+        // still says where the reply ends and the rest is padding.
+        let _ = unsafe { bpf_xdp_adjust_tail(xdp, -((have - want) as i32)) };
+    }
+    // Both writes are inside the frame just sized; a failure would leave a
+    // frame that is neither SYN nor SYN-ACK, so it is dropped, not passed.
+    let ok = unsafe {
+        bpf_xdp_store_bytes(xdp, 0, c.l2.as_mut_ptr().cast(), l3) == 0
+            && bpf_xdp_store_bytes(xdp, l3, c.reply.as_mut_ptr().cast(), n) == 0
+    };
+    if ok {
+        Outcome::Sent
+    } else {
+        Outcome::NoListener
+    }
+}

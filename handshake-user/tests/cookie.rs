@@ -1,0 +1,371 @@
+//! `overflow=cookie`: a SYN over the cap answered from XDP with a SYN-ACK
+//! carrying a SYN cookie the kernel makes. First through BPF_PROG_TEST_RUN
+//! in a namespace with a real listener (every byte of the reply checked
+//! with etherparse), then end to end. Needs root; `cargo xtask test` runs it.
+
+mod common;
+
+use std::net::SocketAddr;
+
+use common::*;
+use etherparse::{NetSlice, SlicedPacket, TcpOptionElement, TransportSlice};
+use handshake_common::cookie::Options;
+use handshake_common::{Config, Mode, Overflow, Reason};
+use handshake_lab::{EchoServer, Lab, Netns, Sources, connect_each};
+use socket2::{Domain, Socket, Type};
+use std::net::IpAddr;
+use std::time::Duration;
+
+const PORT: u16 = 8080;
+const CLOSED_PORT: u16 = 8081;
+const SRV4: &str = "198.18.0.1";
+const SRV6: &str = "2001:db8::1";
+
+/// One tracked SYN fills the global budget; every later SYN overflows.
+fn cfg(options: Options) -> Config {
+    Config {
+        max_half_open: 1,
+        max_half_open_per_source: 0,
+        verified_reserve_pct: 0,
+        overflow: Overflow::Cookie as u32,
+        cookie_options: options.to_bits(),
+        ..Config::DEFAULT
+    }
+}
+
+/// Listening sockets on PORT for IPv4 and IPv6, in the calling thread's
+/// namespace.
+fn listen() -> Vec<Socket> {
+    let mut v = Vec::new();
+    for (domain, addr) in [
+        (Domain::IPV4, SocketAddr::from(([0, 0, 0, 0], PORT))),
+        (
+            Domain::IPV6,
+            SocketAddr::from(([0u16, 0, 0, 0, 0, 0, 0, 0], PORT)),
+        ),
+    ] {
+        let s = Socket::new(domain, Type::STREAM, None).unwrap();
+        if domain == Domain::IPV6 {
+            s.set_only_v6(true).unwrap();
+        }
+        s.set_reuse_address(true).unwrap();
+        s.bind(&addr.into()).unwrap();
+        s.listen(128).unwrap();
+        v.push(s);
+    }
+    v
+}
+
+/// What a reply must be, checked field by field.
+fn check_syn_ack(name: &str, syn: &Tcp, out: &[u8], host: Options) {
+    let p = SlicedPacket::from_ethernet(out).unwrap_or_else(|e| panic!("{name}: {e}"));
+    let eth = match &p.link {
+        Some(etherparse::LinkSlice::Ethernet2(e)) => e,
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(
+        eth.source(),
+        [0x02, 0, 0, 0, 0, 0x01],
+        "{name}: MACs swapped"
+    );
+    assert_eq!(eth.destination(), [0x02, 0, 0, 0, 0, 0x02], "{name}");
+    assert_eq!(p.vlan().is_some(), syn.vlans > 0, "{name}: VLAN tag kept");
+    let Some(TransportSlice::Tcp(tcp)) = &p.transport else {
+        panic!("{name}: not TCP: {:?}", p.transport);
+    };
+    // Addresses swapped; valid checksums.
+    let sum = match &p.net {
+        Some(NetSlice::Ipv4(ip)) => {
+            let h = ip.header();
+            assert_eq!(h.source_addr().to_string(), syn.dst.to_string(), "{name}");
+            assert_eq!(h.destination_addr().to_string(), syn.src.to_string());
+            let hdr = h.to_header();
+            assert_eq!(
+                hdr.header_checksum,
+                hdr.calc_header_checksum(),
+                "{name}: IPv4 checksum"
+            );
+            assert_eq!(h.total_len() as usize, 20 + tcp.slice().len(), "{name}");
+            assert_eq!(h.ttl(), 64);
+            tcp.calc_checksum_ipv4(h.source(), h.destination()).unwrap()
+        }
+        Some(NetSlice::Ipv6(ip)) => {
+            let h = ip.header();
+            assert_eq!(h.source_addr().to_string(), syn.dst.to_string(), "{name}");
+            assert_eq!(h.destination_addr().to_string(), syn.src.to_string());
+            assert_eq!(h.payload_length() as usize, tcp.slice().len(), "{name}");
+            tcp.calc_checksum_ipv6(h.source(), h.destination()).unwrap()
+        }
+        other => panic!("{name}: {other:?}"),
+    };
+    assert_eq!(tcp.checksum(), sum, "{name}: TCP checksum");
+    assert_eq!(tcp.source_port(), syn.dport, "{name}");
+    assert_eq!(tcp.destination_port(), syn.sport, "{name}");
+    assert!(tcp.syn() && tcp.ack(), "{name}: SYN|ACK");
+    assert!(!(tcp.fin() || tcp.rst() || tcp.psh() || tcp.urg() || tcp.ece() || tcp.cwr()));
+    assert_eq!(
+        tcp.acknowledgment_number(),
+        syn.seq.wrapping_add(1),
+        "{name}"
+    );
+    assert!(tcp.payload().is_empty(), "{name}: no payload");
+
+    let opts: Vec<TcpOptionElement> = tcp
+        .options_iterator()
+        .map(|o| o.unwrap_or_else(|e| panic!("{name}: {e:?}")))
+        .collect();
+    let mss = opts.iter().find_map(|o| match o {
+        TcpOptionElement::MaximumSegmentSize(m) => Some(*m),
+        _ => None,
+    });
+    let offered_mss = syn.options.iter().find_map(|o| match o {
+        TcpOptionElement::MaximumSegmentSize(m) => Some(*m),
+        _ => None,
+    });
+    // The kernel's cookie MSS table: the largest entry not above what the
+    // client offered; when it offered none, the smallest: 536 for IPv4,
+    // 1220 for IPv6 (its minimum MTU less the headers).
+    let mss = mss.unwrap_or_else(|| panic!("{name}: no MSS option"));
+    match offered_mss {
+        Some(m) => assert!(mss <= m && mss >= 1220, "{name}: MSS {mss} for {m}"),
+        None if syn.src.is_ipv4() => assert_eq!(mss, 536, "{name}"),
+        None => assert_eq!(mss, 1220, "{name}"),
+    }
+    let ts_offered = syn.options.iter().find_map(|o| match o {
+        TcpOptionElement::Timestamp(v, _) => Some(*v),
+        _ => None,
+    });
+    let ts = opts.iter().find_map(|o| match o {
+        TcpOptionElement::Timestamp(v, e) => Some((*v, *e)),
+        _ => None,
+    });
+    let ws = opts.iter().find_map(|o| match o {
+        TcpOptionElement::WindowScale(w) => Some(*w),
+        _ => None,
+    });
+    let sack = opts
+        .iter()
+        .any(|o| matches!(o, TcpOptionElement::SelectiveAcknowledgementPermitted));
+    match ts_offered.filter(|_| host.timestamps) {
+        None => {
+            assert_eq!(opts.len(), 1, "{name}: the MSS only: {opts:?}");
+        }
+        Some(tsval) => {
+            let (v, e) = ts.unwrap_or_else(|| panic!("{name}: no timestamp: {opts:?}"));
+            assert_eq!(e, tsval, "{name}: the client's timestamp echoed");
+            // The low six bits: the client's window scale (7) and SACK.
+            assert_eq!(v & 0xf, 7, "{name}: window scale in the cookie");
+            assert_ne!(v & 0x10, 0, "{name}: SACK in the cookie");
+            assert_eq!(ws, Some(host.rcv_wscale), "{name}: our window scale");
+            assert!(sack, "{name}: SACK permitted");
+            assert_eq!(tcp.slice().len(), 40, "{name}");
+        }
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
+fn a_syn_over_the_cap_comes_back_as_a_cookie_syn_ack() {
+    let ns = Netns::new(&format!("ck{}", std::process::id() % 100_000)).unwrap();
+    ns.sysctl("net.ipv4.tcp_syncookies=2").unwrap();
+    ns.sysctl("net.ipv4.tcp_timestamps=2").unwrap();
+    ns.run(|| {
+        let _listeners = listen();
+        let ts = handshake_user::sysctl::cookie_options()?;
+        assert!(ts.timestamps, "{ts:?}");
+        for (label, host) in [("MSS only", Options::default()), ("timestamps", ts)] {
+            for (src, dst) in [("198.18.0.66", SRV4), ("2001:db8::66", SRV6)] {
+                for (kind, syn) in [
+                    ("bare", syn(src, 40_000, dst, PORT)),
+                    (
+                        "Linux options",
+                        syn(src, 40_001, dst, PORT).linux_options(0x1234_5678),
+                    ),
+                    (
+                        "Linux options, two VLAN tags",
+                        syn(src, 40_002, dst, PORT).linux_options(7).vlans(2),
+                    ),
+                ] {
+                    let name = format!("{label}, {src}, {kind}");
+                    let h = Harness::new(cfg(host));
+                    // The first SYN takes the whole budget.
+                    let mut first = syn.with_seq(1);
+                    first.sport = 1;
+                    assert_eq!(h.run(&first.bytes()), XDP_PASS, "{name}");
+                    let syn = syn.with_seq(0xffff_ffff);
+                    let (action, out) = h.run_with_output(&syn.bytes());
+                    assert_eq!(action, XDP_TX, "{name}");
+                    check_syn_ack(&name, &syn, &out, host);
+                    assert_eq!(h.count(Reason::Cookie), 1, "{name}");
+                    assert_eq!(h.count_out(Reason::Cookie), 1, "{name}: cookies sent");
+                    assert_eq!(h.half_open_entries().len(), 1, "{name}: no state kept");
+                }
+            }
+        }
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+#[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
+fn no_cookie_without_a_listener_or_syncookies_2_and_none_in_monitor_mode() {
+    let ns = Netns::new(&format!("cl{}", std::process::id() % 100_000)).unwrap();
+    ns.sysctl("net.ipv4.tcp_syncookies=2").unwrap();
+    let ns_name = ns.name.clone();
+    ns.run(move || {
+        let _listeners = listen();
+        let h = Harness::new(cfg(Options::default()));
+        assert_eq!(h.run(&syn("198.18.0.65", 1, SRV4, PORT).bytes()), XDP_PASS);
+
+        // Nothing listens: the kernel would only reset it; dropped.
+        let closed = syn("198.18.0.66", 40_000, SRV4, CLOSED_PORT).bytes();
+        assert_eq!(h.run(&closed), XDP_DROP);
+        assert_eq!(h.count(Reason::PortClosed), 1);
+
+        // Monitor mode: counted as a cookie, passed untouched.
+        let mut c = h.config();
+        c.mode = Mode::Monitor as u32;
+        let mut h = h;
+        h.set(c);
+        let s = syn("198.18.0.67", 40_000, SRV4, PORT)
+            .linux_options(5)
+            .bytes();
+        let (action, out) = h.run_with_output(&s);
+        assert_eq!((action, &out), (XDP_PASS, &s));
+        assert_eq!(h.count(Reason::Cookie), 1);
+        assert_eq!(h.count_out(Reason::Cookie), 0, "nothing sent");
+
+        // With tcp_syncookies=1 the kernel makes no cookie for XDP: the SYN
+        // passes as it came (the frame shrunk back), counted cookie_fail.
+        c.mode = Mode::Enforce as u32;
+        h.set(c);
+        handshake_lab::run(
+            "ip",
+            &[
+                "netns",
+                "exec",
+                &ns_name,
+                "sysctl",
+                "-qw",
+                "net.ipv4.tcp_syncookies=1",
+            ],
+        )?;
+        let (action, out) = h.run_with_output(&s);
+        assert_eq!((action, &out), (XDP_PASS, &s));
+        assert_eq!(h.count(Reason::CookieFail), 1);
+        assert_eq!(h.count_out(Reason::Cookie), 0);
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// A server-side TCP setting, read in the lab's server namespace.
+fn sysctl(ns: &Netns, name: &str) -> String {
+    ns.exec("sysctl", &["-n", name]).unwrap().trim().to_string()
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn new_clients_get_in_through_a_spoofed_flood_and_the_kernel_never_sees_it() {
+    let lab = Lab::new("cke").expect("lab");
+    let _peer = PeerXdp::attach(&lab.client.name, &lab.client_if).expect("the client's XDP");
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), PORT);
+    let _srv = EchoServer::start(&lab.server, addr, 128).expect("server");
+    let before = (
+        sysctl(&lab.server, "net.ipv4.tcp_syncookies"),
+        sysctl(&lab.server, "net.ipv4.tcp_timestamps"),
+    );
+    assert_eq!(before, ("1".to_string(), "1".to_string()), "Linux defaults");
+    let gate = Attached::new(
+        &lab,
+        &[
+            "max-half-open=200",
+            "max-half-open-per-source=5",
+            "verified-reserve-pct=25",
+            "half-open-timeout-ms=10000",
+            "overflow=cookie",
+        ],
+    );
+    assert_eq!(sysctl(&lab.server, "net.ipv4.tcp_syncookies"), "2");
+    assert_eq!(sysctl(&lab.server, "net.ipv4.tcp_timestamps"), "2");
+    let s = gate.status();
+    assert_eq!(
+        s["cookies"]["carry"],
+        serde_json::json!(["mss", "timestamps", "window_scaling", "sack"]),
+        "{s:#}"
+    );
+
+    // Resolve the neighbour first, so every flood packet goes out at once.
+    let fresh: Vec<IpAddr> = (10..30)
+        .map(|i| {
+            let a = IpAddr::from([198, 18, 0, i]);
+            lab.client
+                .ip(&["addr", "add", &format!("{a}/32"), "dev", &lab.client_if])
+                .unwrap();
+            a
+        })
+        .collect();
+    let warm = connect_each(&lab.client, &fresh[..1], addr, Duration::from_secs(2)).unwrap();
+    assert_eq!(warm.succeeded, 1);
+
+    let kernel_cookies = lab.server.nstat("TcpExtSyncookiesSent").unwrap();
+    let spoofed = Sources::Range {
+        first: "198.19.0.0".parse().unwrap(),
+        count: 2_000,
+    };
+    assert_eq!(flood(&lab, addr, spoofed, 2_000, 2), 2_000);
+    let s = gate.status();
+    // 150 of the budget's 200 for unverified sources; the rest answered
+    // from XDP, never seen by the kernel, which answered only those 150.
+    assert_eq!(s["half_open"], 150, "{s:#}");
+    assert_eq!(s["cookies_sent"], 1_850, "{s:#}");
+    assert_eq!(s["packets"]["cookie"], 1_850, "{s:#}");
+    assert_eq!(s["drops"]["global"], 0, "{s:#}");
+    let sent_by_kernel = lab.server.nstat("TcpExtSyncookiesSent").unwrap() - kernel_cookies;
+    assert_eq!(
+        sent_by_kernel, 150,
+        "the kernel saw more than the admitted SYNs"
+    );
+
+    // First-time clients, over the full budget, get in on the gate's
+    // cookies, which the kernel accepts; data goes both ways.
+    let accepted = lab.server.nstat("TcpExtSyncookiesRecv").unwrap();
+    let new = connect_each(&lab.client, &fresh[1..], addr, Duration::from_secs(3)).unwrap();
+    assert_eq!(
+        new.succeeded,
+        19,
+        "new clients were locked out: {:#}\nserver: {}\nclient: {}",
+        gate.status(),
+        lab.server
+            .exec("nstat", &["-az", "TcpExt*", "Tcp*"])
+            .unwrap(),
+        lab.client.exec("nstat", &["-az", "Tcp*", "Ip*"]).unwrap()
+            + &lab.server.exec("ethtool", &["-S", &lab.server_if]).unwrap()
+            + &lab.client.exec("ethtool", &["-S", &lab.client_if]).unwrap()
+    );
+    let s = gate.status();
+    assert_eq!(s["cookies_sent"], 1_850 + 19, "{s:#}");
+    assert!(
+        lab.server.nstat("TcpExtSyncookiesRecv").unwrap() - accepted >= 19,
+        "the kernel did not take the cookies"
+    );
+    assert_eq!(
+        lab.server
+            .exec("ss", &["-Htan", "state", "syn-recv"])
+            .unwrap()
+            .trim(),
+        "",
+        "half-open sockets in the server's kernel"
+    );
+
+    drop(gate);
+    assert_eq!(
+        (
+            sysctl(&lab.server, "net.ipv4.tcp_syncookies"),
+            sysctl(&lab.server, "net.ipv4.tcp_timestamps"),
+        ),
+        before,
+        "detach put the settings back"
+    );
+}
