@@ -20,6 +20,8 @@ pub struct ClientRow {
     pub new_p99_ms: Option<f64>,
     pub server_syn_recv: usize,
     pub xdp_dropped: Option<u64>,
+    pub spoofed_replies: u64,
+    pub busy_cpu_s: f64,
 }
 
 fn ms(d: Option<Duration>) -> Option<f64> {
@@ -42,6 +44,8 @@ pub fn run(gate: &Path, load: &Load) -> anyhow::Result<Vec<ClientRow>> {
             new_p99_ms: ms(p.new.quantile(0.99)),
             server_syn_recv: p.syn_recv,
             xdp_dropped: p.xdp_dropped,
+            spoofed_replies: p.spoofed_replies,
+            busy_cpu_s: p.busy_cpu_s,
         })
         .collect())
 }

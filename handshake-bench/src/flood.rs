@@ -7,8 +7,15 @@
 //! machine over the run (`/proc/stat`), for:
 //! 1. the floor: a program that drops everything (`drop_xdp`) on the
 //!    server's interface — sending plus the cheapest possible receive;
-//! 2. the gate, attached with its defaults;
+//! 2. the gate, attached with its defaults, and with the demo's smaller
+//!    budget under each overflow action (`drop`, `pass`, `cookie`);
 //! 3. the kernel alone (no XDP, `tcp_syncookies=1`, the default).
+//!
+//! The client side carries a no-op XDP program in every run: on veth, the
+//! cookie SYN-ACKs the gate sends back with `XDP_TX` reach only a peer
+//! with an XDP program. The SYN-ACKs sent toward the spoofed addresses are
+//! counted where they arrive, in the client namespace, which does not
+//! forward them (`IpInAddrErrors`), so those sent from XDP count too.
 //!
 //! Each run gets a fresh lab, so no SYN-ACK retransmission of an earlier
 //! run is paid for by a later one. Medians over several runs.
@@ -20,7 +27,9 @@ use std::time::Duration;
 
 use aya::programs::{Xdp, XdpMode};
 use handshake_common::maps;
+use handshake_lab::scenario::{cpu_jiffies, jiffy_s};
 use handshake_lab::{EchoServer, Flood, Lab, Sources, connect_many};
+use handshake_user::testrun::PeerXdp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 pub enum Config {
@@ -28,6 +37,10 @@ pub enum Config {
     Gate,
     /// The gate with the demo's smaller global budget.
     GateSmall,
+    /// That, with `overflow=pass`.
+    GatePass,
+    /// That, with `overflow=cookie`.
+    GateCookie,
     Kernel,
 }
 
@@ -37,6 +50,8 @@ impl Config {
             Config::Floor => "floor: XDP_DROP",
             Config::Gate => "the gate (defaults)",
             Config::GateSmall => "the gate, max-half-open=1024",
+            Config::GatePass => "the gate, max-half-open=1024, overflow=pass",
+            Config::GateCookie => "the gate, max-half-open=1024, overflow=cookie",
             Config::Kernel => "kernel alone (tcp_syncookies=1)",
         }
     }
@@ -49,8 +64,8 @@ pub struct FloodCost {
     pub cpu_us_per_syn: f64,
     /// Over the floor's, µs per SYN.
     pub extra_us_per_syn: f64,
-    /// Segments the server sent during the paced run (its SYN-ACKs to
-    /// spoofed sources), median.
+    /// Replies that reached the spoofed sources during the paced run (the
+    /// SYN-ACKs, from the kernel or from XDP), median.
     pub backscatter: u64,
     pub sent: u64,
     /// Every paced run's busy CPU seconds, as measured.
@@ -78,21 +93,6 @@ fn spoofed() -> Sources {
     }
 }
 
-/// Busy and total jiffies of all CPUs.
-fn cpu_jiffies() -> anyhow::Result<(u64, u64)> {
-    let stat = std::fs::read_to_string("/proc/stat")?;
-    let line = stat.lines().next().unwrap_or_default();
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
-    anyhow::ensure!(v.len() >= 8, "unexpected /proc/stat: {line}");
-    // user nice system idle iowait irq softirq steal
-    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
-    Ok((busy, busy + v[3] + v[4]))
-}
-
 /// One measured flood in a fresh lab: (busy CPU seconds, backscatter, sent, elapsed).
 fn one(
     config: Config,
@@ -101,6 +101,7 @@ fn one(
     o: &Options,
 ) -> anyhow::Result<(f64, u64, u64, Duration)> {
     let lab = Lab::new("bfl")?;
+    let _peer = PeerXdp::attach(&lab.client.name, &lab.client_if)?;
     let addr = SocketAddr::new(Lab::SERVER_V4.into(), PORT);
     let _server = EchoServer::start(&lab.server, addr, 1024)?;
     // Neighbours resolved before anything is measured.
@@ -110,10 +111,10 @@ fn one(
     );
     let _floor = match config {
         Config::Floor => Some(attach_drop(&lab)?),
-        Config::Gate | Config::GateSmall => {
+        Config::Gate | Config::GateSmall | Config::GatePass | Config::GateCookie => {
             let mut cmd = Command::new(gate_bin);
             cmd.args(["--netns", &lab.server.name, "attach", &lab.server_if]);
-            if config == Config::GateSmall {
+            if config != Config::Gate {
                 cmd.args([
                     "--set",
                     "max-half-open=1024",
@@ -121,6 +122,11 @@ fn one(
                     "max-half-open-per-source=20",
                 ]);
             }
+            match config {
+                Config::GatePass => cmd.args(["--set", "overflow=pass"]),
+                Config::GateCookie => cmd.args(["--set", "overflow=cookie"]),
+                _ => &mut cmd,
+            };
             let out = cmd.output()?;
             anyhow::ensure!(
                 out.status.success(),
@@ -132,8 +138,8 @@ fn one(
         Config::Kernel => None,
     };
     std::thread::sleep(Duration::from_millis(200));
-    let segs = || lab.server.nstat("TcpOutSegs");
-    let (seg0, (busy0, _)) = (segs()?, cpu_jiffies()?);
+    let replies = || lab.client.nstat("IpInAddrErrors");
+    let (seg0, (busy0, _)) = (replies()?, cpu_jiffies()?);
     let report = Flood {
         target: addr,
         sources: spoofed(),
@@ -144,15 +150,16 @@ fn one(
     }
     .run(&lab.client)?;
     let (busy1, _) = cpu_jiffies()?;
-    let backscatter = segs()? - seg0;
-    let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)?.unwrap_or(100) as f64;
-    if matches!(config, Config::Gate | Config::GateSmall) {
+    // What is still on its way when the flood ends arrives within moments.
+    std::thread::sleep(Duration::from_millis(200));
+    let backscatter = replies()? - seg0;
+    if !matches!(config, Config::Floor | Config::Kernel) {
         let _ = Command::new(gate_bin)
             .args(["--netns", &lab.server.name, "detach", &lab.server_if])
             .output();
     }
     Ok((
-        (busy1 - busy0) as f64 / hz,
+        (busy1 - busy0) as f64 * jiffy_s(),
         backscatter,
         report.sent,
         report.elapsed,
@@ -186,6 +193,8 @@ pub fn run(gate_bin: &Path, o: &Options) -> anyhow::Result<Vec<FloodCost>> {
         Config::Floor,
         Config::Gate,
         Config::GateSmall,
+        Config::GatePass,
+        Config::GateCookie,
         Config::Kernel,
     ] {
         let (mut per_syn, mut back, mut sent, mut cpu_runs) =

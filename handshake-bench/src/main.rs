@@ -87,7 +87,7 @@ fn main() -> anyhow::Result<()> {
     r.clients_load = handshake_lab::scenario::Load {
         rate: 20_000,
         seconds: if a.full { 8 } else { 4 },
-        clients: if a.full { 50 } else { 20 },
+        clients: 100,
     };
     r.clients = clients::run(&a.gate, &r.clients_load)?;
 

@@ -159,10 +159,11 @@ impl Report {
         let _ = writeln!(
             s,
             "\nExtra time per flood SYN (saturated), kernel alone ÷ the gate: **{:.1}×** with the \
-             defaults, **{:.1}×** with max-half-open=1024 (goal ≥ 10×). The gate's share of the \
-             floor's rate: {:.0}% (goal ≥ 95%).",
+             defaults, **{:.1}×** with max-half-open=1024, **{:.1}×** with that and \
+             overflow=cookie (goal ≥ 10×). The gate's share of the floor's rate: {:.0}% (goal ≥ 95%).",
             ratio(Config::Kernel, Config::Gate),
             ratio(Config::Kernel, Config::GateSmall),
+            ratio(Config::Kernel, Config::GateCookie),
             get(Config::GateSmall).map_or(f64::NAN, |g| g.max_rate / floor_rate * 100.0)
         );
     }
@@ -176,15 +177,17 @@ impl Report {
             s,
             "\n## Legitimate clients under flood\n\nThe demo's scenario: {} returning (verified) and {} \
              new clients per phase, all at once during floods of {} SYN/s for {} s; connect times of \
-             those that got in.\n\n\
-             | phase | returning | p50 ms | p99 ms | new | p50 ms | p99 ms | server SYN_RECV | dropped in XDP |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+             those that got in. SYN-ACKs to spoofed: replies that reached the spoofed addresses \
+             (from the kernel, or from XDP with overflow=cookie). Busy CPU: the whole machine's, \
+             CPU-seconds while the flood and the clients ran.\n\n\
+             | phase | returning | p50 ms | p99 ms | new | p50 ms | p99 ms | server SYN_RECV | dropped in XDP | SYN-ACKs to spoofed | busy CPU s |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
             l.clients, l.clients, l.rate, l.seconds
         );
         let f = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}"));
         for c in &self.clients {
             let _ = writeln!(
                 s,
-                "| {} | {}/{} | {} | {} | {}/{} | {} | {} | {} | {} |",
+                "| {} | {}/{} | {} | {} | {}/{} | {} | {} | {} | {} | {} | {:.2} |",
                 c.phase,
                 c.returning_ok,
                 c.returning_of,
@@ -195,7 +198,9 @@ impl Report {
                 f(c.new_p50_ms),
                 f(c.new_p99_ms),
                 c.server_syn_recv,
-                c.xdp_dropped.map_or("–".into(), |d| d.to_string())
+                c.xdp_dropped.map_or("–".into(), |d| d.to_string()),
+                c.spoofed_replies,
+                c.busy_cpu_s
             );
         }
     }

@@ -11,14 +11,25 @@
 //!   the per-source cap stops them;
 //! - spoofed sources, 50,000 addresses of 198.19.0.0/16, whose SYN-ACKs go
 //!   to nobody: they fill the gate's global budget, the verified reserve
-//!   keeps the returning clients in, and `overflow=pass` hands the excess to
-//!   the kernel's SYN cookies so new clients get in too.
+//!   keeps the returning clients in, `overflow=pass` hands the excess to
+//!   the kernel's SYN cookies so new clients get in too, and
+//!   `overflow=cookie` answers the excess with SYN cookies from XDP, so new
+//!   clients get in and the kernel never sees the flood beyond the budget.
 //!
 //! The kernel alone runs with its default `tcp_syncookies=1` and, for the
 //! spoofed flood, once more with `tcp_syncookies=0`: the seed's classic
 //! failure, where the SYN queue fills and real clients are turned away.
 //! Every phase has its own listening port, so no phase inherits another's
 //! SYN queue. The gate is driven through its CLI, as an operator would.
+//!
+//! The client side's interface carries an XDP program that passes
+//! everything (the gate itself in mode `off`) in every phase: on a veth
+//! pair, the SYN-ACKs the server side's XDP program sends back (`XDP_TX`)
+//! are delivered only to a peer with an XDP program.
+//!
+//! Each phase also counts the SYN-ACKs sent toward the spoofed addresses
+//! (they reach the client namespace, which does not forward them:
+//! `IpInAddrErrors` there) and the machine's busy CPU while the flood runs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -108,6 +119,11 @@ const PLAN: &[Plan] = &[
         flood: FloodKind::Spoofed,
         defence: Defence::Gate(&["overflow=pass"]),
     },
+    Plan {
+        name: "spoofed, gate, overflow=cookie",
+        flood: FloodKind::Spoofed,
+        defence: Defence::Gate(&["overflow=cookie"]),
+    },
 ];
 
 pub struct Phase {
@@ -121,6 +137,12 @@ pub struct Phase {
     pub xdp_dropped: Option<u64>,
     /// `status` of the gate at the end of the phase, as an operator sees it.
     pub gate_status: Option<String>,
+    /// SYN-ACKs (and any other reply) that reached the spoofed addresses.
+    pub spoofed_replies: u64,
+    /// Busy CPU of the whole machine while the flood ran, CPU-seconds.
+    pub busy_cpu_s: f64,
+    /// How long the flood ran, seconds.
+    pub flood_s: f64,
 }
 
 /// Runs every phase in `lab`, the gate being the CLI at `gate_bin`.
@@ -134,13 +156,47 @@ pub fn run_all(lab: &Lab, gate_bin: &Path, load: &Load) -> anyhow::Result<Vec<Ph
         &Lab::CLIENT_V4.to_string(),
     ])?;
     let gate = Gate { bin: gate_bin, lab };
+    let peer = ["attach", &lab.client_if, "--set", "mode=off"];
+    gate.run_in(&lab.client, &peer)?;
     let mut phases = Vec::new();
+    let mut result = Ok(());
     for (i, plan) in PLAN.iter().enumerate() {
         let port = 8080 + i as u16;
-        let new_clients = fresh_addresses(lab, i, load.clients)?;
-        phases.push(run_phase(lab, &gate, plan, port, new_clients, load)?);
+        let phase = fresh_addresses(lab, i, load.clients)
+            .and_then(|new_clients| run_phase(lab, &gate, plan, port, new_clients, load));
+        match phase {
+            Ok(p) => phases.push(p),
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
     }
-    Ok(phases)
+    gate.run_in(&lab.client, &["detach", &lab.client_if])?;
+    result.map(|()| phases)
+}
+
+/// Busy and total jiffies of all CPUs (`/proc/stat`).
+pub fn cpu_jiffies() -> anyhow::Result<(u64, u64)> {
+    let stat = std::fs::read_to_string("/proc/stat")?;
+    let line = stat.lines().next().unwrap_or_default();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    anyhow::ensure!(v.len() >= 8, "unexpected /proc/stat: {line}");
+    // user nice system idle iowait irq softirq steal
+    let busy = v[0] + v[1] + v[2] + v[5] + v[6] + v[7];
+    Ok((busy, busy + v[3] + v[4]))
+}
+
+/// Seconds per jiffy of `/proc/stat`.
+pub fn jiffy_s() -> f64 {
+    1.0 / nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+        .ok()
+        .flatten()
+        .unwrap_or(100) as f64
 }
 
 fn fresh_addresses(lab: &Lab, phase: usize, n: usize) -> anyhow::Result<Vec<IpAddr>> {
@@ -162,9 +218,13 @@ struct Gate<'a> {
 
 impl Gate<'_> {
     fn run(&self, args: &[&str]) -> anyhow::Result<String> {
+        self.run_in(&self.lab.server, args)
+    }
+
+    fn run_in(&self, ns: &crate::Netns, args: &[&str]) -> anyhow::Result<String> {
         let out = Command::new(self.bin)
             .arg("--netns")
-            .arg(&self.lab.server.name)
+            .arg(&ns.name)
             .args(args)
             .output()?;
         if !out.status.success() {
@@ -207,8 +267,11 @@ fn run_phase(
         let returning = [IpAddr::V4(Lab::CLIENT_V4)];
         connect_each(&lab.client, &returning, addr, CLIENT_TIMEOUT)?;
         let returning = vec![returning[0]; o.clients];
-        let (returning, new, sent) =
+        let replies = || lab.client.nstat("IpInAddrErrors");
+        let replies_before = replies()?;
+        let (returning, new, sent, busy_cpu_s, flood_s) =
             clients_under_flood(lab, addr, plan.flood, &returning, &new_clients, o)?;
+        let spoofed_replies = replies()? - replies_before;
         let (xdp_dropped, gate_status) = match plan.defence {
             Defence::Gate(_) => {
                 let s: serde_json::Value =
@@ -231,6 +294,9 @@ fn run_phase(
             syn_recv: syn_recv(lab, port)?,
             xdp_dropped,
             gate_status,
+            spoofed_replies,
+            busy_cpu_s,
+            flood_s,
         })
     })();
     if let Defence::Gate(_) = plan.defence {
@@ -240,7 +306,8 @@ fn run_phase(
 }
 
 /// Starts the flood, lets it fill what it can, then connects the returning
-/// and the new clients, all at once.
+/// and the new clients, all at once. Returns both reports, the SYNs sent,
+/// and the busy CPU-seconds and seconds the flood took.
 fn clients_under_flood(
     lab: &Lab,
     addr: SocketAddr,
@@ -248,7 +315,7 @@ fn clients_under_flood(
     returning: &[IpAddr],
     new: &[IpAddr],
     o: &Load,
-) -> anyhow::Result<(ConnectReport, ConnectReport, u64)> {
+) -> anyhow::Result<(ConnectReport, ConnectReport, u64, f64, f64)> {
     let sources = match kind {
         FloodKind::None => None,
         FloodKind::FewSources => Some(Sources::Range {
@@ -260,6 +327,8 @@ fn clients_under_flood(
             count: 50_000,
         }),
     };
+    let (busy0, _) = cpu_jiffies()?;
+    let started = std::time::Instant::now();
     std::thread::scope(|s| {
         let flood = sources.map(|sources| {
             s.spawn(move || {
@@ -290,7 +359,9 @@ fn clients_under_flood(
             }
             None => 0,
         };
-        Ok((back?, new?, sent))
+        let (busy1, _) = cpu_jiffies()?;
+        let busy = (busy1 - busy0) as f64 * jiffy_s();
+        Ok((back?, new?, sent, busy, started.elapsed().as_secs_f64()))
     })
 }
 

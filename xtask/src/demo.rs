@@ -92,6 +92,8 @@ fn report(phases: &[Phase], o: &Load) {
         "flood SYNs",
         "server SYN_RECV",
         "dropped in XDP",
+        "SYN-ACKs to spoofed",
+        "busy CPU s",
     ]);
     for p in phases {
         let mut row = vec![p.name.to_string()];
@@ -104,6 +106,8 @@ fn report(phases: &[Phase], o: &Load) {
                 .map(|d| d.to_string())
                 .unwrap_or_else(|| "-".into()),
         );
+        row.push(p.spoofed_replies.to_string());
+        row.push(format!("{:.2}", p.busy_cpu_s));
         t.add_row(row);
     }
     println!(
@@ -119,8 +123,10 @@ fn report(phases: &[Phase], o: &Load) {
     println!("{t}");
     println!(
         "p50/p99: connect (handshake) time of the clients that got in. server SYN_RECV: half-open \
-         sockets the server's\nkernel held at the end of the phase. A failed client timed out after \
-         {} s.",
+         sockets the server's\nkernel held at the end of the phase. SYN-ACKs to spoofed: replies \
+         that reached the spoofed addresses (from the\nkernel, or from XDP with overflow=cookie). \
+         busy CPU: the whole machine's while the flood and the clients ran.\nA failed client timed \
+         out after {} s.",
         CLIENT_TIMEOUT.as_secs()
     );
 }
