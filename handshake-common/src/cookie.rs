@@ -294,7 +294,8 @@ pub struct Reply<'a> {
 /// Writes the SYN-ACK's IP and TCP headers, checksums included, into `out`;
 /// returns their length. The IPv4 header has no options and the IPv6 one
 /// no extension headers, whatever the SYN had.
-pub fn build(r: &Reply, out: &mut [u8; MAX_REPLY]) -> usize {
+pub fn build<const N: usize>(r: &Reply, out: &mut [u8; N]) -> usize {
+    const { assert!(N >= MAX_REPLY) };
     let mut opts = [0u8; 20];
     let opt_len = syn_ack_options(&mut opts, r.mss, &r.syn, r.host, r.now_ns);
     let tcp_len = 20 + opt_len;

@@ -74,8 +74,9 @@ pub struct CookieScratch {
     /// The SYN's TCP header: the fixed 20 bytes, then room for
     /// [`crate::cookie::OPTIONS_BUF`] bytes of options.
     pub tcp: [u8; 20 + crate::cookie::OPTIONS_BUF],
-    /// The reply's IP and TCP headers.
-    pub reply: [u8; crate::cookie::MAX_REPLY],
+    /// The reply's IP and TCP headers (room to spare: the BPF verifier
+    /// sees the reply's length only as masked, up to 103).
+    pub reply: [u8; 128],
 }
 
 impl CookieScratch {
@@ -83,7 +84,7 @@ impl CookieScratch {
         l2: [0; 32],
         ip: [0; 40],
         tcp: [0; 20 + crate::cookie::OPTIONS_BUF],
-        reply: [0; crate::cookie::MAX_REPLY],
+        reply: [0; 128],
     };
 
     /// The options part of [`CookieScratch::tcp`].

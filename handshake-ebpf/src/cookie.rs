@@ -72,13 +72,11 @@ pub fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
         return Outcome::Failed;
     }
     // The same value, in a form whose bounds the verifier derives itself
-    // (20 to 80, inside the 84-byte buffer).
+    // (20 to 80, inside the 84-byte buffer), and the whole header again
+    // with it: a load of the options alone could be empty, which the
+    // verifier refuses.
     let th_len = 20 + (core::hint::black_box(th_len - 20) & 0x3c);
-    if th_len > 20
-        && unsafe {
-            bpf_xdp_load_bytes(xdp, l4 + 20, c.tcp.as_mut_ptr().add(20).cast(), th_len - 20)
-        } != 0
-    {
+    if unsafe { bpf_xdp_load_bytes(xdp, l4, c.tcp.as_mut_ptr().cast(), th_len) } != 0 {
         return Outcome::Failed;
     }
     if unsafe { bpf_xdp_load_bytes(xdp, l3, c.ip.as_mut_ptr().cast(), ip_len) } != 0 {
@@ -166,9 +164,15 @@ fn write_reply(
     n: u32,
 ) -> Outcome {
     let xdp = ctx.ctx;
-    if n < 40 || n > MAX_REPLY as u32 {
+    // Both lengths go to helpers as sizes, which the verifier must see
+    // bounded and non-zero on the very value passed.
+    if !(40..=MAX_REPLY as u32).contains(&n) {
         return Outcome::Failed;
     }
+    // The bounds the verifier sees come from the masks themselves: 40 to
+    // 103 (the buffer holds 128), and at most 31.
+    let n = 40 + (core::hint::black_box(n - 40) & 0x3f);
+    let l3 = core::hint::black_box(l3) & 0x1f;
     if l3 < 14 || unsafe { bpf_xdp_load_bytes(xdp, 0, c.l2.as_mut_ptr().cast(), l3) } != 0 {
         return Outcome::Failed;
     }

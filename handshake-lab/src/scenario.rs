@@ -147,6 +147,23 @@ pub struct Phase {
 
 /// Runs every phase in `lab`, the gate being the CLI at `gate_bin`.
 pub fn run_all(lab: &Lab, gate_bin: &Path, load: &Load) -> anyhow::Result<Vec<Phase>> {
+    run_some(lab, gate_bin, load, &[], CLIENT_TIMEOUT)
+}
+
+/// The names of the phases, in order.
+pub fn phase_names() -> impl Iterator<Item = &'static str> {
+    PLAN.iter().map(|p| p.name)
+}
+
+/// Runs the phases named in `only` (every phase if it is empty), each
+/// client waiting up to `client_timeout` for its echo.
+pub fn run_some(
+    lab: &Lab,
+    gate_bin: &Path,
+    load: &Load,
+    only: &[&str],
+    client_timeout: Duration,
+) -> anyhow::Result<Vec<Phase>> {
     // New clients come from 198.18.16.0/20, one fresh address per connection.
     lab.server.ip(&[
         "route",
@@ -161,9 +178,13 @@ pub fn run_all(lab: &Lab, gate_bin: &Path, load: &Load) -> anyhow::Result<Vec<Ph
     let mut phases = Vec::new();
     let mut result = Ok(());
     for (i, plan) in PLAN.iter().enumerate() {
+        if !only.is_empty() && !only.contains(&plan.name) {
+            continue;
+        }
         let port = 8080 + i as u16;
-        let phase = fresh_addresses(lab, i, load.clients)
-            .and_then(|new_clients| run_phase(lab, &gate, plan, port, new_clients, load));
+        let phase = fresh_addresses(lab, i, load.clients).and_then(|new_clients| {
+            run_phase(lab, &gate, plan, port, new_clients, load, client_timeout)
+        });
         match phase {
             Ok(p) => phases.push(p),
             Err(e) => {
@@ -245,6 +266,7 @@ fn run_phase(
     port: u16,
     new_clients: Vec<IpAddr>,
     o: &Load,
+    client_timeout: Duration,
 ) -> anyhow::Result<Phase> {
     let addr = SocketAddr::new(Lab::SERVER_V4.into(), port);
     let _server = EchoServer::start(&lab.server, addr, LISTEN_BACKLOG)?;
@@ -265,12 +287,19 @@ fn run_phase(
     let result = (|| {
         // The returning client has been here before the flood.
         let returning = [IpAddr::V4(Lab::CLIENT_V4)];
-        connect_each(&lab.client, &returning, addr, CLIENT_TIMEOUT)?;
+        connect_each(&lab.client, &returning, addr, client_timeout)?;
         let returning = vec![returning[0]; o.clients];
         let replies = || lab.client.nstat("IpInAddrErrors");
         let replies_before = replies()?;
-        let (returning, new, sent, busy_cpu_s, flood_s) =
-            clients_under_flood(lab, addr, plan.flood, &returning, &new_clients, o)?;
+        let (returning, new, sent, busy_cpu_s, flood_s) = clients_under_flood(
+            lab,
+            addr,
+            plan.flood,
+            &returning,
+            &new_clients,
+            o,
+            client_timeout,
+        )?;
         let spoofed_replies = replies()? - replies_before;
         let (xdp_dropped, gate_status) = match plan.defence {
             Defence::Gate(_) => {
@@ -315,6 +344,7 @@ fn clients_under_flood(
     returning: &[IpAddr],
     new: &[IpAddr],
     o: &Load,
+    client_timeout: Duration,
 ) -> anyhow::Result<(ConnectReport, ConnectReport, u64, f64, f64)> {
     let sources = match kind {
         FloodKind::None => None,
@@ -346,8 +376,8 @@ fn clients_under_flood(
         if flood.is_some() {
             std::thread::sleep(CLIENTS_AFTER);
         }
-        let back = s.spawn(|| connect_each(&lab.client, returning, addr, CLIENT_TIMEOUT));
-        let new = connect_each(&lab.client, new, addr, CLIENT_TIMEOUT);
+        let back = s.spawn(|| connect_each(&lab.client, returning, addr, client_timeout));
+        let new = connect_each(&lab.client, new, addr, client_timeout);
         let back = back
             .join()
             .map_err(|_| anyhow::anyhow!("client thread panicked"))?;

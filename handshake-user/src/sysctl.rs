@@ -70,14 +70,26 @@ pub fn write(name: &str, value: u64) -> Result<(), GateError> {
     Ok(())
 }
 
+/// Linux's default `net.core.rmem_max`.
+const DEFAULT_RMEM_MAX: u64 = 212_992;
+
 /// What the cookie SYN-ACKs may carry under the namespace's settings now.
 pub fn cookie_options() -> Result<cookie::Options, GateError> {
     let timestamps = read(TIMESTAMPS)? == 2;
+    // Some kernels (6.1 among them) keep `net.core.rmem_max` for the whole
+    // host and show it in the host's namespace only: elsewhere its default
+    // is assumed (`tcp_rmem`'s maximum, 6 MiB by default, decides unless
+    // it was raised above that).
+    let rmem_max = if path(RMEM_MAX).exists() {
+        read(RMEM_MAX)?
+    } else {
+        DEFAULT_RMEM_MAX
+    };
     Ok(cookie::Options {
         timestamps,
         sack: read(SACK)? != 0,
         window_scaling: read(WINDOW_SCALING)? != 0,
-        rcv_wscale: cookie::Options::kernel_wscale(read(TCP_RMEM)?, read(RMEM_MAX)?),
+        rcv_wscale: cookie::Options::kernel_wscale(read(TCP_RMEM)?, rmem_max),
     })
 }
 

@@ -8,7 +8,7 @@ mod common;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
-use common::{Attached, flood};
+use common::{Attached, flood, spoofed_flood};
 use handshake_lab::{EchoServer, Lab, Sources, connect_each, connect_many};
 
 const CONNECT: Duration = Duration::from_secs(1);
@@ -68,11 +68,7 @@ fn spoofed_flood_fills_the_budget_but_known_and_new_clients_get_in() {
 
     // 2000 spoofed sources from 198.19.0.0/16, one SYN each: they may take
     // 150 of the 200 (25 % is kept for verified sources).
-    let spoofed = Sources::Range {
-        first: "198.19.0.0".parse().unwrap(),
-        count: 2_000,
-    };
-    assert_eq!(flood(&lab, addr, spoofed, 2_000, 2), 2_000);
+    assert_eq!(spoofed_flood(&lab, addr, 2_000), 2_000);
     let s = gate.status();
     assert_eq!(s["half_open"], 150, "{s:#}");
     assert_eq!(s["drops"]["global"], 1_850, "{s:#}");

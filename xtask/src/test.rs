@@ -33,6 +33,11 @@ pub struct Options {
     /// `/lib/modules/VERSION`. Default: Debian's, fetched by the setup step.
     #[arg(long, value_name = "PATH")]
     kernel: Option<PathBuf>,
+    /// Run only this privileged test file of handshake-user (`cookie` for
+    /// tests/cookie.rs), on the host and in the VM; repeatable. The host
+    /// unit tests run in full all the same.
+    #[arg(long = "test", value_name = "NAME")]
+    tests: Vec<String>,
 }
 
 const PRIVILEGED_ARGS: &[&str] = &["--ignored", "--test-threads=1"];
@@ -62,14 +67,21 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         // The default members: everything but the eBPF crate, which only builds for BPF.
         layer("host unit tests", &mut || cargo(&root, &["test"]));
         layer("privileged tests, host kernel", &mut || {
-            let mut args = vec!["test", "-p", "handshake-user", "--tests", "--"];
+            let mut args = vec!["test", "-p", "handshake-user"];
+            if o.tests.is_empty() {
+                args.push("--tests");
+            }
+            for t in &o.tests {
+                args.extend(["--test", t]);
+            }
+            args.push("--");
             args.extend_from_slice(PRIVILEGED_ARGS);
             cargo(&root, &args)
         });
     }
     if !o.host_only {
         layer("privileged tests, VM", &mut || {
-            run_vm_layer(&root, o.kernel.as_deref())
+            run_vm_layer(&root, o.kernel.as_deref(), &o.tests)
         });
     }
     println!("\n== summary ==");
@@ -99,12 +111,23 @@ fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn run_vm_layer(root: &Path, kernel: Option<&Path>) -> anyhow::Result<()> {
+fn run_vm_layer(root: &Path, kernel: Option<&Path>, only: &[String]) -> anyhow::Result<()> {
     let kernel = match kernel {
         Some(image) => vm::Kernel::from_image(image)?,
         None => vm::fetch_kernel()?,
     };
-    let binaries = privileged_test_binaries(root)?;
+    let mut binaries = privileged_test_binaries(root)?;
+    if !only.is_empty() {
+        // Test executables are named NAME-HASH.
+        binaries.retain(|b| {
+            let name = b.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            only.iter()
+                .any(|t| name.rsplit_once('-').is_some_and(|(n, _)| n == t))
+        });
+        if binaries.is_empty() {
+            bail!("no privileged test file named {}", only.join(", "));
+        }
+    }
     let script = vm::dir().join("run.sh");
     let mut text =
         String::from("#!/bin/sh\n# Written by `cargo xtask test`; run by the VM's init.\n");

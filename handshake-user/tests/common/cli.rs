@@ -83,6 +83,17 @@ impl Drop for Attached<'_> {
     }
 }
 
+/// Floods `addr` with one SYN from each of `count` spoofed sources of
+/// 198.19.0.0/16 (routed to the client side, answered by no one); returns
+/// how many were sent.
+pub fn spoofed_flood(lab: &Lab, addr: std::net::SocketAddr, count: u32) -> u64 {
+    let sources = Sources::Range {
+        first: "198.19.0.0".parse().unwrap(),
+        count,
+    };
+    flood(lab, addr, sources, count.into(), 2)
+}
+
 /// Floods `addr` from the lab's client namespace with `count` SYNs from
 /// `sources`, as fast as it goes (10 s at most); returns how many were sent.
 pub fn flood(
