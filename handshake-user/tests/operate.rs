@@ -62,12 +62,14 @@ impl Daemon {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Waits (10 s at most) until the log has `what`; panics with the log if not.
+    /// Waits (60 s at most: loading the programs through the verifier of an
+    /// emulated VM takes a while) until the log has `what`; panics with the
+    /// log if not.
     fn wait_for_log(&self, what: &str) {
         let start = Instant::now();
         while !self.log().contains(what) {
             assert!(
-                start.elapsed() < Duration::from_secs(10),
+                start.elapsed() < Duration::from_secs(60),
                 "the daemon never logged {what:?}; its log:\n{}",
                 self.log()
             );
@@ -79,7 +81,7 @@ impl Daemon {
         kill(Pid::from_raw(self.child.id() as i32), s).expect("signal the daemon");
     }
 
-    /// Waits (10 s at most) for the daemon to exit; whether it succeeded.
+    /// Waits (30 s at most) for the daemon to exit; whether it succeeded.
     fn wait(&mut self) -> bool {
         let start = Instant::now();
         loop {
@@ -87,7 +89,7 @@ impl Daemon {
                 return status.success();
             }
             assert!(
-                start.elapsed() < Duration::from_secs(10),
+                start.elapsed() < Duration::from_secs(30),
                 "the daemon did not stop; its log:\n{}",
                 self.log()
             );
@@ -218,6 +220,7 @@ fn daemon_serves_metrics_sweeps_reloads_and_detaches_on_sigterm() {
         "handshake_gate_map_entries",
         "handshake_gate_map_capacity",
         "handshake_gate_swept_total",
+        "handshake_gate_cookies_sent_total",
     ] {
         assert!(
             m.samples.iter().any(|s| s.metric == name),
@@ -302,11 +305,33 @@ fn daemon_serves_metrics_sweeps_reloads_and_detaches_on_sigterm() {
             && metric(&m, "handshake_gate_swept_total", &[("map", "half_open")]) == 10.0
     });
 
-    // SIGTERM: it attached the gate, so it detaches it.
+    // SIGHUP into overflow=cookie: the namespace's TCP settings change, and
+    // the log says so.
+    std::fs::write(
+        &cfg,
+        "max-half-open-per-source = 20\nhalf-open-timeout-ms = 3000\noverflow = \"cookie\"\n",
+    )
+    .unwrap();
+    d.signal(Signal::SIGHUP);
+    d.wait_for_log("set net.ipv4.tcp_syncookies to 2");
+    assert_eq!(status(&lab)["limits"]["overflow"], "cookie");
+
+    // SIGTERM: it attached the gate, so it detaches it, and puts the TCP
+    // settings back.
     d.signal(Signal::SIGTERM);
     assert!(d.wait(), "the daemon failed; its log:\n{}", d.log());
     assert!(!pin_dir(&lab).exists(), "pins left after SIGTERM");
     assert!(d.log().contains("detached from"), "{}", d.log());
+    assert!(
+        d.log().contains("put net.ipv4.tcp_syncookies back to 1"),
+        "{}",
+        d.log()
+    );
+    let syncookies = lab
+        .server
+        .exec("sysctl", &["-n", "net.ipv4.tcp_syncookies"])
+        .unwrap();
+    assert_eq!(syncookies.trim(), "1");
     let _ = std::fs::remove_file(&cfg);
 }
 
