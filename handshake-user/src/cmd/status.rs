@@ -192,7 +192,8 @@ fn cookies_text(s: &Snapshot) -> Option<String> {
 
 fn cookies_json(s: &Snapshot) -> Value {
     let c = &s.counters;
-    let carry = cookie_options(s).map(|o| {
+    let options = cookie_options(s);
+    let carry = options.map(|o| {
         let mut v = vec!["mss"];
         if o.timestamps {
             v.push("timestamps");
@@ -209,7 +210,7 @@ fn cookies_json(s: &Snapshot) -> Value {
         "sent": c.egress[Reason::Cookie as usize],
         "failed": c.packets[Reason::CookieFail as usize],
         "carry": carry,
-        "window_scale": cookie_options(s).filter(|o| o.timestamps && o.window_scaling).map(|o| o.rcv_wscale),
+        "window_scale": options.filter(|o| o.timestamps && o.window_scaling).map(|o| o.rcv_wscale),
     })
 }
 
