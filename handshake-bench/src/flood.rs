@@ -141,6 +141,7 @@ fn one(
     let replies = || lab.client.nstat("IpInAddrErrors");
     let (seg0, (busy0, _)) = (replies()?, cpu_jiffies()?);
     let report = Flood {
+        segments: handshake_lab::Segments::Syn,
         target: addr,
         sources: spoofed(),
         count: rate.map_or(u64::MAX / 2, |r| r * o.seconds),

@@ -194,6 +194,7 @@ fn soak(gate: &Path, lab: &Lab, addr: SocketAddr, minutes: f64) -> anyhow::Resul
             )
         };
         let sent = Flood {
+            segments: handshake_lab::Segments::Syn,
             target: addr,
             sources,
             count: FLOOD_RATE * FLOOD.as_secs(),

@@ -65,6 +65,39 @@ impl Overflow {
     }
 }
 
+/// What happens to an arriving segment (not a SYN) of a flow the gate has
+/// no entry for.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UnknownFlows {
+    /// Ask the kernel: a socket for the exact 4-tuple makes it real
+    /// (picked up), a listener and a valid SYN cookie makes it a cookie
+    /// handshake's final ACK (picked up, source verified); anything else is
+    /// dropped as `no_conn`, with no state kept. Right for a gate on the
+    /// host that owns the sockets.
+    Verify = 0,
+    /// Pick every such flow up as ESTABLISHED, never dropping it: for a
+    /// gate in front of sockets in another namespace (a bridge to
+    /// containers), where no lookup can find them.
+    PickUp = 1,
+}
+
+impl UnknownFlows {
+    pub const fn from_u32(v: u32) -> UnknownFlows {
+        match v {
+            1 => UnknownFlows::PickUp,
+            _ => UnknownFlows::Verify,
+        }
+    }
+
+    pub const fn name(self) -> &'static str {
+        match self {
+            UnknownFlows::Verify => "verify",
+            UnknownFlows::PickUp => "pick-up",
+        }
+    }
+}
+
 /// The limits. A cap of 0 means "no cap". All fields are host byte order.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -109,9 +142,11 @@ pub struct Config {
     /// written by the controller from the namespace's TCP settings (see
     /// [`crate::cookie::Options`]); 0: the MSS only.
     pub cookie_options: u32,
+    /// An [`UnknownFlows`].
+    pub unknown_flows: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 68);
+const _: () = assert!(core::mem::size_of::<Config>() == 72);
 
 impl Config {
     /// Defaults: enforce, a global cap far below the map's capacity with a
@@ -119,7 +154,8 @@ impl Config {
     /// per-source cap that a busy NAT still fits under, no per-port cap or
     /// SYN rate (a burst of 20 once a rate is set), every port open, a 5 s
     /// half-open timeout (the kernel's own is 63 s), and Linux's 60 s
-    /// TIME_WAIT (MSL 30 s); no drop events until asked for.
+    /// TIME_WAIT (MSL 30 s); no drop events until asked for; unknown flows
+    /// checked against the kernel's sockets.
     pub const DEFAULT: Config = Config {
         mode: Mode::Enforce as u32,
         overflow: Overflow::Drop as u32,
@@ -138,6 +174,7 @@ impl Config {
         event_sample: 0,
         cookie_timestamps: 1,
         cookie_options: 0,
+        unknown_flows: UnknownFlows::Verify as u32,
     };
 
     pub const fn mode(&self) -> Mode {
@@ -146,6 +183,21 @@ impl Config {
 
     pub const fn overflow(&self) -> Overflow {
         Overflow::from_u32(self.overflow)
+    }
+
+    pub const fn unknown_flows(&self) -> UnknownFlows {
+        UnknownFlows::from_u32(self.unknown_flows)
+    }
+
+    /// The source-map key of `addr` under the prefix settings.
+    #[inline(always)]
+    pub fn source_key(&self, family: u8, addr: &[u8; 16]) -> crate::SourceKey {
+        let prefix = if family == crate::flow::AF_INET {
+            self.source_prefix_v4
+        } else {
+            self.source_prefix_v6
+        };
+        crate::SourceKey::new(family, addr, prefix)
     }
 
     pub const fn half_open_timeout_ns(&self) -> u64 {

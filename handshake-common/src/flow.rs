@@ -129,6 +129,26 @@ impl FlowKey {
         )
     }
 
+    /// The client's address, given which side is the client.
+    #[inline(always)]
+    pub const fn client_addr(&self, client_is_lo: u8) -> &[u8; 16] {
+        if client_is_lo != 0 {
+            &self.lo_addr
+        } else {
+            &self.hi_addr
+        }
+    }
+
+    /// The server's port (network order), given which side is the client.
+    #[inline(always)]
+    pub const fn server_port(&self, client_is_lo: u8) -> u16 {
+        if client_is_lo != 0 {
+            self.hi_port
+        } else {
+            self.lo_port
+        }
+    }
+
     /// The (client, server) endpoints, given which side is the client.
     pub fn ends(&self, client_is_lo: bool) -> (Endpoint, Endpoint) {
         let lo = Endpoint {
@@ -145,11 +165,14 @@ impl FlowKey {
 
 /// Bits of [`FlowEntry::flags`].
 pub mod flags {
-    /// The server's SYN-ACK was seen, so `server_isn` is known.
-    pub const SERVER_ISN_KNOWN: u16 = 1 << 0;
-    /// The client sent a FIN; its sequence number is `client_fin_seq`.
+    /// A segment from the server was seen (its SYN-ACK, or for a flow
+    /// picked up mid-way any segment), so [`super::FlowEntry::server`]'s
+    /// `end` is known.
+    pub const SERVER_SEEN: u16 = 1 << 0;
+    /// The client sent a FIN (its sequence number is `client.end - 1`: an
+    /// end's `end` stops moving once it has sent its FIN).
     pub const CLIENT_FIN: u16 = 1 << 1;
-    /// The server sent a FIN; its sequence number is `server_fin_seq`.
+    /// The server sent a FIN (at `server.end - 1`).
     pub const SERVER_FIN: u16 = 1 << 2;
     /// The client's FIN was acknowledged.
     pub const CLIENT_FIN_ACKED: u16 = 1 << 3;
@@ -159,13 +182,47 @@ pub mod flags {
     pub const CLIENT_CLOSED_FIRST: u16 = 1 << 5;
     /// The server sent its FIN before it had the client's (active closer).
     pub const SERVER_CLOSED_FIRST: u16 = 1 << 6;
-    /// Picked up mid-flow (loose mode): the handshake was never seen.
+    /// Picked up mid-flow: the handshake was never seen, so the window
+    /// scales are not known (assumed the largest, 14: a generous window).
     pub const PICKED_UP: u16 = 1 << 7;
     /// The attempt holds a half-open count (an arriving SYN admitted under
     /// the limits, in bucket `epoch`); only such an entry gives one back.
     /// A SYN this host sends is tracked without a count.
     pub const COUNTED: u16 = 1 << 8;
+    /// A segment from the client was seen: `client.end` is known.
+    pub const CLIENT_SEEN: u16 = 1 << 9;
+    /// The client acknowledged something: `client.ack` and `client.edge`
+    /// are known.
+    pub const CLIENT_ACKED: u16 = 1 << 10;
+    /// The server acknowledged something: `server.ack` and `server.edge`
+    /// are known.
+    pub const SERVER_ACKED: u16 = 1 << 11;
 }
+
+/// What the gate has seen of one end's sequence space, from the segments
+/// that end sent (conntrack's `td_end`, `td_maxack`, `td_maxend`,
+/// `td_maxwin`). Host byte order. Each field is valid only once the
+/// entry's flags say so (`*_SEEN` for `end`, `*_ACKED` for the rest).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SeqState {
+    /// The sequence number after the last one this end sent (SYN and FIN
+    /// count one): where the peer expects its next segment, the peer's
+    /// `RCV.NXT` as far as the gate saw. Frozen once it sent its FIN.
+    pub end: u32,
+    /// The highest acknowledgement number it sent: what it has received.
+    pub ack: u32,
+    /// The right edge of the highest window it offered (`ack` plus the
+    /// window, scaled): the peer may send up to here.
+    pub edge: u32,
+    /// The largest window it offered, scaled.
+    pub maxwin: u32,
+}
+
+/// A window scale that was not offered (in [`FlowEntry::client_wscale`],
+/// [`FlowEntry::server_wscale`] during the handshake, and in
+/// [`crate::machine::Segment::wscale`]).
+pub const NO_WSCALE: u8 = 0xff;
 
 /// A tracked connection. Used by both the half-open and the established map.
 #[repr(C)]
@@ -177,15 +234,12 @@ pub struct FlowEntry {
     pub last_seen_ns: u64,
     /// When either state last changed (TIME_WAIT is timed from here).
     pub changed_ns: u64,
-    /// The client's initial sequence number J (host order).
-    pub client_isn: u32,
-    /// The server's initial sequence number K (host order), if
-    /// [`flags::SERVER_ISN_KNOWN`].
-    pub server_isn: u32,
-    /// Sequence number of the client's FIN (host order), if [`flags::CLIENT_FIN`].
-    pub client_fin_seq: u32,
-    /// Sequence number of the server's FIN (host order), if [`flags::SERVER_FIN`].
-    pub server_fin_seq: u32,
+    /// The client's sequence space. In the handshake, `client.end` is
+    /// J+1, what the SYN-ACK must acknowledge.
+    pub client: SeqState,
+    /// The server's; `server.end` is K+1 once [`flags::SERVER_SEEN`],
+    /// what the final ACK must acknowledge.
+    pub server: SeqState,
     /// Half-open bucket epoch the attempt was counted in (see [`crate::window`]),
     /// if [`flags::COUNTED`].
     pub epoch: u32,
@@ -197,10 +251,16 @@ pub struct FlowEntry {
     pub server_state: u8,
     /// 1 when the client is the key's `lo` end.
     pub client_is_lo: u8,
-    pub _pad: [u8; 3],
+    /// The client's window shift: what it offered in its SYN until the
+    /// SYN-ACK settles it (0 unless both ends offered one), or
+    /// [`NO_WSCALE`].
+    pub client_wscale: u8,
+    /// The server's window shift, likewise.
+    pub server_wscale: u8,
+    pub _pad: [u8; 5],
 }
 
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 56);
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 72);
 
 impl FlowEntry {
     pub fn client_state(&self) -> TcpState {
@@ -213,6 +273,17 @@ impl FlowEntry {
 
     pub const fn has(&self, flag: u16) -> bool {
         self.flags & flag != 0
+    }
+
+    /// Which end sent a packet whose source is the key's `lo` end when
+    /// `src_is_lo`.
+    #[inline(always)]
+    pub const fn dir_of(&self, src_is_lo: bool) -> crate::machine::Dir {
+        if (self.client_is_lo != 0) == src_is_lo {
+            crate::machine::Dir::FromClient
+        } else {
+            crate::machine::Dir::FromServer
+        }
     }
 }
 

@@ -13,8 +13,10 @@ use crate::admit::unverified_budget;
 use crate::config::{Config, Mode, Overflow};
 use crate::cookie;
 use crate::flow::{AF_INET, AF_INET6};
-use crate::model::{Model, Packet, Side};
+use crate::machine::sk_state;
+use crate::model::{Lookup, Model, Packet, Side};
 use crate::parse::{self, Bytes, Facts, Parsed};
+use crate::reason::Reason;
 use crate::window;
 
 /// IPv4 SYN 198.18.0.66:40000 → 198.18.0.1:80, seq 1000.
@@ -62,6 +64,8 @@ pub fn run(data: &[u8]) {
         verified_reserve_pct: 50,
         half_open_timeout_ms: 1_000,
         msl_ms: 1_000,
+        // The input's length picks the policy for unknown flows.
+        unknown_flows: (data.len() & 1) as u32,
         ..Config::DEFAULT
     };
     let mut model = Model::default();
@@ -80,8 +84,13 @@ pub fn run(data: &[u8]) {
             seq: 0,
             ack: 0,
             payload_len: 0,
+            window: 0,
+            wscale: 0,
+            side: crate::machine::Side::Ingress,
         },
         key: Default::default(),
+        src_is_lo: 0,
+        now_ns: 0,
         l3: 0,
         l4: 0,
         cookie: crate::parse::CookieScratch::EMPTY,
@@ -132,7 +141,21 @@ pub fn run(data: &[u8]) {
                     dst: facts.dst,
                     seg: facts.seg,
                 };
-                model.packet(side, &p, &cfg, now);
+                // What the kernel would say of the tuple: the edit count's
+                // spare bits choose.
+                let lookup = match (edits >> 3) & 7 {
+                    0 | 1 => Lookup::Nothing,
+                    2 => Lookup::Listener { cookie: false },
+                    3 => Lookup::Listener { cookie: true },
+                    4 => Lookup::Socket(sk_state::TIME_WAIT),
+                    5 => Lookup::Socket(sk_state::NEW_SYN_RECV),
+                    _ => Lookup::Socket(sk_state::ESTABLISHED),
+                };
+                let r = model.packet(side, &p, &cfg, now, lookup);
+                if r == Reason::NoConn {
+                    assert!(model.states(&p).is_none(), "no_conn created state");
+                    assert!(side == Side::Ingress && cfg.unknown_flows().name() == "verify");
+                }
                 cookie_reply(pkt, &facts, now);
             }
             Parsed::NotTcp | Parsed::Malformed => {}

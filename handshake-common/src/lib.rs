@@ -30,9 +30,9 @@ pub mod parse;
 pub mod reason;
 pub mod window;
 
-pub use config::{Config, Mode, Overflow};
+pub use config::{Config, Mode, Overflow, UnknownFlows};
 pub use event::DropEvent;
-pub use flow::{FlowEntry, FlowKey, SourceKey, SourceState, TcpState};
+pub use flow::{FlowEntry, FlowKey, SeqState, SourceKey, SourceState, TcpState};
 pub use reason::Reason;
 pub use window::WindowCounter;
 
@@ -114,7 +114,7 @@ pub mod meta {
 /// programs over the pinned maps only when this matches (and every map's
 /// type and key and value sizes do), so bump it whenever a shared type keeps
 /// its size but changes its meaning.
-pub const LAYOUT_VERSION: u64 = 2;
+pub const LAYOUT_VERSION: u64 = 3;
 
 /// Capacity of the half-open map. `max-half-open` may not exceed it, so with a
 /// global cap in force the LRU only ever evicts entries that already expired.

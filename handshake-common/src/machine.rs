@@ -9,7 +9,7 @@
 //! so one packet moves both columns.
 
 use crate::config::Config;
-use crate::flow::{FlowEntry, TcpState, flags};
+use crate::flow::{FlowEntry, NO_WSCALE, SeqState, TcpState, flags};
 use crate::reason::Reason;
 
 /// TCP header flag bits (byte 13 of the header).
@@ -31,6 +31,14 @@ pub struct Segment {
     pub ack: u32,
     /// Payload bytes (not counting SYN or FIN).
     pub payload_len: u32,
+    /// The window field as sent (never scaled on a SYN; scaled by the
+    /// sender's shift on every later segment).
+    pub window: u16,
+    /// The shift of the window scale option, on a segment with SYN that
+    /// carries one; [`NO_WSCALE`] otherwise.
+    pub wscale: u8,
+    /// Where it crosses the interface (set by the tracker, not the parser).
+    pub side: Side,
 }
 
 impl Segment {
@@ -42,6 +50,26 @@ impl Segment {
     pub const fn is_pure_syn(&self) -> bool {
         self.flags & (tcp::SYN | tcp::ACK | tcp::RST | tcp::FIN) == tcp::SYN
     }
+
+    /// The sequence number after this segment: SYN and FIN count one each.
+    pub const fn end_seq(&self) -> u32 {
+        self.seq
+            .wrapping_add(self.payload_len)
+            .wrapping_add(self.has(tcp::SYN) as u32)
+            .wrapping_add(self.has(tcp::FIN) as u32)
+    }
+}
+
+/// Where a packet crosses the protected interface.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    /// Arriving (XDP): new SYNs are admitted under the limits, and what
+    /// would end or close a connection is checked against its window.
+    Ingress,
+    /// Leaving (TC egress): this host's own stack sent it, so it is the
+    /// authority on its own end (its RST ends the connection, its SYN
+    /// starts one); its SYNs are tracked uncounted.
+    Egress,
 }
 
 /// Whether a segment may be tracked at all, before any lookup: the reason
@@ -74,14 +102,16 @@ pub enum Dir {
     FromServer,
 }
 
-/// What to do with the entry and the packet.
+/// What to do with the entry and the packet. [`step`] changes the entry
+/// in place only for `Update` and `Promote`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Step {
-    /// Store the updated entry where it was; the packet passes.
-    Update(FlowEntry),
-    /// The handshake completed: move the entry from the half-open map to the
-    /// established map (and give its half-open count back); the packet passes.
-    Promote(FlowEntry),
+    /// The entry was updated where it is; the packet passes.
+    Update,
+    /// The handshake completed: move the (updated) entry from the
+    /// half-open map to the established map (and give its half-open count
+    /// back); the packet passes.
+    Promote,
     /// The connection is over (RST): delete the entry; the packet passes.
     Remove,
     /// A new SYN on a finished tuple: delete the entry and handle the SYN as
@@ -96,6 +126,14 @@ pub const fn seq_geq(a: u32, b: u32) -> bool {
     (a.wrapping_sub(b) as i32) >= 0
 }
 
+/// `a` is strictly after `b` in sequence space.
+pub const fn seq_gt(a: u32, b: u32) -> bool {
+    (a.wrapping_sub(b) as i32) > 0
+}
+
+/// The largest window shift RFC 7323 allows.
+pub const MAX_WSCALE: u8 = 14;
+
 /// A new half-open entry for a client's SYN. `counted`: the attempt took a
 /// half-open count in bucket `epoch` (an arriving SYN admitted under the
 /// limits); a SYN this host sends is tracked uncounted.
@@ -106,18 +144,38 @@ pub fn open(
     epoch: u32,
     counted: bool,
 ) -> FlowEntry {
-    FlowEntry {
+    let mut e = FlowEntry {
         created_ns: now_ns,
         last_seen_ns: now_ns,
         changed_ns: now_ns,
-        client_isn: seg.seq,
         epoch,
         flags: if counted { flags::COUNTED } else { 0 },
         client_state: TcpState::SynSent as u8,
         server_state: TcpState::Listen as u8,
         client_is_lo: client_is_lo as u8,
+        server_wscale: NO_WSCALE,
         ..FlowEntry::default()
-    }
+    };
+    client_syn(&mut e, seg);
+    e
+}
+
+/// What a client's SYN says: J+1 is what the SYN-ACK must acknowledge,
+/// its window (unscaled, as on every SYN) and its window scale offer.
+fn client_syn(e: &mut FlowEntry, seg: &Segment) {
+    e.client = SeqState {
+        end: seg.end_seq(),
+        ack: 0,
+        edge: 0,
+        maxwin: max1(seg.window as u32),
+    };
+    e.client_wscale = seg.wscale;
+    e.flags |= flags::CLIENT_SEEN;
+    e.flags &= !(flags::SERVER_SEEN | flags::SERVER_ACKED);
+}
+
+const fn max1(v: u32) -> u32 {
+    if v == 0 { 1 } else { v }
 }
 
 /// What to do with a packet of a flow that has no entry.
@@ -128,14 +186,46 @@ pub enum Untracked {
     Open,
     /// An RST (nothing to close) or a SYN-ACK / odd SYN of an attempt never
     /// tracked (passed untracked on overflow, or begun while the gate was
-    /// off): passed, not tracked.
+    /// off), or a segment for a socket in TIME_WAIT: passed, not tracked.
     Ignore,
     /// Anything else: a flow that began before the gate (or whose entry was
     /// evicted), picked up as ESTABLISHED with [`pick_up`].
     PickUp,
+    /// The final ACK of a SYN-cookie handshake the kernel accepts: picked
+    /// up as ESTABLISHED with its sender as the client, whose source is
+    /// then verified.
+    CookieAck,
+    /// Arriving, and the kernel has no socket for it: `no_conn`.
+    NoConn,
 }
 
-/// Classifies a packet of a flow with no entry.
+/// The kernel's TCP socket states (`include/net/tcp_states.h`), as a
+/// socket lookup reports them.
+pub mod sk_state {
+    pub const ESTABLISHED: u8 = 1;
+    pub const SYN_SENT: u8 = 2;
+    pub const SYN_RECV: u8 = 3;
+    pub const TIME_WAIT: u8 = 6;
+    pub const LISTEN: u8 = 10;
+    pub const NEW_SYN_RECV: u8 = 12;
+}
+
+/// What the kernel has for an arriving segment's exact 4-tuple, in the
+/// interface's network namespace (`bpf_skc_lookup_tcp`, then, for an ACK
+/// that only a listener matches, `bpf_tcp_check_syncookie`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Lookup {
+    /// No socket: nothing listens on the port, or the lookup failed.
+    Nothing,
+    /// Only the listener on the destination. `cookie`: the segment is an
+    /// ACK carrying a SYN cookie the kernel accepts.
+    Listener { cookie: bool },
+    /// A socket of this very connection, in this kernel state
+    /// ([`sk_state`]: established, a request, TIME_WAIT, …).
+    Socket(u8),
+}
+
+/// Classifies a packet of a flow with no entry, before asking the kernel.
 pub const fn untracked(seg: &Segment) -> Untracked {
     if seg.is_pure_syn() {
         Untracked::Open
@@ -146,10 +236,40 @@ pub const fn untracked(seg: &Segment) -> Untracked {
     }
 }
 
+/// Whether the kernel must be asked about a packet of a flow with no
+/// entry: every arriving one but a pure SYN, with `unknown-flows=verify`.
+pub const fn needs_lookup(u: Untracked, side: Side, policy: crate::UnknownFlows) -> bool {
+    !matches!(u, Untracked::Open)
+        && matches!(side, Side::Ingress)
+        && matches!(policy, crate::UnknownFlows::Verify)
+}
+
+/// What becomes of a packet classified `u` by [`untracked`] once the kernel
+/// answered `lookup` (see [`needs_lookup`]): a socket of its own makes the
+/// flow real (except one in TIME_WAIT: that connection is over, nothing to
+/// track); a listener with a valid cookie makes it a cookie handshake's
+/// final ACK; anything else is `no_conn`.
+pub const fn verified(u: Untracked, seg: &Segment, lookup: Lookup) -> Untracked {
+    match lookup {
+        Lookup::Socket(sk_state::TIME_WAIT) => Untracked::Ignore,
+        Lookup::Socket(sk_state::LISTEN) => Untracked::NoConn,
+        Lookup::Socket(_) => u,
+        Lookup::Listener { cookie: true } if cookie_candidate(seg) => Untracked::CookieAck,
+        Lookup::Listener { .. } | Lookup::Nothing => Untracked::NoConn,
+    }
+}
+
+/// Whether a segment could be a cookie handshake's final ACK (the only
+/// segments `bpf_tcp_check_syncookie` looks at): ACK set, SYN and RST not.
+pub const fn cookie_candidate(seg: &Segment) -> bool {
+    seg.flags & (tcp::ACK | tcp::SYN | tcp::RST) == tcp::ACK
+}
+
 /// An entry for a flow whose handshake the gate never saw (it started before
 /// the gate was attached, or its entry was evicted): both ends ESTABLISHED,
 /// like conntrack's loose mode. The client is guessed as the end with the
-/// higher port (ephemeral ports sit above service ports).
+/// higher port (ephemeral ports sit above service ports). Each end's
+/// sequence numbers are learnt from its first segment.
 pub fn pick_up(src_port: u16, dst_port: u16, src_is_lo: bool, now_ns: u64) -> FlowEntry {
     let src_is_client = src_port > dst_port;
     FlowEntry {
@@ -160,8 +280,30 @@ pub fn pick_up(src_port: u16, dst_port: u16, src_is_lo: bool, now_ns: u64) -> Fl
         server_state: TcpState::Established as u8,
         client_is_lo: (src_is_client == src_is_lo) as u8,
         flags: flags::PICKED_UP,
+        // Not known without the SYNs: the largest there is, so the window
+        // is never narrower than the real one.
+        client_wscale: MAX_WSCALE,
+        server_wscale: MAX_WSCALE,
         ..FlowEntry::default()
     }
+}
+
+/// An entry for a cookie handshake's final ACK from `src`: it is the
+/// client (it answered the SYN-ACK), both ends ESTABLISHED. The window
+/// scales are in the cookie, not in anything the gate saw: assumed the
+/// largest, as for a picked-up flow.
+pub fn cookie_pick_up(src_is_lo: bool, now_ns: u64) -> FlowEntry {
+    FlowEntry {
+        client_is_lo: src_is_lo as u8,
+        ..pick_up(1, 0, src_is_lo, now_ns)
+    }
+}
+
+/// Applies the first segment of a picked-up entry (the one that picked it
+/// up): its numbers learnt, its FIN (if any) followed.
+pub fn first_segment(e: &mut FlowEntry, src_is_lo: bool, seg: &Segment, now_ns: u64) {
+    let dir = e.dir_of(src_is_lo);
+    let _ = step(e, dir, seg, now_ns);
 }
 
 /// Whether a half-open entry has outlived the half-open timeout.
@@ -187,30 +329,221 @@ pub fn in_handshake(e: &FlowEntry) -> bool {
     matches!(e.server_state(), TcpState::Listen | TcpState::SynRcvd)
 }
 
-/// Advances a tracked connection by one segment.
+/// Advances a tracked connection by one segment (crossing on `seg.side`).
 ///
-/// - RST in any state ends the connection (both kernels drop their sockets).
 /// - In the handshake: the client's SYN (SYN_SENT / LISTEN), the server's
 ///   SYN-ACK, which must acknowledge J+1 (the client, receiving it, is
 ///   ESTABLISHED; the server SYN_RCVD), and the client's final ACK, which
 ///   must acknowledge K+1 of a SYN-ACK that was seen (both ESTABLISHED).
-///   Anything else claiming to complete the handshake is `bad_ack`.
-/// - After it: the teardown, from FINs and the ACKs that cover them.
+///   Anything else claiming to complete the handshake is `bad_ack`. An
+///   arriving RST ends the attempt only where the kernel would take it:
+///   from the client, inside the window the SYN-ACK offered; from the
+///   server, acknowledging J+1 (RFC 9293 §3.10.7.3).
+/// - After it, for what arrives (RFC 5961): an RST at exactly the next
+///   expected number (or the highest number the receiver acknowledged)
+///   ends the connection; elsewhere in the window it is passed, the
+///   record unchanged (`challenge`: the kernel answers with a challenge
+///   ACK); outside it, `bad_seq`. A SYN on a live connection is
+///   `challenge` too. A FIN outside the window is `bad_seq` and does not
+///   move the teardown; other segments outside it are `out_of_window`,
+///   passed without moving anything. What this host sends is its own
+///   stack's doing: its RST ends the connection, its SYN starts a new one.
+/// - The teardown follows the FINs and the ACKs that cover them.
 /// - A pure SYN on a finished tuple (both ends TIME_WAIT or CLOSED) starts a
 ///   new connection: [`Step::Restart`].
-pub fn step(e: &FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
+pub fn step(e: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
+    let local = matches!(seg.side, Side::Egress);
+    if in_handshake(e) {
+        return handshake(e, dir, seg, now_ns, local);
+    }
     if seg.has(tcp::RST) {
+        return if local {
+            Step::Remove
+        } else {
+            reset(e, dir, seg)
+        };
+    }
+    if seg.has(tcp::SYN) {
+        if seg.is_pure_syn() && (local || finished(e)) {
+            return Step::Restart;
+        }
+        return Step::Reject(Reason::Challenge);
+    }
+    if !local && let Err(r) = acceptable(e, dir, seg) {
+        return Step::Reject(r);
+    }
+    e.last_seen_ns = now_ns;
+    learn(e, dir, seg);
+    teardown(e, dir, seg, now_ns);
+    Step::Update
+}
+
+/// The sending end's and the receiving end's sequence spaces, and what
+/// the flags say is known of them: (sender, receiver, sender seen,
+/// receiver seen, receiver acknowledged something, sender sent its FIN).
+#[inline(always)]
+fn ends(e: &FlowEntry, dir: Dir) -> (&SeqState, &SeqState, bool, bool, bool, bool) {
+    match dir {
+        Dir::FromClient => (
+            &e.client,
+            &e.server,
+            e.has(flags::CLIENT_SEEN),
+            e.has(flags::SERVER_SEEN),
+            e.has(flags::SERVER_ACKED),
+            e.has(flags::CLIENT_FIN),
+        ),
+        Dir::FromServer => (
+            &e.server,
+            &e.client,
+            e.has(flags::SERVER_SEEN),
+            e.has(flags::CLIENT_SEEN),
+            e.has(flags::CLIENT_ACKED),
+            e.has(flags::SERVER_FIN),
+        ),
+    }
+}
+
+/// Whether the segment's numbers lie in the window its receiver `r`
+/// offered: not wholly older than one largest window before what `r`
+/// acknowledged, not starting past the right edge `r` offered (with a
+/// largest window to spare, for updates of `r` another CPU may be
+/// writing). Wider than the kernel's own (`tcp_sequence`), never narrower.
+#[inline(always)]
+fn in_window(seg: &Segment, r: &SeqState) -> bool {
+    let lower = r.ack.wrapping_sub(r.maxwin);
+    let upper = r.edge.wrapping_add(r.maxwin);
+    seq_geq(seg.end_seq(), lower) && seq_geq(upper, seg.seq)
+}
+
+/// Whether an acknowledgement number can be the sender's: not past what
+/// its receiver `r` sent or could have been allowed to (the sender's own
+/// right edge, plus one for a FIN sent into a closed window), not more
+/// than two of the sender's largest windows behind (RFC 5961 §5.2).
+#[inline(always)]
+fn ack_ok(ack: u32, s: &SeqState, s_acked: bool, r: &SeqState) -> bool {
+    let upper = if s_acked && seq_gt(s.edge, r.end) {
+        s.edge
+    } else {
+        r.end
+    };
+    if seq_gt(ack, upper.wrapping_add(1)) {
+        return false;
+    }
+    let back = s.maxwin.saturating_mul(2).saturating_add(1);
+    let back = if back > 0x7fff_ffff {
+        0x7fff_ffff
+    } else {
+        back
+    };
+    seq_geq(ack, r.end.wrapping_sub(back))
+}
+
+/// An arriving segment other than RST or SYN after the handshake: the
+/// reason to refuse it, if its numbers do not fit the connection.
+#[inline(always)]
+fn acceptable(e: &FlowEntry, dir: Dir, seg: &Segment) -> Result<(), Reason> {
+    let (s, r, _, r_seen, r_acked, _) = ends(e, dir);
+    let bad = if seg.has(tcp::FIN) {
+        Reason::BadSeq
+    } else {
+        Reason::OutOfWindow
+    };
+    if r_acked && !in_window(seg, r) {
+        return Err(bad);
+    }
+    let s_acked = match dir {
+        Dir::FromClient => e.has(flags::CLIENT_ACKED),
+        Dir::FromServer => e.has(flags::SERVER_ACKED),
+    };
+    if seg.has(tcp::ACK) && r_seen && !ack_ok(seg.ack, s, s_acked, r) {
+        return Err(bad);
+    }
+    Ok(())
+}
+
+/// An arriving RST after the handshake (RFC 5961 §3.2, as Linux's
+/// `tcp_validate_incoming` applies it).
+#[inline(always)]
+fn reset(e: &FlowEntry, dir: Dir, seg: &Segment) -> Step {
+    let (s, r, s_seen, _, r_acked, s_fin) = ends(e, dir);
+    if !s_seen && !r_acked {
+        // Nothing known to check it against (a flow picked up from the
+        // other end's packets only).
         return Step::Remove;
     }
-    let mut n = *e;
-    n.last_seen_ns = now_ns;
-    if in_handshake(e) {
-        return handshake(n, dir, seg, now_ns);
+    let exact = (s_seen && (seg.seq == s.end || (s_fin && seg.seq == s.end.wrapping_sub(1))))
+        || (r_acked && seg.seq == r.ack);
+    if exact {
+        Step::Remove
+    } else if !r_acked || in_window(seg, r) {
+        Step::Reject(Reason::Challenge)
+    } else {
+        Step::Reject(Reason::BadSeq)
     }
-    if seg.is_pure_syn() && finished(e) {
-        return Step::Restart;
+}
+
+/// Whether an arriving RST ends a half-open attempt: the kernel takes a
+/// client's RST anywhere in the window its SYN-ACK offered (or before it
+/// answered at all), and a server's only if it acknowledges J+1.
+#[inline(always)]
+fn handshake_reset_ok(e: &FlowEntry, dir: Dir, seg: &Segment) -> bool {
+    match dir {
+        Dir::FromClient => {
+            !e.has(flags::SERVER_ACKED)
+                || (seq_geq(seg.seq, e.client.end) && seq_geq(e.server.edge, seg.seq))
+        }
+        Dir::FromServer => seg.has(tcp::ACK) && seg.ack == e.client.end,
     }
-    Step::Update(teardown(n, dir, seg, now_ns))
+}
+
+/// Folds a segment the connection accepts into its sender's sequence
+/// space: the next number, the highest acknowledgement and right edge,
+/// the largest window.
+#[inline(always)]
+fn learn(n: &mut FlowEntry, dir: Dir, seg: &Segment) {
+    let (seen, acked, fin, shift, s) = match dir {
+        Dir::FromClient => (
+            flags::CLIENT_SEEN,
+            flags::CLIENT_ACKED,
+            flags::CLIENT_FIN,
+            n.client_wscale,
+            &mut n.client,
+        ),
+        Dir::FromServer => (
+            flags::SERVER_SEEN,
+            flags::SERVER_ACKED,
+            flags::SERVER_FIN,
+            n.server_wscale,
+            &mut n.server,
+        ),
+    };
+    let shift = if shift > MAX_WSCALE { 0 } else { shift };
+    let win = (seg.window as u32) << shift;
+    let end = seg.end_seq();
+    if n.flags & seen == 0 {
+        s.end = end;
+    } else if n.flags & fin == 0 && seq_gt(end, s.end) {
+        s.end = end;
+    }
+    if win > s.maxwin {
+        s.maxwin = win;
+    }
+    if seg.has(tcp::ACK) {
+        let edge = seg.ack.wrapping_add(win);
+        if n.flags & acked == 0 {
+            s.ack = seg.ack;
+            s.edge = edge;
+        } else {
+            if seq_gt(seg.ack, s.ack) {
+                s.ack = seg.ack;
+            }
+            if seq_gt(edge, s.edge) {
+                s.edge = edge;
+            }
+        }
+        n.flags |= acked;
+    }
+    n.flags |= seen;
 }
 
 fn set_states(n: &mut FlowEntry, client: TcpState, server: TcpState, now_ns: u64) {
@@ -221,45 +554,73 @@ fn set_states(n: &mut FlowEntry, client: TcpState, server: TcpState, now_ns: u64
     }
 }
 
-fn handshake(mut n: FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
+fn handshake(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64, local: bool) -> Step {
+    if seg.has(tcp::RST) {
+        return if local || handshake_reset_ok(n, dir, seg) {
+            Step::Remove
+        } else {
+            Step::Reject(Reason::BadSeq)
+        };
+    }
     let syn = seg.has(tcp::SYN);
     let ack = seg.has(tcp::ACK);
     match dir {
         Dir::FromClient if syn && !ack => {
-            if seg.seq != n.client_isn {
+            n.last_seen_ns = now_ns;
+            if seg.end_seq() != n.client.end {
                 // A new attempt on the same tuple replaces the old one.
-                n.client_isn = seg.seq;
-                n.flags &= !flags::SERVER_ISN_KNOWN;
-                set_states(&mut n, TcpState::SynSent, TcpState::Listen, now_ns);
+                client_syn(n, seg);
+                set_states(n, TcpState::SynSent, TcpState::Listen, now_ns);
             }
-            Step::Update(n)
+            Step::Update
         }
         Dir::FromClient if ack && !syn => {
-            if !n.has(flags::SERVER_ISN_KNOWN) || seg.ack != n.server_isn.wrapping_add(1) {
+            if !n.has(flags::SERVER_SEEN) || seg.ack != n.server.end {
                 return Step::Reject(Reason::BadAck);
             }
-            set_states(&mut n, TcpState::Established, TcpState::Established, now_ns);
+            n.last_seen_ns = now_ns;
+            set_states(n, TcpState::Established, TcpState::Established, now_ns);
             // Its half-open count is given back as it leaves the half-open map.
             n.flags &= !flags::COUNTED;
             // The final ACK may already carry data or a FIN.
-            Step::Promote(teardown(n, dir, seg, now_ns))
+            learn(n, dir, seg);
+            teardown(n, dir, seg, now_ns);
+            Step::Promote
         }
         Dir::FromServer if syn && ack => {
-            if seg.ack != n.client_isn.wrapping_add(1) {
+            if seg.ack != n.client.end {
                 return Step::Reject(Reason::BadAck);
             }
+            n.last_seen_ns = now_ns;
             // A retransmitted SYN-ACK carries the same K; a different K
-            // (the server restarted the attempt) replaces it.
-            n.server_isn = seg.seq;
-            n.flags |= flags::SERVER_ISN_KNOWN;
-            set_states(&mut n, TcpState::Established, TcpState::SynRcvd, now_ns);
-            Step::Update(n)
+            // (the server restarted the attempt) replaces it. Windows
+            // scale only when both ends offered it (RFC 7323 §2.2).
+            let win = seg.window as u32;
+            n.server = SeqState {
+                end: seg.end_seq(),
+                ack: seg.ack,
+                edge: seg.ack.wrapping_add(win),
+                maxwin: max1(win),
+            };
+            n.flags |= flags::SERVER_SEEN | flags::SERVER_ACKED;
+            let offered = n.client_wscale != NO_WSCALE && seg.wscale != NO_WSCALE;
+            let cap = |s: u8| if s > MAX_WSCALE { MAX_WSCALE } else { s };
+            (n.client_wscale, n.server_wscale) = if offered {
+                (cap(n.client_wscale), cap(seg.wscale))
+            } else {
+                (0, 0)
+            };
+            set_states(n, TcpState::Established, TcpState::SynRcvd, now_ns);
+            Step::Update
         }
-        _ => Step::Update(n),
+        _ => {
+            n.last_seen_ns = now_ns;
+            Step::Update
+        }
     }
 }
 
-/// The bits and FIN sequence numbers of the sending end and its peer.
+/// The flag bits of the sending end and its peer.
 struct Ends {
     me_fin: u16,
     me_acked: u16,
@@ -284,32 +645,28 @@ const FROM_SERVER: Ends = Ends {
     peer_acked: flags::CLIENT_FIN_ACKED,
 };
 
-fn teardown(mut n: FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> FlowEntry {
-    let (ends, peer_fin_seq) = match dir {
-        Dir::FromClient => (&FROM_CLIENT, n.server_fin_seq),
-        Dir::FromServer => (&FROM_SERVER, n.client_fin_seq),
+/// The teardown after a segment whose numbers were learnt already: a
+/// FIN's sequence number is its sender's `end - 1`, so the FIN is
+/// acknowledged by an ACK of `end`.
+fn teardown(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) {
+    let (ends, peer_end) = match dir {
+        Dir::FromClient => (&FROM_CLIENT, n.server.end),
+        Dir::FromServer => (&FROM_SERVER, n.client.end),
     };
-    let acks_peer_fin =
-        seg.has(tcp::ACK) && n.has(ends.peer_fin) && seq_geq(seg.ack, peer_fin_seq.wrapping_add(1));
+    let acks_peer_fin = seg.has(tcp::ACK) && n.has(ends.peer_fin) && seq_geq(seg.ack, peer_end);
     if acks_peer_fin {
         n.flags |= ends.peer_acked;
     }
     if seg.has(tcp::FIN) && !n.has(ends.me_fin) {
         n.flags |= ends.me_fin;
-        let fin_seq = seg.seq.wrapping_add(seg.payload_len);
-        match dir {
-            Dir::FromClient => n.client_fin_seq = fin_seq,
-            Dir::FromServer => n.server_fin_seq = fin_seq,
-        }
         // Sent before it had the peer's FIN: the active (or a simultaneous) closer.
         if !acks_peer_fin {
             n.flags |= ends.me_first;
         }
     }
-    let client = side_state(&n, &FROM_CLIENT);
-    let server = side_state(&n, &FROM_SERVER);
-    set_states(&mut n, client, server, now_ns);
-    n
+    let client = side_state(n, &FROM_CLIENT);
+    let server = side_state(n, &FROM_SERVER);
+    set_states(n, client, server, now_ns);
 }
 
 /// One end's state, derived from who sent a FIN, who had theirs acknowledged

@@ -12,19 +12,11 @@ use alloc::collections::BTreeMap;
 
 use crate::admit::{self, Admission, Occupancy, SynFacts};
 use crate::config::Config;
-use crate::flow::{AF_INET, Endpoint, FlowEntry, FlowKey, SourceKey, SourceState, flags};
-use crate::machine::{self, Dir, Segment, Step, Untracked};
+use crate::flow::{Endpoint, FlowEntry, FlowKey, SourceKey, SourceState, flags};
+use crate::machine::{self, Segment, Step, Untracked};
+pub use crate::machine::{Lookup, Side};
 use crate::reason::Reason;
 use crate::window::{self, WindowCounter};
-
-/// Where a packet crosses the interface.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Side {
-    /// Arriving: the XDP program.
-    Ingress,
-    /// Leaving: the TC egress program.
-    Egress,
-}
 
 /// A parsed TCP packet.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -52,11 +44,25 @@ pub struct Model {
 impl Model {
     /// The reason the kernel programs give `p` at `now_ns` under `cfg`,
     /// updating the maps as they do. (`mode=off` passes before tracking;
-    /// the mode otherwise only turns a drop reason into a pass.)
-    pub fn packet(&mut self, side: Side, p: &Packet, cfg: &Config, now_ns: u64) -> Reason {
+    /// the mode otherwise only turns a drop reason into a pass.) `lookup`
+    /// is what the kernel has for `p`'s 4-tuple, consulted as the XDP
+    /// program consults it: for an arriving segment (not a SYN) of a flow
+    /// with no entry, with `unknown-flows=verify`.
+    pub fn packet(
+        &mut self,
+        side: Side,
+        p: &Packet,
+        cfg: &Config,
+        now_ns: u64,
+        lookup: Lookup,
+    ) -> Reason {
         if cfg.mode() == crate::Mode::Off {
             return Reason::Pass;
         }
+        let p = &Packet {
+            seg: Segment { side, ..p.seg },
+            ..*p
+        };
         if let Err(r) = machine::check(u16::from_be(p.src.port), u16::from_be(p.dst.port), &p.seg) {
             return r;
         }
@@ -67,7 +73,11 @@ impl Model {
         if let Some(r) = self.half_open_step(p, &key, src_is_lo, cfg, now_ns) {
             return r;
         }
-        match machine::untracked(&p.seg) {
+        let mut u = machine::untracked(&p.seg);
+        if machine::needs_lookup(u, side, cfg.unknown_flows()) {
+            u = machine::verified(u, &p.seg, lookup);
+        }
+        match u {
             Untracked::Open if side == Side::Ingress => {
                 self.new_syn(p, &key, src_is_lo, cfg, now_ns)
             }
@@ -77,19 +87,25 @@ impl Model {
                 Reason::Pass
             }
             Untracked::Ignore => Reason::Pass,
+            Untracked::NoConn => Reason::NoConn,
             Untracked::PickUp => {
-                let fresh = machine::pick_up(
+                let mut n = machine::pick_up(
                     u16::from_be(p.src.port),
                     u16::from_be(p.dst.port),
                     src_is_lo,
                     now_ns,
                 );
-                let n = match machine::step(&fresh, dir_of(&fresh, src_is_lo), &p.seg, now_ns) {
-                    Step::Update(n) => n,
-                    _ => fresh,
-                };
+                machine::first_segment(&mut n, src_is_lo, &p.seg, now_ns);
                 self.established.insert(key, n);
                 Reason::Pass
+            }
+            Untracked::CookieAck => {
+                let mut n = machine::cookie_pick_up(src_is_lo, now_ns);
+                machine::first_segment(&mut n, src_is_lo, &p.seg, now_ns);
+                self.established.insert(key, n);
+                self.verified
+                    .insert(cfg.source_key(p.family, &p.src.addr), now_ns);
+                Reason::CookieAck
             }
         }
     }
@@ -114,16 +130,14 @@ impl Model {
         cfg: &Config,
         now: u64,
     ) -> Option<Reason> {
-        let e = self.established.get(key)?;
+        let e = self.established.get_mut(key)?;
         if machine::finished_expired(e, now, cfg) {
             self.established.remove(key);
             return None;
         }
-        match machine::step(e, dir_of(e, src_is_lo), &p.seg, now) {
-            Step::Update(n) | Step::Promote(n) => {
-                self.established.insert(*key, n);
-                Some(Reason::Pass)
-            }
+        let dir = e.dir_of(src_is_lo);
+        match machine::step(e, dir, &p.seg, now) {
+            Step::Update | Step::Promote => Some(Reason::Pass),
             Step::Remove => {
                 self.established.remove(key);
                 Some(Reason::Pass)
@@ -144,35 +158,34 @@ impl Model {
         cfg: &Config,
         now: u64,
     ) -> Option<Reason> {
-        let e = *self.half_open.get(key)?;
+        let mut e = *self.half_open.get(key)?;
         let epoch = e.has(flags::COUNTED).then_some(e.epoch);
         if machine::half_open_expired(&e, now, cfg) {
             self.forget(key, e.client_is_lo, epoch, cfg);
             return None;
         }
-        Some(
-            match machine::step(&e, dir_of(&e, src_is_lo), &p.seg, now) {
-                Step::Update(n) => {
-                    self.half_open.insert(*key, n);
-                    Reason::Pass
+        let dir = e.dir_of(src_is_lo);
+        Some(match machine::step(&mut e, dir, &p.seg, now) {
+            Step::Update => {
+                self.half_open.insert(*key, e);
+                Reason::Pass
+            }
+            Step::Promote => {
+                self.established.insert(*key, e);
+                if epoch.is_some() {
+                    let client = key.client_addr(e.client_is_lo);
+                    self.verified
+                        .insert(cfg.source_key(key.family, client), now);
                 }
-                Step::Promote(n) => {
-                    self.established.insert(*key, n);
-                    if epoch.is_some() {
-                        let client = client_addr(key, e.client_is_lo);
-                        self.verified
-                            .insert(source_key(key.family, client, cfg), now);
-                    }
-                    self.forget(key, e.client_is_lo, epoch, cfg);
-                    Reason::Pass
-                }
-                Step::Remove | Step::Restart => {
-                    self.forget(key, e.client_is_lo, epoch, cfg);
-                    Reason::Pass
-                }
-                Step::Reject(r) => r,
-            },
-        )
+                self.forget(key, e.client_is_lo, epoch, cfg);
+                Reason::Pass
+            }
+            Step::Remove | Step::Restart => {
+                self.forget(key, e.client_is_lo, epoch, cfg);
+                Reason::Pass
+            }
+            Step::Reject(r) => r,
+        })
     }
 
     fn new_syn(
@@ -188,7 +201,7 @@ impl Model {
             return Reason::PortClosed;
         }
         let ep = window::epoch(now, window::bucket_width_ns(cfg.half_open_timeout_ms));
-        let skey = source_key(p.family, &p.src.addr, cfg);
+        let skey = cfg.source_key(p.family, &p.src.addr);
         let src = self.sources.entry(skey).or_default();
         let within_rate = admit::take_token(
             &mut src.syn_tokens,
@@ -237,43 +250,14 @@ impl Model {
         let Some(epoch) = epoch else {
             return;
         };
-        let skey = source_key(key.family, client_addr(key, client_is_lo), cfg);
+        let skey = cfg.source_key(key.family, key.client_addr(client_is_lo));
         if let Some(s) = self.sources.get_mut(&skey) {
             s.half_open.sub(epoch);
         }
-        let server_port = if client_is_lo != 0 {
-            key.hi_port
-        } else {
-            key.lo_port
-        };
+        let server_port = key.server_port(client_is_lo);
         if let Some(c) = self.ports.get_mut(&u16::from_be(server_port)) {
             c.sub(epoch);
         }
         self.global.sub(epoch);
     }
-}
-
-fn dir_of(e: &FlowEntry, src_is_lo: bool) -> Dir {
-    if (e.client_is_lo != 0) == src_is_lo {
-        Dir::FromClient
-    } else {
-        Dir::FromServer
-    }
-}
-
-fn client_addr(key: &FlowKey, client_is_lo: u8) -> &[u8; 16] {
-    if client_is_lo != 0 {
-        &key.lo_addr
-    } else {
-        &key.hi_addr
-    }
-}
-
-fn source_key(family: u8, addr: &[u8; 16], cfg: &Config) -> SourceKey {
-    let prefix = if family == AF_INET {
-        cfg.source_prefix_v4
-    } else {
-        cfg.source_prefix_v6
-    };
-    SourceKey::new(family, addr, prefix)
 }

@@ -23,7 +23,8 @@
 
 use core::mem::size_of;
 
-use crate::flow::{AF_INET, AF_INET6, Endpoint, FlowKey};
+use crate::flow::{AF_INET, AF_INET6, Endpoint, FlowKey, NO_WSCALE};
+use crate::machine::MAX_WSCALE;
 use crate::machine::Segment;
 use network_types::{eth::EthHdr, ip::Ipv4Hdr, ip::Ipv6Hdr, tcp::TcpHdr};
 
@@ -56,6 +57,10 @@ pub struct Facts {
     /// The flow's normalised key, filled in by the tracker (kept here, off
     /// the stack).
     pub key: FlowKey,
+    /// 1 when the source is the key's `lo` end (filled in with `key`).
+    pub src_is_lo: u8,
+    /// When the tracker first looked at the packet (monotonic ns).
+    pub now_ns: u64,
     /// Where the IP header starts (after Ethernet and VLAN tags).
     pub l3: u16,
     /// Where the TCP header starts.
@@ -73,7 +78,7 @@ pub struct CookieScratch {
     pub ip: [u8; 40],
     /// The SYN's TCP header: the fixed 20 bytes, then room for
     /// [`crate::cookie::OPTIONS_BUF`] bytes of options.
-    pub tcp: [u8; 20 + crate::cookie::OPTIONS_BUF],
+    pub tcp: [u8; TCP_HEADER_BUF],
     /// The reply's IP and TCP headers (room to spare: the BPF verifier
     /// sees the reply's length only as masked, up to 103).
     pub reply: [u8; 128],
@@ -83,7 +88,7 @@ impl CookieScratch {
     pub const EMPTY: CookieScratch = CookieScratch {
         l2: [0; 32],
         ip: [0; 40],
-        tcp: [0; 20 + crate::cookie::OPTIONS_BUF],
+        tcp: [0; TCP_HEADER_BUF],
         reply: [0; 128],
     };
 
@@ -116,7 +121,15 @@ pub trait Packet {
     /// For TC this counts the skb's paged data too (a TSO segment's payload
     /// sits there); XDP programs here see single-buffer frames.
     fn len(&self) -> usize;
+    /// Copies `len` bytes of the packet from `offset` into `to` (for a
+    /// SYN's TCP header with its options: 21 to 60 bytes); false if they
+    /// are not all in the packet.
+    fn load(&self, offset: usize, to: &mut [u8; TCP_HEADER_BUF], len: usize) -> bool;
 }
+
+/// Room for a TCP header with the longest options, and to spare for the
+/// option walk ([`crate::cookie::parse_options`]).
+pub const TCP_HEADER_BUF: usize = 20 + crate::cookie::OPTIONS_BUF;
 
 /// A pointer to a `T` at `offset`, if the whole `T` lies inside the packet.
 #[inline(always)]
@@ -269,13 +282,62 @@ fn tcp<C: Packet>(ctx: &C, off: usize, l4_len: usize, out: &mut Facts) -> Result
     out.l4 = off as u16;
     out.src.port = u16::from_ne_bytes(th.source);
     out.dst.port = u16::from_ne_bytes(th.dest);
+    let wscale = if flags & crate::machine::tcp::SYN != 0 && doff > TcpHdr::LEN {
+        syn_wscale(ctx, off, doff, &mut out.cookie.tcp)
+    } else {
+        NO_WSCALE
+    };
     out.seg = Segment {
         flags,
         seq: u32::from_be_bytes(th.seq),
         ack: u32::from_be_bytes(th.ack_seq),
         payload_len: (l4_len - doff) as u32,
+        window: u16::from_be_bytes(th.window),
+        wscale,
+        side: crate::machine::Side::Ingress,
     };
     Ok(Parsed::Tcp)
+}
+
+/// The window scale a SYN (or SYN-ACK) offers, from its options, copied
+/// out of the packet (see [`wscale_option`]).
+#[inline(always)]
+fn syn_wscale<C: Packet>(ctx: &C, off: usize, doff: usize, buf: &mut [u8; TCP_HEADER_BUF]) -> u8 {
+    if !ctx.load(off, buf, doff) {
+        return NO_WSCALE;
+    }
+    wscale_option(buf, doff - TcpHdr::LEN)
+}
+
+/// The window scale among the `len` option bytes after the fixed header
+/// in `buf`, read where the common stacks put it, so that it costs a few
+/// reads at fixed places (a walk of the options, even with `bpf_loop`, at
+/// least doubled the programs' verification time):
+/// - `MSS, NOP, WS` (Windows, macOS, the BSDs);
+/// - `MSS, NOP, NOP, SACK_PERM, NOP, WS` (Linux without timestamps);
+/// - `MSS, SACK_PERM, TS, NOP, WS` and `MSS, NOP, NOP, TS, NOP, WS` (Linux).
+///
+/// The MSS alone (or nothing) means no window scale ([`NO_WSCALE`]); any
+/// other layout gives the largest shift, [`MAX_WSCALE`]: the window the
+/// gate assumes is then never narrower than the real one, only wider.
+#[inline(always)]
+pub fn wscale_option(buf: &[u8; TCP_HEADER_BUF], len: usize) -> u8 {
+    let o = |i: usize| buf[TcpHdr::LEN + i];
+    if len == 0 || (len == 4 && o(0) == 2 && o(1) == 4) {
+        return NO_WSCALE;
+    }
+    if len >= 8 && o(0) == 2 && o(1) == 4 {
+        if o(4) == 1 && o(5) == 3 && o(6) == 3 {
+            return o(7);
+        }
+        if len >= 12 && o(6) == 4 && o(7) == 2 && o(8) == 1 && o(9) == 3 && o(10) == 3 {
+            return o(11);
+        }
+        if len >= 20 && o(6) == 8 && o(7) == 10 && o(16) == 1 && o(17) == 3 && o(18) == 3 {
+            return o(19);
+        }
+    }
+    MAX_WSCALE
 }
 
 /// A packet in memory on the host, for tests and fuzzing.
@@ -290,5 +352,50 @@ impl Packet for Bytes<'_> {
     }
     fn len(&self) -> usize {
         self.0.len()
+    }
+    fn load(&self, offset: usize, to: &mut [u8; TCP_HEADER_BUF], len: usize) -> bool {
+        match self.0.get(offset..offset + len) {
+            Some(b) if len <= 60 => {
+                to[..len].copy_from_slice(b);
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts(o: &[u8]) -> ([u8; TCP_HEADER_BUF], usize) {
+        let mut b = [0u8; TCP_HEADER_BUF];
+        b[20..20 + o.len()].copy_from_slice(o);
+        (b, o.len())
+    }
+
+    #[test]
+    fn window_scale_where_the_common_stacks_put_it() {
+        let mss = [2, 4, 0x05, 0xb4];
+        let ts = [8, 10, 1, 2, 3, 4, 0, 0, 0, 0];
+        let cases: [(&[&[u8]], u8); 7] = [
+            // Windows, macOS, BSD.
+            (&[&mss, &[1, 3, 3, 8]], 8),
+            // Linux without timestamps.
+            (&[&mss, &[1, 1, 4, 2, 1, 3, 3, 7]], 7),
+            // Linux.
+            (&[&mss, &[4, 2], &ts, &[1, 3, 3, 9]], 9),
+            (&[&mss, &[1, 1], &ts, &[1, 3, 3, 6]], 6),
+            // The MSS alone, or nothing: no scaling.
+            (&[&mss], NO_WSCALE),
+            (&[], NO_WSCALE),
+            // Another order: the widest window.
+            (&[&[3, 3, 2], &[1], &mss], MAX_WSCALE),
+        ];
+        for (parts, want) in cases {
+            let all: std::vec::Vec<u8> = parts.concat();
+            let (b, len) = opts(&all);
+            assert_eq!(wscale_option(&b, len), want, "{all:?}");
+        }
     }
 }

@@ -47,11 +47,35 @@ pub enum Reason {
     /// listener's accept queue is full; or headers the gate cannot answer
     /// for): passed to the kernel, which decides.
     CookieFail = 13,
+    /// A segment other than a SYN of a flow the gate has no entry for,
+    /// arriving, for which the kernel has no socket either (`bpf_skc_lookup_tcp`
+    /// finds none, or only a listener and the segment carries no valid
+    /// SYN cookie): an ACK, FIN, RST or data flood, a scan, a SYN-ACK
+    /// reflection. Dropped without creating state (`unknown-flows=verify`).
+    NoConn = 14,
+    /// An arriving RST or FIN whose sequence numbers lie outside the
+    /// connection's window (or, for an RST in the handshake, that the kernel
+    /// would not accept): the kernel would ignore it, and the record is
+    /// left as it was.
+    BadSeq = 15,
+    /// An arriving RST inside the window but not at the expected number,
+    /// or a SYN on a live connection (RFC 5961): passed, the record
+    /// unchanged; the kernel answers with a challenge ACK.
+    Challenge = 16,
+    /// An arriving data or ACK segment outside the connection's window:
+    /// passed without moving the record (the kernel drops it itself and
+    /// answers with a duplicate ACK).
+    OutOfWindow = 17,
+    /// An arriving ACK with no entry that completes a SYN-cookie handshake
+    /// (`bpf_tcp_check_syncookie`: the gate's own cookies with
+    /// `overflow=cookie`, or the kernel's): passed, tracked ESTABLISHED, and
+    /// its source verified.
+    CookieAck = 18,
 }
 
 impl Reason {
     /// Number of reasons: the length of the counter arrays.
-    pub const COUNT: u32 = 14;
+    pub const COUNT: u32 = 19;
 
     /// Slots of the counter arrays: more than [`Reason::COUNT`], so a new
     /// reason does not change the maps' layout (`attach --replace` keeps
@@ -74,6 +98,11 @@ impl Reason {
         Reason::BadFlags,
         Reason::Cookie,
         Reason::CookieFail,
+        Reason::NoConn,
+        Reason::BadSeq,
+        Reason::Challenge,
+        Reason::OutOfWindow,
+        Reason::CookieAck,
     ];
 
     /// The reason with this index, if there is one.
@@ -96,6 +125,9 @@ impl Reason {
                 | Reason::OverflowPass
                 | Reason::Cookie
                 | Reason::CookieFail
+                | Reason::Challenge
+                | Reason::OutOfWindow
+                | Reason::CookieAck
         )
     }
 
@@ -116,6 +148,11 @@ impl Reason {
             Reason::BadFlags => "bad_flags",
             Reason::Cookie => "cookie",
             Reason::CookieFail => "cookie_fail",
+            Reason::NoConn => "no_conn",
+            Reason::BadSeq => "bad_seq",
+            Reason::Challenge => "challenge",
+            Reason::OutOfWindow => "out_of_window",
+            Reason::CookieAck => "cookie_ack",
         }
     }
 }
@@ -154,7 +191,10 @@ mod tests {
                 "fail_open",
                 "overflow_pass",
                 "cookie",
-                "cookie_fail"
+                "cookie_fail",
+                "challenge",
+                "out_of_window",
+                "cookie_ack"
             ]
         );
     }

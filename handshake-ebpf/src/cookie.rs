@@ -18,8 +18,8 @@ use aya_ebpf::{
     helpers::{
         bpf_ktime_get_ns,
         generated::{
-            bpf_sk_release, bpf_skc_lookup_tcp, bpf_tcp_gen_syncookie, bpf_xdp_adjust_head,
-            bpf_xdp_adjust_tail, bpf_xdp_load_bytes, bpf_xdp_store_bytes,
+            bpf_sk_release, bpf_tcp_gen_syncookie, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+            bpf_xdp_load_bytes, bpf_xdp_store_bytes,
         },
     },
     programs::XdpContext,
@@ -42,9 +42,6 @@ pub enum Outcome {
     /// could not be read): the SYN is untouched, pass it.
     Failed,
 }
-
-/// `BPF_F_CURRENT_NETNS`: look the socket up in the device's namespace.
-const CURRENT_NETNS: u64 = u64::MAX;
 
 /// Answers the SYN in `f` (parsed from this frame) with a cookie SYN-ACK.
 #[inline(never)]
@@ -113,26 +110,7 @@ pub fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
 /// it encodes above.
 #[inline(always)]
 fn make_cookie(ctx: &XdpContext, f: &mut Facts, ip_len: u32, th_len: u32) -> Result<u64, Outcome> {
-    let mut tuple: aya_ebpf::bindings::bpf_sock_tuple = unsafe { core::mem::zeroed() };
-    let word = |a: &[u8; 16], i: usize| u32::from_ne_bytes([a[i], a[i + 1], a[i + 2], a[i + 3]]);
-    let size = if f.family == AF_INET {
-        let t = unsafe { &mut tuple.__bindgen_anon_1.ipv4 };
-        t.saddr = word(&f.src.addr, 0);
-        t.daddr = word(&f.dst.addr, 0);
-        t.sport = f.src.port;
-        t.dport = f.dst.port;
-        12
-    } else {
-        let t = unsafe { &mut tuple.__bindgen_anon_1.ipv6 };
-        for w in 0..4 {
-            t.saddr[w] = word(&f.src.addr, 4 * w);
-            t.daddr[w] = word(&f.dst.addr, 4 * w);
-        }
-        t.sport = f.src.port;
-        t.dport = f.dst.port;
-        36
-    };
-    let sk = unsafe { bpf_skc_lookup_tcp(ctx.ctx.cast(), &mut tuple, size, CURRENT_NETNS, 0) };
+    let sk = crate::sock::find(ctx, f);
     if sk.is_null() {
         return Err(Outcome::NoListener);
     }

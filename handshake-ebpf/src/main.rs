@@ -15,6 +15,7 @@
 
 mod cookie;
 mod parse;
+mod sock;
 mod track;
 
 use aya_ebpf::{
@@ -124,7 +125,9 @@ pub fn handshake_in(ctx: XdpContext) -> u32 {
     let facts = unsafe { &mut *facts };
     let mode = cfg.mode();
     let parsed = parse::parse(&parse::Xdp(&ctx), facts);
-    let mut reason = verdict(parsed, facts, cfg, track::Side::Ingress);
+    let mut reason = verdict(parsed, facts, cfg, track::Side::Ingress, |f| {
+        sock::lookup(&ctx, f)
+    });
     if reason == Reason::Cookie && mode == Mode::Enforce {
         match cookie::answer(&ctx, facts, cfg) {
             cookie::Outcome::Sent => {
@@ -168,7 +171,10 @@ pub fn handshake_out(ctx: TcContext) -> i32 {
         let _ = ctx.pull_data(want);
     }
     let parsed = parse::parse(&parse::Tc(&ctx), facts);
-    let reason = verdict(parsed, facts, cfg, track::Side::Egress);
+    // Never asked: what leaves is this host's own.
+    let reason = verdict(parsed, facts, cfg, track::Side::Egress, |_| {
+        handshake_common::machine::Lookup::Nothing
+    });
     finish_out(reason)
 }
 
@@ -191,14 +197,21 @@ pub fn noop_tc(_ctx: TcContext) -> i32 {
     TC_ACT_OK
 }
 
-/// Tracks one parsed packet; the reason for its verdict.
+/// Tracks one parsed packet; the reason for its verdict. `ask`: how the
+/// kernel is asked about a flow with no entry.
 #[inline(always)]
-fn verdict(parsed: parse::Parsed, facts: &mut Facts, cfg: &Config, side: track::Side) -> Reason {
+fn verdict(
+    parsed: parse::Parsed,
+    facts: &mut Facts,
+    cfg: &Config,
+    side: track::Side,
+    ask: impl FnOnce(&mut Facts) -> handshake_common::machine::Lookup,
+) -> Reason {
     match parsed {
         parse::Parsed::NotTcp => Reason::NotTcp,
         parse::Parsed::Malformed => Reason::Malformed,
         parse::Parsed::Tcp if cfg.mode() == Mode::Off => Reason::Pass,
-        parse::Parsed::Tcp => track::track(facts, cfg, side),
+        parse::Parsed::Tcp => track::track(facts, cfg, side, ask),
     }
 }
 

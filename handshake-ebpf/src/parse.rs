@@ -2,8 +2,20 @@
 //! fuzz) the very same code; here each program's context says where its
 //! packet's bytes are.
 
+use aya_ebpf::helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes};
 use aya_ebpf::programs::{TcContext, XdpContext};
-pub use handshake_common::parse::{Facts, Packet, Parsed, parse};
+pub use handshake_common::parse::{Facts, Packet, Parsed, TCP_HEADER_BUF, parse};
+
+/// A SYN's TCP header length as the load helpers must see it: checked,
+/// then masked on the very value passed, so the verifier knows it is 20
+/// to 80 bytes (inside the buffer) and not zero.
+#[inline(always)]
+fn header_len(len: usize) -> Option<u32> {
+    if !(21..=60).contains(&len) {
+        return None;
+    }
+    Some(20 + (core::hint::black_box(len as u32 - 20) & 0x3c))
+}
 
 /// The XDP program's frame, as the parser sees it.
 pub struct Xdp<'a>(pub &'a XdpContext);
@@ -26,6 +38,13 @@ impl Packet for Xdp<'_> {
         // feeds into arithmetic on `data_end`, which the verifier refuses.
         core::hint::black_box(XdpContext::data_end(self.0) - XdpContext::data(self.0))
     }
+    #[inline(always)]
+    fn load(&self, offset: usize, to: &mut [u8; TCP_HEADER_BUF], len: usize) -> bool {
+        let Some(len) = header_len(len) else {
+            return false;
+        };
+        unsafe { bpf_xdp_load_bytes(self.0.ctx, offset as u32, to.as_mut_ptr().cast(), len) == 0 }
+    }
 }
 
 impl Packet for Tc<'_> {
@@ -40,5 +59,13 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn len(&self) -> usize {
         TcContext::len(self.0) as usize
+    }
+    #[inline(always)]
+    fn load(&self, offset: usize, to: &mut [u8; TCP_HEADER_BUF], len: usize) -> bool {
+        let Some(len) = header_len(len) else {
+            return false;
+        };
+        let skb = self.0.skb.skb as *const core::ffi::c_void;
+        unsafe { bpf_skb_load_bytes(skb, offset as u32, to.as_mut_ptr().cast(), len) == 0 }
     }
 }

@@ -5,12 +5,14 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
 use handshake_common::{
-    Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter,
+    Config, FlowKey, Reason, SourceState, WindowCounter,
     admit::{self, Admission, Occupancy, SynFacts},
-    flow::{AF_INET, flags},
-    machine::{self, Dir, Step, Untracked},
+    flow::flags,
+    machine::{self, Lookup, Step, Untracked},
     window,
 };
+
+pub use handshake_common::machine::Side;
 
 use crate::parse::Facts;
 use crate::{ALLOWED_PORTS, ESTABLISHED, GLOBAL, HALF_OPEN, PORTS, SOURCES, VERIFIED};
@@ -20,64 +22,86 @@ use crate::{ALLOWED_PORTS, ESTABLISHED, GLOBAL, HALF_OPEN, PORTS, SOURCES, VERIF
 /// decrement an overcount, likewise).
 const CAS_TRIES: usize = 4;
 
-/// Where a packet crosses the protected interface.
-#[derive(Clone, Copy, PartialEq, Eq)]
-pub enum Side {
-    /// Arriving (XDP): new SYNs are admitted under the limits.
-    Ingress,
-    /// Leaving (TC egress): this host's own SYNs are tracked, uncounted.
-    Egress,
-}
-
 /// A TCP packet crossing the protected interface, in either direction.
 ///
 /// Each stage below is its own BPF function (`inline(never)`): the verifier
 /// adds up the stack frames of nested calls only, so siblings keep the
 /// combined stack under the 512-byte limit.
+///
+/// `ask` is how the kernel is asked about an arriving segment of a flow
+/// with no entry (`unknown-flows=verify`): a socket lookup from XDP.
+#[inline(always)]
+pub fn track(
+    f: &mut Facts,
+    cfg: &Config,
+    side: Side,
+    ask: impl FnOnce(&mut Facts) -> Lookup,
+) -> Reason {
+    match tracked(f, cfg, side) {
+        Some(r) => r,
+        None => untracked(f, cfg, side, ask),
+    }
+}
+
+/// The verdict from the flow's entry, if it has one (`None` also when the
+/// packet opens a new connection on a finished tuple).
 #[inline(never)]
-pub fn track(f: &mut Facts, cfg: &Config, side: Side) -> Reason {
+fn tracked(f: &mut Facts, cfg: &Config, side: Side) -> Option<Reason> {
     if let Err(r) = machine::check(u16::from_be(f.src.port), u16::from_be(f.dst.port), &f.seg) {
-        return r;
+        return Some(r);
     }
     let now = unsafe { bpf_ktime_get_ns() };
     let src_is_lo;
     (f.key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
+    f.src_is_lo = src_is_lo as u8;
+    f.now_ns = now;
+    f.seg.side = side;
+    if let Some(r) = established(f, cfg) {
+        return Some(r);
+    }
+    half_open(f, cfg)
+}
+
+/// A packet of a flow with no entry: a new SYN, or (arriving, with
+/// `unknown-flows=verify`) whatever the kernel says it is.
+#[inline(always)]
+fn untracked(
+    f: &mut Facts,
+    cfg: &Config,
+    side: Side,
+    ask: impl FnOnce(&mut Facts) -> Lookup,
+) -> Reason {
+    let mut u = machine::untracked(&f.seg);
+    if machine::needs_lookup(u, side, cfg.unknown_flows()) {
+        let lookup = ask(f);
+        u = machine::verified(u, &f.seg, lookup);
+    }
+    let (src_is_lo, now) = (f.src_is_lo != 0, f.now_ns);
     let (f, key) = (&*f, &f.key);
-    if let Some(r) = established(f, key, src_is_lo, cfg, now) {
-        return r;
-    }
-    if let Some(r) = half_open(f, key, src_is_lo, cfg, now) {
-        return r;
-    }
-    match machine::untracked(&f.seg) {
+    match u {
         Untracked::Open if side == Side::Ingress => new_syn(f, key, src_is_lo, cfg, now),
         Untracked::Open => outbound_syn(f, key, src_is_lo, now),
         Untracked::Ignore => Reason::Pass,
-        Untracked::PickUp => pick_up(f, key, src_is_lo, now),
+        Untracked::NoConn => Reason::NoConn,
+        Untracked::PickUp => pick_up(f, cfg, false),
+        Untracked::CookieAck => pick_up(f, cfg, true),
     }
 }
 
 /// A packet of a connection past its handshake; `None` when there is none
 /// (or it just ended and the packet opens a new one).
 #[inline(never)]
-fn established(
-    f: &Facts,
-    key: &FlowKey,
-    src_is_lo: bool,
-    cfg: &Config,
-    now: u64,
-) -> Option<Reason> {
+fn established(f: &Facts, cfg: &Config) -> Option<Reason> {
+    let (key, src_is_lo, now) = (&f.key, f.src_is_lo != 0, f.now_ns);
     let p = ESTABLISHED.get_ptr_mut(key)?;
     let e = unsafe { &mut *p };
     if machine::finished_expired(e, now, cfg) {
         let _ = ESTABLISHED.remove(key);
         return None;
     }
-    match machine::step(e, dir_of(e, src_is_lo), &f.seg, now) {
-        Step::Update(n) | Step::Promote(n) => {
-            *e = n;
-            Some(Reason::Pass)
-        }
+    let dir = e.dir_of(src_is_lo);
+    match machine::step(e, dir, &f.seg, now) {
+        Step::Update | Step::Promote => Some(Reason::Pass),
         Step::Remove => {
             let _ = ESTABLISHED.remove(key);
             Some(Reason::Pass)
@@ -92,7 +116,8 @@ fn established(
 
 /// A packet of a half-open attempt; `None` when there is none (or it expired).
 #[inline(never)]
-fn half_open(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Option<Reason> {
+fn half_open(f: &Facts, cfg: &Config) -> Option<Reason> {
+    let (key, src_is_lo, now) = (&f.key, f.src_is_lo != 0, f.now_ns);
     let p = HALF_OPEN.get_ptr_mut(key)?;
     let e = unsafe { &mut *p };
     let (client_is_lo, epoch) = (e.client_is_lo, e.epoch);
@@ -105,13 +130,11 @@ fn half_open(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) 
         forget(key, client_is_lo, epoch, cfg);
         return None;
     }
-    Some(match machine::step(e, dir_of(e, src_is_lo), &f.seg, now) {
-        Step::Update(n) => {
-            *e = n;
-            Reason::Pass
-        }
-        Step::Promote(n) => {
-            let stored = ESTABLISHED.insert(key, &n, 0);
+    let dir = e.dir_of(src_is_lo);
+    Some(match machine::step(e, dir, &f.seg, now) {
+        Step::Update => Reason::Pass,
+        Step::Promote => {
+            let stored = ESTABLISHED.insert(key, e, 0);
             // Only an arriving SYN holds a count: its client is remote.
             if epoch.is_some() {
                 verify(key, client_is_lo, cfg, now);
@@ -131,23 +154,31 @@ fn half_open(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) 
     })
 }
 
-/// Loose pick-up: a flow that began before the gate (or was evicted) is
-/// tracked from here as ESTABLISHED, never dropped for being unknown.
+/// Picks up a flow with no entry as ESTABLISHED: one the kernel has a
+/// socket for (or, loosely, any flow) from its first segment, or a cookie
+/// handshake's final ACK, whose sender is the client and is then verified.
 #[inline(never)]
-fn pick_up(f: &Facts, key: &FlowKey, src_is_lo: bool, now: u64) -> Reason {
-    let fresh = machine::pick_up(
-        u16::from_be(f.src.port),
-        u16::from_be(f.dst.port),
-        src_is_lo,
-        now,
-    );
-    let n = match machine::step(&fresh, dir_of(&fresh, src_is_lo), &f.seg, now) {
-        Step::Update(n) => n,
-        _ => fresh,
+fn pick_up(f: &Facts, cfg: &Config, cookie: bool) -> Reason {
+    let (key, src_is_lo, now) = (&f.key, f.src_is_lo != 0, f.now_ns);
+    let mut n = if cookie {
+        machine::cookie_pick_up(src_is_lo, now)
+    } else {
+        machine::pick_up(
+            u16::from_be(f.src.port),
+            u16::from_be(f.dst.port),
+            src_is_lo,
+            now,
+        )
     };
-    match ESTABLISHED.insert(key, &n, 0) {
-        Ok(()) => Reason::Pass,
-        Err(_) => Reason::FailOpen,
+    machine::first_segment(&mut n, src_is_lo, &f.seg, now);
+    if ESTABLISHED.insert(key, &n, 0).is_err() {
+        return Reason::FailOpen;
+    }
+    if cookie {
+        let _ = VERIFIED.insert(&cfg.source_key(f.family, &f.src.addr), &now, 0);
+        Reason::CookieAck
+    } else {
+        Reason::Pass
     }
 }
 
@@ -169,26 +200,6 @@ pub fn states_of(key: &FlowKey) -> (u8, u8) {
     }
 }
 
-#[inline(always)]
-fn dir_of(e: &FlowEntry, src_is_lo: bool) -> Dir {
-    if (e.client_is_lo != 0) == src_is_lo {
-        Dir::FromClient
-    } else {
-        Dir::FromServer
-    }
-}
-
-/// The source-map key of a flow's client, under the current prefix setting.
-#[inline(always)]
-fn source_key(family: u8, addr: &[u8; 16], cfg: &Config) -> SourceKey {
-    let prefix = if family == AF_INET {
-        cfg.source_prefix_v4
-    } else {
-        cfg.source_prefix_v6
-    };
-    SourceKey::new(family, addr, prefix)
-}
-
 /// An arriving SYN of a flow not tracked yet: admit it under the limits, or
 /// not, in the order [`admit::admit_syn`] documents. A closed port is
 /// refused before any map is touched, so a flood at closed ports costs one
@@ -201,7 +212,7 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
     }
     let width = window::bucket_width_ns(cfg.half_open_timeout_ms);
     let ep = window::epoch(now, width);
-    let skey = source_key(f.family, &f.src.addr, cfg);
+    let skey = cfg.source_key(f.family, &f.src.addr);
     let src = match SOURCES.get_ptr_mut(&skey) {
         Some(p) => p,
         None => {
@@ -299,20 +310,11 @@ fn forget(key: &FlowKey, client_is_lo: u8, epoch: Option<u32>, cfg: &Config) {
     let Some(epoch) = epoch else {
         return;
     };
-    let client = if client_is_lo != 0 {
-        &key.lo_addr
-    } else {
-        &key.hi_addr
-    };
-    let skey = source_key(key.family, client, cfg);
+    let skey = cfg.source_key(key.family, key.client_addr(client_is_lo));
     if let Some(src) = SOURCES.get_ptr_mut(&skey) {
         sub(unsafe { &raw mut (*src).half_open }, epoch);
     }
-    let server_port = if client_is_lo != 0 {
-        key.hi_port
-    } else {
-        key.lo_port
-    };
+    let server_port = key.server_port(client_is_lo);
     if let Some(port) = PORTS.get_ptr_mut(u16::from_be(server_port) as u32) {
         sub(port, epoch);
     }
@@ -325,12 +327,8 @@ fn forget(key: &FlowKey, client_is_lo: u8, epoch: Option<u32>, cfg: &Config) {
 /// handshake as verified: it keeps a share of the global budget reserved.
 #[inline(never)]
 fn verify(key: &FlowKey, client_is_lo: u8, cfg: &Config, now: u64) {
-    let client = if client_is_lo != 0 {
-        &key.lo_addr
-    } else {
-        &key.hi_addr
-    };
-    let _ = VERIFIED.insert(&source_key(key.family, client, cfg), &now, 0);
+    let client = key.client_addr(client_is_lo);
+    let _ = VERIFIED.insert(&cfg.source_key(key.family, client), &now, 0);
 }
 
 /// Compare-and-exchange on a bucket shared by all CPUs. The BPF target has no

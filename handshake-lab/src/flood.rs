@@ -55,10 +55,21 @@ pub fn allowed(a: IpAddr) -> bool {
     }
 }
 
-/// A flood: SYNs to `target` from `sources`, at most `count` packets and at
-/// most `max_time`, optionally paced to `rate` packets per second.
+/// What a flood sends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Segments {
+    /// SYNs: a SYN flood.
+    Syn,
+    /// ACKs with numbers that belong to no connection: an ACK flood.
+    Ack,
+}
+
+/// A flood: SYNs (or ACKs) to `target` from `sources`, at most `count`
+/// packets and at most `max_time`, optionally paced to `rate` packets per
+/// second.
 #[derive(Clone, Debug)]
 pub struct Flood {
+    pub segments: Segments,
     pub target: SocketAddr,
     pub sources: Sources,
     pub count: u64,
@@ -152,8 +163,8 @@ impl Flood {
         Ok(())
     }
 
-    /// The `n`th SYN of the flood: its source, source port and sequence
-    /// number all follow from `n`.
+    /// The `n`th segment of the flood: its source, source port and sequence
+    /// (and acknowledgement) numbers all follow from `n`.
     fn packet(&self, n: u64) -> anyhow::Result<Vec<u8>> {
         let src = self.sources.pick(n);
         let sport = 1024 + (n % 60_000) as u16;
@@ -164,10 +175,13 @@ impl Flood {
             (IpAddr::V6(s), IpAddr::V6(d)) => PacketBuilder::ipv6(s.octets(), d.octets(), 64),
             _ => anyhow::bail!("source and target families differ"),
         };
-        builder
-            .tcp(sport, self.target.port(), seq, 64_240)
-            .syn()
-            .write(&mut buf, &[])?;
+        let tcp = builder.tcp(sport, self.target.port(), seq, 64_240);
+        match self.segments {
+            Segments::Syn => tcp.syn().write(&mut buf, &[])?,
+            Segments::Ack => tcp
+                .ack(seq.rotate_left(13) ^ 0x5bd1_e995)
+                .write(&mut buf, &[])?,
+        }
         Ok(buf)
     }
 }

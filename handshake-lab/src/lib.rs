@@ -14,7 +14,7 @@ pub mod packet;
 pub mod scenario;
 pub mod tcp;
 
-pub use flood::{Flood, FloodReport, Sources};
+pub use flood::{Flood, FloodReport, Segments, Sources};
 pub use hold::{Hold, Hook, kernel_state, listening};
 pub use netns::{Lab, Netns};
 pub use tcp::{ConnectReport, EchoServer, connect_each, connect_many};

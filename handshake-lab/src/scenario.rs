@@ -363,6 +363,7 @@ fn clients_under_flood(
         let flood = sources.map(|sources| {
             s.spawn(move || {
                 Flood {
+                    segments: crate::Segments::Syn,
                     target: addr,
                     sources,
                     count: o.rate * o.seconds,

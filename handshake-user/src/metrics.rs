@@ -170,6 +170,15 @@ impl Collector for Scrape {
                 .iter()
                 .map(|a| ([("action", a.to_string())], (*a == overflow) as i64)),
         )?;
+        let unknown = s.settings.config.unknown_flows().name();
+        gauge(
+            &mut enc,
+            "handshake_gate_unknown_flows",
+            "1 for the current policy for arriving segments of flows with no entry.",
+            settings::UNKNOWN_FLOWS
+                .iter()
+                .map(|p| ([("policy", p.to_string())], (*p == unknown) as i64)),
+        )?;
         let maps = |half: i64, est: i64| {
             [
                 ([("map", "half_open".to_string())], half),

@@ -115,6 +115,8 @@ pub struct Key {
 const MODES: &[&str] = &["off", "monitor", "enforce"];
 pub const OVERFLOWS: &[&str] = &["drop", "pass", "cookie"];
 const ON_OFF: &[&str] = &["off", "on"];
+/// In the order of [`handshake_common::UnknownFlows`].
+pub const UNKNOWN_FLOWS: &[&str] = &["verify", "pick-up"];
 
 macro_rules! config_key {
     ($name:literal, $field:ident, $kind:expr, $help:literal) => {
@@ -217,6 +219,12 @@ pub const KEYS: &[Key] = &[
         overflow,
         Kind::Choice(OVERFLOWS),
         "SYN over the global or per-port cap: drop it, pass it untracked to the kernel's SYN cookies, or answer it from XDP with a SYN cookie (sets net.ipv4.tcp_syncookies=2)"
+    ),
+    config_key!(
+        "unknown-flows",
+        unknown_flows,
+        Kind::Choice(UNKNOWN_FLOWS),
+        "an arriving segment (not a SYN) of a flow with no entry: verify asks the kernel (a socket for it, or a valid SYN cookie) and drops the rest as no_conn; pick-up tracks every one (for a gate in front of another namespace's sockets)"
     ),
     config_key!(
         "cookie-timestamps",

@@ -86,13 +86,41 @@ fn spoofed_flood_fills_the_budget_but_known_and_new_clients_get_in() {
     assert_eq!(new.succeeded, 5, "overflow=pass did not let new clients in");
     let s = gate.status();
     assert!(
-        s["packets"]["overflow_pass"].as_u64().unwrap() >= 5,
+        s["packets"]["overflow_pass"].as_u64().unwrap() >= 1,
         "{s:#}"
     );
     assert!(
         lab.server.nstat("TcpExtSyncookiesSent").unwrap() > cookies_before,
         "the kernel did not answer with SYN cookies"
     );
+    // Its final ACK carried the kernel's cookie: checked with the kernel,
+    // tracked ESTABLISHED, and its source verified...
+    assert!(s["packets"]["cookie_ack"].as_u64().unwrap() >= 1, "{s:#}");
+    let fresh_conns: Vec<_> = gate
+        .conns()
+        .into_iter()
+        .filter(|c| {
+            c["client"]
+                .as_str()
+                .unwrap()
+                .starts_with(&format!("{fresh}:"))
+        })
+        .collect();
+    assert!(
+        !fresh_conns.is_empty(),
+        "the cookie clients are not tracked"
+    );
+    for c in &fresh_conns {
+        // Past the handshake (the clients may be closing already).
+        assert!(
+            !["LISTEN", "SYN_RCVD"].contains(&c["server_state"].as_str().unwrap()),
+            "{c:#}"
+        );
+    }
+    // ... so with overflow=drop again it gets in through the reserve.
+    gate.run("set", &["overflow=drop"]);
+    let again = connect_each(&lab.client, &[fresh; 3], addr, CONNECT).unwrap();
+    assert_eq!(again.succeeded, 3, "a cookie client was not verified");
 
     // After the flood, the counts return to 0 by themselves (timeout 10 s,
     // plus one bucket of 10000/7 ms).

@@ -10,16 +10,24 @@
 //! seed (printed at the start, and with any failure, as the command that
 //! replays it: sequence `i` draws from its own generator, seeded from the
 //! seed and `i`, so `HANDSHAKE_FUZZ_FROM=i` starts right at it).
+//!
+//! The programs run in a network namespace of the test's own, where
+//! listeners on the servers' ports stand for this host's services, so the
+//! socket lookups of `unknown-flows=verify` meet a real kernel: what it
+//! answers (a listener, and no SYN cookie sent, or nothing at all) is the
+//! model's input too.
 
 mod common;
 
 use std::net::IpAddr;
 
 use common::*;
+use handshake_common::flow::NO_WSCALE;
 use handshake_common::flow::{AF_INET, AF_INET6, Endpoint};
 use handshake_common::machine::{Segment, tcp as flag};
-use handshake_common::model::{Model, Packet, Side};
-use handshake_common::{Config, FlowKey, Mode, Overflow, Reason, TcpState, window};
+use handshake_common::model::{Lookup, Model, Packet, Side};
+use handshake_common::{Config, FlowKey, Mode, Overflow, Reason, TcpState, UnknownFlows, window};
+use handshake_lab::Netns;
 
 /// A flow of the sequences: `client` opens it towards `server`; `remote`
 /// says which end is across the wire (its packets arrive through XDP),
@@ -74,6 +82,13 @@ const FLOWS: [FlowDef; 7] = [
 
 /// Destination ports whose counts the sequences touch.
 const PORTS: [u16; 4] = [80, 443, 8443, 50_000];
+
+/// Ports this host listens on in the test's namespace (IPv4 80, IPv6 443):
+/// the servers of the flows whose clients are remote.
+const LISTENING: [(bool, u16); 2] = [(true, 80), (false, 443)];
+
+/// The window field of every generated segment (the packet builder's).
+const WINDOW: u16 = 64_240;
 
 /// What the generator remembers of a flow, to make packets that fit it
 /// (most of the time).
@@ -145,7 +160,23 @@ impl Gen {
                 seq: self.seq,
                 ack: self.ack,
                 payload_len: self.payload as u32,
+                window: WINDOW,
+                // The builder's segments carry no options.
+                wscale: NO_WSCALE,
+                side: self.side(),
             },
+        }
+    }
+
+    /// What the kernel in the test's namespace has for this packet's
+    /// tuple, as the XDP program would find it: only listeners live
+    /// there, and no SYN cookie was ever sent from it.
+    fn lookup(&self) -> Lookup {
+        let ((_, _), (da, dp)) = self.ends();
+        if LISTENING.contains(&(ip(da).is_ipv4(), dp)) {
+            Lookup::Listener { cookie: false }
+        } else {
+            Lookup::Nothing
         }
     }
 
@@ -339,6 +370,11 @@ fn draw_config(rng: &mut fastrand::Rng) -> Config {
         max_half_open_per_source: [0, 1, 2][rng.usize(..3)],
         max_half_open_per_port: [0, 1, 2][rng.usize(..3)],
         verified_reserve_pct: [0, 50][rng.usize(..2)],
+        unknown_flows: if rng.bool() {
+            UnknownFlows::Verify
+        } else {
+            UnknownFlows::PickUp
+        } as u32,
         half_open_timeout_ms: 120_000,
         msl_ms: 600_000,
         ..Config::DEFAULT
@@ -366,6 +402,22 @@ fn kernel_programs_agree_with_the_model() {
     let from = env_u64("HANDSHAKE_FUZZ_FROM", 0);
     let seed = env_u64("HANDSHAKE_FUZZ_SEED", fastrand::u64(..));
     println!("differential: {sequences} sequences from {from}, seed {seed}");
+    let ns = Netns::new(&format!("df{}", std::process::id() % 100_000)).unwrap();
+    ns.run(move || {
+        let _listeners: Vec<std::net::TcpListener> = LISTENING
+            .iter()
+            .map(|&(v4, port)| {
+                let addr = if v4 { "0.0.0.0" } else { "[::]" };
+                std::net::TcpListener::bind(format!("{addr}:{port}")).unwrap()
+            })
+            .collect();
+        run(sequences, from, seed);
+        Ok(())
+    })
+    .unwrap();
+}
+
+fn run(sequences: u64, from: u64, seed: u64) {
     let mut h = Harness::new(Config::DEFAULT);
     let mut packets = 0u64;
     let mut reasons = std::collections::BTreeMap::<&str, u64>::new();
@@ -394,7 +446,7 @@ fn kernel_programs_agree_with_the_model() {
             let g = draw(&mut rng, &mut seqs, &active);
             let p = g.model_packet();
             let side = g.side();
-            let want = model.packet(side, &p, &cfg, handshake_user::monotonic_ns());
+            let want = model.packet(side, &p, &cfg, handshake_user::monotonic_ns(), g.lookup());
             let action = match side {
                 Side::Ingress => h.run(&g.bytes()),
                 Side::Egress => h.run_out(&g.bytes()),
@@ -485,6 +537,10 @@ fn kernel_programs_agree_with_the_model() {
             Reason::BadAck,
             Reason::BadFlags,
             Reason::OverflowPass,
+            Reason::NoConn,
+            Reason::BadSeq,
+            Reason::Challenge,
+            Reason::OutOfWindow,
         ] {
             assert!(reasons.contains_key(r.name()), "no packet got {}", r.name());
         }

@@ -69,7 +69,11 @@ fn data(from: End, seq: u32, ack: u32, len: usize, states: (TcpState, TcpState))
 }
 
 use End::{C, S};
-use Reason::{BadAck, Pass};
+use Reason::{BadAck, BadSeq, Challenge, OutOfWindow, Pass};
+
+/// Far outside any window the builder's segments offer (64,240 bytes,
+/// unscaled).
+const FAR: u32 = 1 << 30;
 
 /// SYN, SYN-ACK, final ACK.
 #[rustfmt::skip]
@@ -162,6 +166,59 @@ fn script(name: &str) -> (Host, Vec<Pkt>) {
             v.push(p(C, 0, J + 2, Some(K + 102), Pass, Some((TimeWait, Closed))));
             Host::Client
         }
+        "blind RST, FIN, SYN and data on a live connection" => {
+            v.extend(handshake());
+            v.push(data(C, J + 1, K + 1, 10, (Established, Established)));
+            v.push(data(S, K + 1, J + 11, 20, (Established, Established)));
+            let est = Some((Established, Established));
+            // Outside the window: the kernel ignores them; so does the record.
+            v.push(p(C, RST, J + 11 + FAR, None, BadSeq, est));
+            v.push(p(C, RST, (J + 11).wrapping_sub(FAR), Some(K + 21), BadSeq, est));
+            v.push(p(C, FIN, J + 11 + FAR, Some(K + 21), BadSeq, est));
+            // In the window, acknowledging what the server never sent.
+            v.push(p(C, FIN, J + 11, Some(K + 21 + FAR), BadSeq, est));
+            // In the window but not exact: a challenge ACK, the record stays.
+            v.push(p(C, RST, J + 11 + 5_000, None, Challenge, est));
+            v.push(p(C, SYN, J + 77, None, Challenge, est));
+            // Data outside the window passes, moving nothing.
+            v.push(Pkt { payload: 5, ..p(C, PSH, J + 11 + FAR, Some(K + 21), OutOfWindow, est) });
+            // The real FIN, in the window, moves the teardown ...
+            v.push(p(C, FIN, J + 11, Some(K + 21), Pass, Some((FinWait1, CloseWait))));
+            // ... and an RST at exactly the next number ends it.
+            v.push(p(C, RST, J + 12, None, Pass, None));
+            Host::Server
+        }
+        "the peer's real RST after a retransmission" => {
+            v.extend(handshake());
+            v.push(data(C, J + 1, K + 1, 100, (Established, Established)));
+            // The kernel took only the first 50 bytes (the gate saw 100).
+            v.push(p(S, 0, K + 1, Some(J + 51), Pass, Some((Established, Established))));
+            v.push(data(C, J + 51, K + 1, 50, (Established, Established)));
+            // An RST at what the server acknowledged resets.
+            v.push(p(C, RST, J + 51, None, Pass, None));
+            Host::Server
+        }
+        "blind RST from a remote server" => {
+            v.push(p(C, SYN, J, None, Pass, Some((SynSent, Listen))));
+            // In SYN_SENT an RST counts only if it acknowledges J+1.
+            v.push(p(S, RST, K, Some(J + 2), BadSeq, Some((SynSent, Listen))));
+            v.push(p(S, SYN, K, Some(J + 1), Pass, Some((Established, SynRcvd))));
+            v.push(p(C, 0, J + 1, Some(K + 1), Pass, Some((Established, Established))));
+            let est = Some((Established, Established));
+            v.push(p(S, RST, K + 1 + FAR, None, BadSeq, est));
+            v.push(p(S, RST, K + 1 + 100, Some(J + 1), Challenge, est));
+            v.push(p(S, RST, K + 1, None, Pass, None));
+            Host::Client
+        }
+        "blind RST in the handshake" => {
+            v.push(p(C, SYN, J, None, Pass, Some((SynSent, Listen))));
+            v.push(p(S, SYN, K, Some(J + 1), Pass, Some((Established, SynRcvd))));
+            // Outside the window the SYN-ACK offered: ignored.
+            v.push(p(C, RST, J + 1 + FAR, None, BadSeq, Some((Established, SynRcvd))));
+            // Anywhere inside it, the kernel drops the request.
+            v.push(p(C, RST, J + 1 + 1_000, None, Pass, None));
+            Host::Server
+        }
         other => panic!("no script {other:?}"),
     };
     (host, v)
@@ -177,6 +234,10 @@ const SCRIPTS: &[&str] = &[
     "ACK before any SYN-ACK",
     "this host's own SYN-ACK acking the wrong number is counted, not dropped",
     "this host as the client",
+    "blind RST, FIN, SYN and data on a live connection",
+    "the peer's real RST after a retransmission",
+    "blind RST from a remote server",
+    "blind RST in the handshake",
 ];
 
 /// The one tracked entry, if any, and whether it is in the half-open map.
@@ -192,12 +253,16 @@ fn entry(h: &Harness) -> Option<(FlowEntry, bool)> {
         .or(est.first().map(|e| (*e, false)))
 }
 
-fn run_script(name: &str, client: &str, server: &str, vlans: usize) {
+fn run_script(h: &mut Harness, name: &str, client: &str, server: &str, vlans: usize) {
     let (host, pkts) = script(name);
-    let cfg = Config::DEFAULT;
-    let h = Harness::new(cfg);
+    h.reset(&[80, 40_000]);
+    let cfg = h.config();
+    let monitor = cfg.mode() == handshake_common::Mode::Monitor;
     let flow = syn(client, 40_000, server, 80).vlans(vlans);
-    let label = format!("{name} ({client} → {server}, {vlans} VLAN tags)");
+    let label = format!(
+        "{name} ({client} → {server}, {vlans} VLAN tags, {})",
+        cfg.mode().name()
+    );
     for (i, pkt) in pkts.iter().enumerate() {
         let tcp = match pkt.from {
             C => flow.seg(pkt.flags, pkt.seq, pkt.ack, pkt.payload),
@@ -211,7 +276,7 @@ fn run_script(name: &str, client: &str, server: &str, vlans: usize) {
         } else {
             h.run_out(&tcp.bytes())
         };
-        let want = match (arrives, pkt.reason.is_drop()) {
+        let want = match (arrives, pkt.reason.is_drop() && !monitor) {
             (true, true) => XDP_DROP,
             (true, false) => XDP_PASS,
             (false, _) => TC_ACT_OK,
@@ -253,10 +318,20 @@ fn run_script(name: &str, client: &str, server: &str, vlans: usize) {
 #[test]
 #[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
 fn both_programs_follow_every_script() {
-    for name in SCRIPTS {
-        run_script(name, "198.18.0.2", "198.18.0.1", 0);
-        run_script(name, "2001:db8::2", "2001:db8::1", 1);
-        run_script(name, "198.18.0.2", "198.18.0.1", 2);
+    // In monitor mode a would-be drop passes, and moves nothing all the same.
+    for mode in [
+        handshake_common::Mode::Enforce,
+        handshake_common::Mode::Monitor,
+    ] {
+        let mut h = Harness::new(Config {
+            mode: mode as u32,
+            ..Config::DEFAULT
+        });
+        for name in SCRIPTS {
+            run_script(&mut h, name, "198.18.0.2", "198.18.0.1", 0);
+            run_script(&mut h, name, "2001:db8::2", "2001:db8::1", 1);
+            run_script(&mut h, name, "198.18.0.2", "198.18.0.1", 2);
+        }
     }
 }
 

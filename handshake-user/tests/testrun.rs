@@ -4,8 +4,8 @@
 mod common;
 
 use common::*;
-use handshake_common::machine::tcp::SYN;
-use handshake_common::{Config, Mode, Reason, TcpState};
+use handshake_common::machine::tcp::{FIN, RST, SYN};
+use handshake_common::{Config, Mode, Reason, TcpState, UnknownFlows};
 use handshake_user::settings::Settings;
 
 const SRV: &str = "198.18.0.1";
@@ -339,19 +339,111 @@ fn rst_closes_a_half_open_attempt() {
     assert_eq!(h.run(&syn(ATK, 1001, SRV, 80).bytes()), XDP_PASS);
 }
 
+/// A real connection between two addresses of a namespace's loopback
+/// (198.18.0.1:80 the server, 198.18.0.2 the client), so the kernel has
+/// sockets for a tuple the tests then send segments of.
+fn real_connection() -> (
+    std::net::TcpListener,
+    std::net::TcpStream,
+    std::net::TcpStream,
+) {
+    let l = std::net::TcpListener::bind((SRV, 80)).unwrap();
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    sock.bind(
+        &"198.18.0.2:0"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    sock.connect(
+        &"198.18.0.1:80"
+            .parse::<std::net::SocketAddr>()
+            .unwrap()
+            .into(),
+    )
+    .unwrap();
+    let client: std::net::TcpStream = sock.into();
+    let (server, _) = l.accept().unwrap();
+    (l, client, server)
+}
+
+/// A namespace with 198.18.0.1 and .2 on its loopback, for [`real_connection`].
+fn sockets_netns(tag: &str) -> handshake_lab::Netns {
+    let ns = handshake_lab::Netns::new(&format!("{tag}{}", std::process::id() % 100_000)).unwrap();
+    ns.ip(&["link", "set", "lo", "up"]).unwrap();
+    for a in ["198.18.0.1/32", "198.18.0.2/32"] {
+        ns.ip(&["addr", "add", a, "dev", "lo"]).unwrap();
+    }
+    ns
+}
+
 #[test]
 #[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
-fn unknown_flows_are_picked_up_not_dropped() {
-    let h = Harness::new(cfg(1, 1));
-    // Data of a connection that began before the gate.
-    let mut data = syn("198.18.0.2", 40_000, SRV, 80).then_ack(5_000);
-    data.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
-    assert_eq!(h.run(&data.bytes()), XDP_PASS);
-    let est = h.established_entries();
-    assert_eq!(est.len(), 1);
-    assert_eq!(est[0].client_state(), TcpState::Established);
-    // Picked up with the higher port as the client.
-    assert_eq!(h.count(Reason::Pass), 1);
+fn unknown_flows_ask_the_kernel() {
+    let ns = sockets_netns("uf");
+    ns.run(|| {
+        let (_l, client, server) = real_connection();
+        let cport = client.local_addr()?.port();
+        for mode in [Mode::Enforce, Mode::Monitor] {
+            let h = Harness::new(Config {
+                mode: mode as u32,
+                ..cfg(1, 1)
+            });
+            let drop = if mode == Mode::Enforce {
+                XDP_DROP
+            } else {
+                XDP_PASS
+            };
+            // Data of the real connection, which began before the gate:
+            // the kernel has its socket, so it is picked up, with the
+            // higher port as the client.
+            let mut data = syn("198.18.0.2", cport, SRV, 80).seg(0, 5_000, Some(7_000), 0);
+            data.payload = b"GET / HTTP/1.1\r\n\r\n".to_vec();
+            assert_eq!(h.run(&data.bytes()), XDP_PASS);
+            let est = h.established_entries();
+            assert_eq!(est.len(), 1);
+            assert_eq!(est[0].client_state(), TcpState::Established);
+            assert_eq!(h.count(Reason::Pass), 1);
+            // The same from a port the kernel has no socket for: an ACK, a
+            // FIN, data, an RST, a SYN-ACK; to the listening port or not.
+            for (sport, dport, flags) in [
+                (cport + 1, 80, 0),
+                (cport + 1, 80, FIN),
+                (40_001, 81, 0),
+                (40_002, 81, RST),
+                (40_003, 80, RST),
+                (40_004, 80, SYN),
+            ] {
+                let mut t = syn("198.18.0.2", sport, SRV, dport).seg(flags, 9, Some(9), 0);
+                t.payload = b"x".to_vec();
+                assert_eq!(h.run(&t.bytes()), drop, "{sport} → {dport} {flags:#x}");
+            }
+            assert_eq!(h.count(Reason::NoConn), 6);
+            assert_eq!(h.established_entries().len(), 1, "no entry for no_conn");
+            assert!(h.half_open_entries().is_empty());
+            // With pick-up, the loose policy: every one is tracked.
+            let mut c = h.config();
+            c.unknown_flows = UnknownFlows::PickUp as u32;
+            let mut h = h;
+            h.set(c);
+            let t = syn("198.18.0.2", 40_009, SRV, 81).seg(0, 9, Some(9), 0);
+            assert_eq!(h.run(&t.bytes()), XDP_PASS);
+            assert_eq!(h.established_entries().len(), 2);
+        }
+        // A socket in TIME_WAIT (the client closed first): its connection
+        // is over; passed untracked.
+        drop(client);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+        drop(server);
+        std::thread::sleep(std::time::Duration::from_millis(100));
+        let h = Harness::new(cfg(1, 1));
+        let ack = syn(SRV, 80, "198.18.0.2", cport).seg(FIN, 1, Some(1), 0);
+        assert_eq!(h.run(&ack.bytes()), XDP_PASS);
+        assert_eq!(h.count(Reason::Pass), 1);
+        Ok(())
+    })
+    .unwrap();
 }
 
 #[test]

@@ -103,7 +103,43 @@ pub fn flood(
     count: u64,
     threads: usize,
 ) -> u64 {
+    flood_of(
+        handshake_lab::Segments::Syn,
+        lab,
+        addr,
+        sources,
+        count,
+        threads,
+    )
+}
+
+/// [`flood`] of ACKs that belong to no connection: random sources from
+/// 198.19.0.0/16, ports and numbers.
+pub fn ack_flood(lab: &Lab, addr: std::net::SocketAddr, count: u32) -> u64 {
+    let sources = Sources::Range {
+        first: "198.19.0.0".parse().unwrap(),
+        count,
+    };
+    flood_of(
+        handshake_lab::Segments::Ack,
+        lab,
+        addr,
+        sources,
+        count.into(),
+        2,
+    )
+}
+
+fn flood_of(
+    segments: handshake_lab::Segments,
+    lab: &Lab,
+    addr: std::net::SocketAddr,
+    sources: Sources,
+    count: u64,
+    threads: usize,
+) -> u64 {
     Flood {
+        segments,
         target: addr,
         sources,
         count,
