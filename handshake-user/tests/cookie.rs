@@ -209,6 +209,57 @@ fn a_syn_over_the_cap_comes_back_as_a_cookie_syn_ack() {
 
 #[test]
 #[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
+fn the_final_ack_of_a_cookie_is_checked_with_the_kernel_and_verifies_its_source() {
+    let ns = Netns::new(&format!("ca{}", std::process::id() % 100_000)).unwrap();
+    ns.sysctl("net.ipv4.tcp_syncookies=2").unwrap();
+    ns.run(|| {
+        let _listeners = listen();
+        // A budget of 2, one of them kept for verified sources.
+        let h = Harness::new(Config {
+            max_half_open: 2,
+            verified_reserve_pct: 50,
+            ..cfg(Options::default())
+        });
+        let (a, b) = ("198.18.0.65", "198.18.0.66");
+        assert_eq!(h.run(&syn(a, 1, SRV4, PORT).bytes()), XDP_PASS);
+        let s = syn(b, 40_000, SRV4, PORT).with_seq(7);
+        let (action, out) = h.run_with_output(&s.bytes());
+        assert_eq!(action, XDP_TX);
+        let p = SlicedPacket::from_ethernet(&out).unwrap();
+        let Some(TransportSlice::Tcp(reply)) = &p.transport else {
+            panic!("not TCP")
+        };
+        let cookie = reply.sequence_number();
+        // A forged ACK (a wrong cookie) is no connection: dropped, nothing kept.
+        let forged = s.seg(0, 8, Some(cookie.wrapping_add(1 + (1 << 28))), 0);
+        assert_eq!(h.run(&forged.bytes()), XDP_DROP);
+        assert_eq!(h.count(Reason::NoConn), 1);
+        assert!(h.established_entries().is_empty());
+        // The real one: passed, tracked ESTABLISHED with the sender as the
+        // client, the source verified.
+        let ack = s.seg(0, 8, Some(cookie.wrapping_add(1)), 0);
+        assert_eq!(h.run(&ack.bytes()), XDP_PASS);
+        assert_eq!(h.count(Reason::CookieAck), 1);
+        let est = h.established_entries();
+        assert_eq!(est.len(), 1);
+        assert_eq!(
+            (est[0].client_state(), est[0].server_state()),
+            (
+                handshake_common::TcpState::Established,
+                handshake_common::TcpState::Established
+            )
+        );
+        // The budget is full for unverified sources, not for this one.
+        assert_eq!(h.run(&syn("198.18.0.67", 1, SRV4, PORT).bytes()), XDP_TX);
+        assert_eq!(h.run(&syn(b, 40_001, SRV4, PORT).bytes()), XDP_PASS);
+        assert_eq!(h.half_open_entries().len(), 2);
+        Ok(())
+    })
+    .unwrap();
+}
+
+#[test]
+#[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
 fn no_cookie_without_a_listener_or_syncookies_2_and_none_in_monitor_mode() {
     let ns = Netns::new(&format!("cl{}", std::process::id() % 100_000)).unwrap();
     ns.sysctl("net.ipv4.tcp_syncookies=2").unwrap();
@@ -344,6 +395,28 @@ fn new_clients_get_in_through_a_spoofed_flood_and_the_kernel_never_sees_it() {
     );
     let s = gate.status();
     assert_eq!(s["cookies_sent"], 1_850 + 19, "{s:#}");
+    // Their final ACKs were checked with the kernel (bpf_tcp_check_syncookie):
+    // tracked, and their sources verified ...
+    assert!(s["packets"]["cookie_ack"].as_u64().unwrap() >= 19, "{s:#}");
+    let tracked = gate
+        .conns()
+        .iter()
+        .filter(|c| {
+            let ip = c["client"].as_str().unwrap().rsplit_once(':').unwrap().0;
+            fresh[1..].contains(&ip.parse().unwrap())
+        })
+        .count();
+    assert!(tracked >= 19, "{tracked} of the cookie clients tracked");
+    // ... so their next connections come in through the reserve, with no
+    // cookie.
+    let again = connect_each(&lab.client, &fresh[1..], addr, Duration::from_secs(3)).unwrap();
+    assert_eq!(again.succeeded, 19);
+    let s = gate.status();
+    assert_eq!(
+        s["cookies_sent"],
+        1_850 + 19,
+        "verified clients got cookies: {s:#}"
+    );
     assert!(
         lab.server.nstat("TcpExtSyncookiesRecv").unwrap() - accepted >= 19,
         "the kernel did not take the cookies"
