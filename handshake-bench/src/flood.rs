@@ -11,6 +11,11 @@
 //!    budget under each overflow action (`drop`, `pass`, `cookie`);
 //! 3. the kernel alone (no XDP, `tcp_syncookies=1`, the default).
 //!
+//! Then the same for an ACK flood (ACKs of no connection, from the same
+//! spoofed sources): the floor, the gate with its defaults
+//! (`unknown-flows=verify`: each dropped as `no_conn` after a socket
+//! lookup), and the kernel alone, which answers each with a reset.
+//!
 //! The client side carries a no-op XDP program in every run: on veth, the
 //! cookie SYN-ACKs the gate sends back with `XDP_TX` reach only a peer
 //! with an XDP program. The SYN-ACKs sent toward the spoofed addresses are
@@ -28,7 +33,7 @@ use std::time::Duration;
 use aya::programs::{Xdp, XdpMode};
 use handshake_common::maps;
 use handshake_lab::scenario::{cpu_jiffies, jiffy_s};
-use handshake_lab::{EchoServer, Flood, Lab, Sources, connect_many};
+use handshake_lab::{EchoServer, Flood, Lab, Segments, Sources, connect_many};
 use handshake_user::testrun::PeerXdp;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
@@ -42,6 +47,10 @@ pub enum Config {
     /// That, with `overflow=cookie`.
     GateCookie,
     Kernel,
+    /// An ACK flood against the floor, the gate (defaults) and the kernel alone.
+    AckFloor,
+    AckGate,
+    AckKernel,
 }
 
 impl Config {
@@ -53,6 +62,25 @@ impl Config {
             Config::GatePass => "the gate, max-half-open=1024, overflow=pass",
             Config::GateCookie => "the gate, max-half-open=1024, overflow=cookie",
             Config::Kernel => "kernel alone (tcp_syncookies=1)",
+            Config::AckFloor => "ACK flood, floor: XDP_DROP",
+            Config::AckGate => "ACK flood, the gate (defaults)",
+            Config::AckKernel => "ACK flood, kernel alone",
+        }
+    }
+
+    /// What the flood sends.
+    pub fn segments(self) -> Segments {
+        match self {
+            Config::AckFloor | Config::AckGate | Config::AckKernel => Segments::Ack,
+            _ => Segments::Syn,
+        }
+    }
+
+    /// The floor this configuration's extra time is measured over.
+    fn floor(self) -> Config {
+        match self.segments() {
+            Segments::Ack => Config::AckFloor,
+            Segments::Syn => Config::Floor,
         }
     }
 }
@@ -110,11 +138,15 @@ fn one(
         "the lab's server does not answer"
     );
     let _floor = match config {
-        Config::Floor => Some(attach_drop(&lab)?),
-        Config::Gate | Config::GateSmall | Config::GatePass | Config::GateCookie => {
+        Config::Floor | Config::AckFloor => Some(attach_drop(&lab)?),
+        Config::Gate
+        | Config::GateSmall
+        | Config::GatePass
+        | Config::GateCookie
+        | Config::AckGate => {
             let mut cmd = Command::new(gate_bin);
             cmd.args(["--netns", &lab.server.name, "attach", &lab.server_if]);
-            if config != Config::Gate {
+            if !matches!(config, Config::Gate | Config::AckGate) {
                 cmd.args([
                     "--set",
                     "max-half-open=1024",
@@ -135,13 +167,13 @@ fn one(
             );
             None
         }
-        Config::Kernel => None,
+        Config::Kernel | Config::AckKernel => None,
     };
     std::thread::sleep(Duration::from_millis(200));
     let replies = || lab.client.nstat("IpInAddrErrors");
     let (seg0, (busy0, _)) = (replies()?, cpu_jiffies()?);
     let report = Flood {
-        segments: handshake_lab::Segments::Syn,
+        segments: config.segments(),
         target: addr,
         sources: spoofed(),
         count: rate.map_or(u64::MAX / 2, |r| r * o.seconds),
@@ -154,7 +186,10 @@ fn one(
     // What is still on its way when the flood ends arrives within moments.
     std::thread::sleep(Duration::from_millis(200));
     let backscatter = replies()? - seg0;
-    if !matches!(config, Config::Floor | Config::Kernel) {
+    if !matches!(
+        config,
+        Config::Floor | Config::Kernel | Config::AckFloor | Config::AckKernel
+    ) {
         let _ = Command::new(gate_bin)
             .args(["--netns", &lab.server.name, "detach", &lab.server_if])
             .output();
@@ -197,6 +232,9 @@ pub fn run(gate_bin: &Path, o: &Options) -> anyhow::Result<Vec<FloodCost>> {
         Config::GatePass,
         Config::GateCookie,
         Config::Kernel,
+        Config::AckFloor,
+        Config::AckGate,
+        Config::AckKernel,
     ] {
         let (mut per_syn, mut back, mut sent, mut cpu_runs) =
             (Vec::new(), Vec::new(), Vec::new(), Vec::new());
@@ -231,10 +269,16 @@ pub fn run(gate_bin: &Path, o: &Options) -> anyhow::Result<Vec<FloodCost>> {
             saturated_extra_us: 0.0,
         });
     }
-    let (floor, floor_sat) = (out[0].cpu_us_per_syn, out[0].saturated_us_per_syn);
+    let floors: Vec<(Config, f64, f64)> = out
+        .iter()
+        .map(|c| (c.config, c.cpu_us_per_syn, c.saturated_us_per_syn))
+        .collect();
     for c in &mut out {
-        c.extra_us_per_syn = c.cpu_us_per_syn - floor;
-        c.saturated_extra_us = c.saturated_us_per_syn - floor_sat;
+        let floor = c.config.floor();
+        if let Some(&(_, paced, sat)) = floors.iter().find(|f| f.0 == floor) {
+            c.extra_us_per_syn = c.cpu_us_per_syn - paced;
+            c.saturated_extra_us = c.saturated_us_per_syn - sat;
+        }
     }
     Ok(out)
 }

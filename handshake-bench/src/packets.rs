@@ -193,24 +193,57 @@ pub fn run(o: &Options) -> Vec<Cost> {
     );
     match cookies(o) {
         Ok(costs) => out.extend(costs),
-        Err(e) => eprintln!("bench: the cookie path was not measured: {e:#}"),
+        Err(e) => eprintln!("bench: the kernel-asking classes were not measured: {e:#}"),
     }
     out
 }
 
-/// The cookie path (`overflow=cookie`): a SYN over the global cap answered
-/// with a SYN-ACK from XDP. It needs a listening socket and
-/// `tcp_syncookies=2` in the namespace the test run happens in, so it runs
-/// in a namespace of its own. One run per packet (the program rewrites the
+/// The classes that ask the kernel, in a namespace of their own with a
+/// listening socket and `tcp_syncookies=2`: ACKs of no connection, and the
+/// cookie path (`overflow=cookie`), a SYN over the global cap answered
+/// with a SYN-ACK from XDP. One run per packet (the program rewrites the
 /// frame, which a repeated run would then see), against the no-op measured
 /// the same way.
 fn cookies(o: &Options) -> anyhow::Result<Vec<Cost>> {
     let lab_ns = handshake_lab::Netns::new(&format!("bpk{}", std::process::id() % 100_000))?;
     lab_ns.sysctl("net.ipv4.tcp_syncookies=2")?;
-    let singles = o.singles;
+    let (singles, o) = (o.singles, Options { ..*o });
     lab_ns.run(move || {
         let _listener = std::net::TcpListener::bind("0.0.0.0:80")?;
         let mut out = Vec::new();
+        // Unknown ACKs (`unknown-flows=verify`): a socket lookup finds
+        // nothing (port 81), or only the listener, and the kernel's cookie
+        // check fails (port 80); dropped as no_conn, nothing stored, so the
+        // same packet gets the same treatment every time.
+        let mut h = Harness::new(Config::DEFAULT);
+        let method = format!("repeat {} × {} calls, median", o.repeat, o.calls);
+        for (class, port) in [
+            ("unknown ACK dropped (no socket)", 81),
+            ("unknown ACK dropped (listener, no valid cookie)", 80),
+        ] {
+            let pkt = syn("198.19.0.9", 40_000, SRV, port)
+                .seg(0, 7, Some(9), 0)
+                .bytes();
+            assert_eq!(h.run(&pkt), XDP_DROP, "{class}");
+            let med = |h: &mut Harness, prog| {
+                median(
+                    (0..o.calls)
+                        .map(|_| ns(h.time(prog, false, &pkt, o.repeat)))
+                        .collect(),
+                )
+            };
+            let (g, b) = (med(&mut h, maps::XDP_PROGRAM), med(&mut h, maps::NOOP_XDP));
+            anyhow::ensure!(h.established_entries().is_empty(), "{class}: state kept");
+            out.push(Cost {
+                class,
+                program: "xdp",
+                method: method.clone(),
+                ns: g,
+                baseline_ns: b,
+                ratio: g / b,
+                goal: Some(6.0),
+            });
+        }
         for (class, options) in [
             ("SYN answered with a cookie (MSS only)", None),
             (

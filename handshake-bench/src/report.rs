@@ -137,7 +137,16 @@ impl Report {
             runs = self.flood_runs
         );
         let floor_rate = self.flood.first().map_or(1.0, |f| f.max_rate);
+        let ack_floor_rate = self
+            .flood
+            .iter()
+            .find(|f| f.config == Config::AckFloor)
+            .map_or(1.0, |f| f.max_rate);
         for f in &self.flood {
+            let floor_rate = match f.config.segments() {
+                handshake_lab::Segments::Syn => floor_rate,
+                handshake_lab::Segments::Ack => ack_floor_rate,
+            };
             let _ = writeln!(
                 s,
                 "| {} | {:.0}/s | {:.0}% | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
@@ -166,6 +175,21 @@ impl Report {
             ratio(Config::Kernel, Config::GateCookie),
             get(Config::GateSmall).map_or(f64::NAN, |g| g.max_rate / floor_rate * 100.0)
         );
+        if get(Config::AckGate).is_some() {
+            let _ = writeln!(
+                s,
+                "\nACK flood (ACKs of no connection; the gate drops each as `no_conn` after a \
+                 socket lookup, the kernel alone answers each with a reset): extra time per ACK \
+                 (saturated), kernel alone ÷ the gate: **{:.1}×**; paced: **{:.1}×**; resets \
+                 reaching the spoofed sources: {} with the gate, {} with the kernel alone.",
+                ratio(Config::AckKernel, Config::AckGate),
+                get(Config::AckKernel)
+                    .zip(get(Config::AckGate))
+                    .map_or(f64::NAN, |(k, g)| k.extra_us_per_syn / g.extra_us_per_syn),
+                get(Config::AckGate).map_or(0, |g| g.backscatter),
+                get(Config::AckKernel).map_or(0, |k| k.backscatter),
+            );
+        }
     }
 
     fn clients_md(&self, s: &mut String) {
