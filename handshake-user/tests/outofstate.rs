@@ -181,7 +181,22 @@ fn settle(
 #[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
 fn connections_opened_before_the_gate_are_picked_up() {
     let lab = Lab::new("ob").expect("lab");
-    let (addr, _srv) = server(&lab);
+    // An echo server of its own, with no idle timeout: attaching takes a
+    // while in an emulated VM, and the connection must outlive it idle.
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), PORT);
+    let listener = lab
+        .server
+        .run(move || Ok(std::net::TcpListener::bind(addr)?))
+        .expect("listen");
+    let echo_one = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().expect("accept");
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = s.read(&mut buf) {
+            if s.write_all(&buf[..n]).is_err() {
+                break;
+            }
+        }
+    });
     let mut conn = connect(&lab, addr);
     echo(&mut conn, b"before the gate").unwrap();
     let client = conn.local_addr().unwrap();
@@ -198,6 +213,7 @@ fn connections_opened_before_the_gate_are_picked_up() {
     conn.shutdown(std::net::Shutdown::Write).unwrap();
     let mut rest = Vec::new();
     let _ = conn.read_to_end(&mut rest);
+    echo_one.join().unwrap();
     let (g, ss) = settle(&lab, client, addr);
     assert_eq!(g, ("TIME_WAIT".into(), "CLOSED".into()), "kernel: {ss:?}");
     assert_eq!(g, ss);
