@@ -49,13 +49,19 @@ impl Harness {
     /// A harness with `settings` in its maps, as `attach` writes them.
     pub fn with(settings: &crate::settings::Settings) -> Harness {
         let mut h = Harness::new(settings.config);
+        h.apply(settings);
+        h
+    }
+
+    /// Writes `settings` to the maps, as `set` does: the allowed ports'
+    /// bitmap, then the configuration.
+    pub fn apply(&mut self, settings: &crate::settings::Settings) {
         let mut a: Array<_, u64> =
-            Array::try_from(h.ebpf.map_mut(maps::ALLOWED_PORTS).unwrap()).unwrap();
+            Array::try_from(self.ebpf.map_mut(maps::ALLOWED_PORTS).unwrap()).unwrap();
         for (i, w) in settings.port_bitmap().into_iter().enumerate() {
             a.set(i as u32, w, 0).unwrap();
         }
-        h.set(settings.config);
-        h
+        self.set(settings.config);
     }
 
     pub fn config(&self) -> Config {

@@ -163,13 +163,19 @@ fn server_for(src: &str) -> &'static str {
 #[test]
 #[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
 fn table() {
+    // One harness, emptied between cases: a load is the slow part in an
+    // emulated VM.
+    let mut h = Harness::new(Config::DEFAULT);
     for case in cases() {
+        let ports: Vec<u16> = case.syns.iter().map(|s| s.dport).collect();
         for mode in ["enforce", "monitor"] {
             let mut args: Vec<String> = case.settings.iter().map(|s| s.to_string()).collect();
             args.push(format!("mode={mode}"));
             let settings = handshake_user::settings::apply_all(&Settings::default(), &args)
                 .unwrap_or_else(|e| panic!("{}: {e}", case.name));
-            let h = Harness::with(&settings);
+            h.reset(&ports);
+            h.reset_counters();
+            h.apply(&settings);
             let name = format!("{} ({mode})", case.name);
             for (i, syn_) in case.syns.iter().enumerate() {
                 let pkt =
