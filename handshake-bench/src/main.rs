@@ -9,6 +9,7 @@ mod clients;
 mod flood;
 mod memory;
 mod packets;
+mod programs;
 mod report;
 mod soak;
 
@@ -32,6 +33,10 @@ struct Args {
     /// many minutes; writes soak.md and soak.json to --out.
     #[arg(long, value_name = "MINUTES")]
     soak: Option<f64>,
+    /// Only the program loads (verifier time and instruction counts), in
+    /// seconds rather than minutes; the report holds that section alone.
+    #[arg(long)]
+    programs_only: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,6 +53,14 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
     let mut r = report::Report::new(a.full);
+
+    eprintln!("bench: program loads (the verifier)");
+    r.programs = programs::run(if a.full { 9 } else { 5 })?;
+    if a.programs_only {
+        r.write(&a.out)?;
+        print!("{}", r.markdown());
+        return Ok(());
+    }
 
     eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");
     let o = if a.full {

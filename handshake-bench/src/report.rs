@@ -9,11 +9,13 @@ use crate::clients::ClientRow;
 use crate::flood::{Config, FloodCost};
 use crate::memory::Memory;
 use crate::packets::Cost;
+use crate::programs::Program;
 
 #[derive(serde::Serialize)]
 pub struct Report {
     pub mode: &'static str,
     pub machine: Machine,
+    pub programs: Vec<Program>,
     pub packets: Vec<Cost>,
     pub flood_rate: u64,
     pub flood_seconds: u64,
@@ -67,6 +69,7 @@ impl Report {
         Report {
             mode: if full { "full" } else { "quick" },
             machine: Machine::here(),
+            programs: Vec::new(),
             packets: Vec::new(),
             flood_rate: 0,
             flood_seconds: 0,
@@ -90,6 +93,10 @@ impl Report {
             "# handshake-gate benchmarks ({} run)\n\nMachine: {} CPUs ({}), Linux {}.\n",
             self.mode, m.cpus, m.cpu_model, m.kernel
         );
+        self.programs_md(&mut s);
+        if self.packets.is_empty() {
+            return s;
+        }
         let _ = writeln!(
             s,
             "## Per-packet cost (BPF_PROG_TEST_RUN)\n\nEach class next to a no-op program of the same \
@@ -192,6 +199,35 @@ impl Report {
         }
     }
 
+    fn programs_md(&self, s: &mut String) {
+        if self.programs.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "## Loading the programs\n\nWhat every `attach` (and every test harness) pays: the load's \
+             wall time, mostly the verifier's (median of {} loads), the instructions the verifier \
+             processed, and the size of what it let through.\n\n\
+             | program | load ms | verifier processed insns | insns after verification | JIT image bytes |\n\
+             |---|---:|---:|---:|---:|",
+            self.programs.first().map_or(0, |p| p.loads)
+        );
+        let show = |v: Option<u32>| v.map_or("–".to_string(), |v| v.to_string());
+        for p in &self.programs {
+            let _ = writeln!(
+                s,
+                "| {} | {:.0} | {} | {} | {} |",
+                p.name,
+                p.load_ms,
+                show(p.verified_insns),
+                show(p.xlated_insns),
+                p.jited_bytes
+            );
+        }
+        let total: f64 = self.programs.iter().map(|p| p.load_ms).sum();
+        let _ = writeln!(s, "\nBoth programs: {total:.0} ms (goal ≤ 150 ms).\n");
+    }
+
     fn clients_md(&self, s: &mut String) {
         if self.clients.is_empty() {
             return;
@@ -261,6 +297,9 @@ impl Report {
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {
         std::fs::write(dir.join("report.md"), self.markdown())?;
         std::fs::write(dir.join("report.json"), serde_json::to_string_pretty(self)?)?;
+        if self.packets.is_empty() {
+            return Ok(());
+        }
         self.chart(&dir.join("packets.svg"))
     }
 

@@ -16,6 +16,10 @@ pub struct Options {
     /// Longer runs: more repeats, flows, flood runs and seconds.
     #[arg(long)]
     full: bool,
+    /// Only the program loads: the verifier's time and instruction counts
+    /// (seconds, not minutes).
+    #[arg(long)]
+    programs_only: bool,
 }
 
 #[derive(clap::Args)]
@@ -87,6 +91,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         .current_dir(&root);
     if o.full {
         cmd.arg("--full");
+    }
+    if o.programs_only {
+        cmd.arg("--programs-only");
     }
     if !cmd.status()?.success() {
         bail!("the benchmark failed");
