@@ -175,7 +175,7 @@ fn pick_up(f: &Facts, cfg: &Config, cookie: bool) -> Reason {
         return Reason::FailOpen;
     }
     if cookie {
-        let _ = VERIFIED.insert(&cfg.source_key(f.family, &f.src.addr), &now, 0);
+        verify(key, n.client_is_lo, cfg, now);
         Reason::CookieAck
     } else {
         Reason::Pass
