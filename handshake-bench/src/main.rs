@@ -9,8 +9,10 @@ mod clients;
 mod flood;
 mod memory;
 mod packets;
+mod profile;
 mod programs;
 mod report;
+mod scale;
 mod soak;
 
 use std::path::PathBuf;
@@ -37,6 +39,10 @@ struct Args {
     /// seconds rather than minutes; the report holds that section alone.
     #[arg(long)]
     programs_only: bool,
+    /// Only the program loads, where each class's time goes (a `perf`
+    /// profile of the programs) and the per-packet costs: about a minute.
+    #[arg(long)]
+    profile: bool,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -61,6 +67,11 @@ fn main() -> anyhow::Result<()> {
         print!("{}", r.markdown());
         return Ok(());
     }
+    eprintln!("bench: where the time goes (perf)");
+    match profile::run(if a.full { 1_000_000 } else { 200_000 }) {
+        Ok(p) => r.profiles = p,
+        Err(e) => eprintln!("bench: no profile: {e:#}"),
+    }
 
     eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");
     let o = if a.full {
@@ -77,6 +88,22 @@ fn main() -> anyhow::Result<()> {
         }
     };
     r.packets = packets::run(&o);
+    eprintln!("bench: cost as the maps fill, and on every CPU at once");
+    match scale::run(&scale::Options {
+        repeat: o.repeat,
+        calls: o.calls,
+    }) {
+        Ok((growth, parallel)) => {
+            r.growth = growth;
+            r.parallel = Some(parallel);
+        }
+        Err(e) => eprintln!("bench: the scale rows were not measured: {e:#}"),
+    }
+    if a.profile {
+        r.write(&a.out)?;
+        print!("{}", r.markdown());
+        return Ok(());
+    }
 
     let flood = if a.full {
         flood::Options {

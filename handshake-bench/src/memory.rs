@@ -90,7 +90,12 @@ fn attach<'a>(gate: &'a Path, lab: &'a Lab, extra: &[&str]) -> anyhow::Result<At
 }
 
 /// Stores established connections `from..to` (distinct 4-tuples).
-fn fill(map: &mut HashMap<MapData, FlowKey, FlowEntry>, from: u32, to: u32) -> anyhow::Result<()> {
+/// Stores established connections `from..to` (198.19.x.y to 198.18.0.1:80).
+pub fn fill<T: std::borrow::BorrowMut<MapData>>(
+    map: &mut HashMap<T, FlowKey, FlowEntry>,
+    from: u32,
+    to: u32,
+) -> anyhow::Result<()> {
     let now = handshake_user::monotonic_ns();
     for i in from..to {
         let mut k = FlowKey {

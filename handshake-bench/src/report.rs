@@ -9,14 +9,19 @@ use crate::clients::ClientRow;
 use crate::flood::{Config, FloodCost};
 use crate::memory::Memory;
 use crate::packets::Cost;
+use crate::profile::ClassProfile;
 use crate::programs::Program;
+use crate::scale::{Growth, Parallel};
 
 #[derive(serde::Serialize)]
 pub struct Report {
     pub mode: &'static str,
     pub machine: Machine,
     pub programs: Vec<Program>,
+    pub profiles: Vec<ClassProfile>,
     pub packets: Vec<Cost>,
+    pub growth: Vec<Growth>,
+    pub parallel: Option<Parallel>,
     pub flood_rate: u64,
     pub flood_seconds: u64,
     pub flood_runs: usize,
@@ -70,7 +75,10 @@ impl Report {
             mode: if full { "full" } else { "quick" },
             machine: Machine::here(),
             programs: Vec::new(),
+            profiles: Vec::new(),
             packets: Vec::new(),
+            growth: Vec::new(),
+            parallel: None,
             flood_rate: 0,
             flood_seconds: 0,
             flood_runs: 0,
@@ -94,6 +102,7 @@ impl Report {
             self.mode, m.cpus, m.cpu_model, m.kernel
         );
         self.programs_md(&mut s);
+        self.profiles_md(&mut s);
         if self.packets.is_empty() {
             return s;
         }
@@ -116,10 +125,52 @@ impl Report {
                 c.method
             );
         }
+        self.scale_md(&mut s);
         self.flood_md(&mut s);
         self.clients_md(&mut s);
         self.memory_md(&mut s);
         s
+    }
+
+    fn scale_md(&self, s: &mut String) {
+        if !self.growth.is_empty() {
+            let _ = writeln!(
+                s,
+                "\n## Cost as the maps fill\n\nThe same packets with the maps empty, then with {} tracked \
+                 connections and the per-source map full ({} sources).\n\n\
+                 | class | empty ns | full ns | full ÷ empty | goal |\n|---|---:|---:|---:|---|",
+                crate::scale::CONNECTIONS,
+                crate::scale::SOURCES
+            );
+            for g in &self.growth {
+                let _ = writeln!(
+                    s,
+                    "| {} | {:.1} | {:.1} | {:.2}× | {} |",
+                    g.class,
+                    g.empty_ns,
+                    g.full_ns,
+                    g.ratio,
+                    goal(g.ratio, Some(g.goal))
+                );
+            }
+        }
+        if let Some(p) = &self.parallel {
+            let met = if p.ratio >= p.goal {
+                "met"
+            } else {
+                "**not met**"
+            };
+            let _ = writeln!(
+                s,
+                "\nRefused SYNs (the same source over its cap) on one CPU: {:.2} M/s; on {} CPUs at once: \
+                 {:.2} M/s, {:.2}× (goal ≥ {}× — {met}).\n",
+                p.one_cpu_per_s / 1e6,
+                p.cpus,
+                p.all_cpus_per_s / 1e6,
+                p.ratio,
+                p.goal
+            );
+        }
     }
 
     fn flood_md(&self, s: &mut String) {
@@ -226,6 +277,34 @@ impl Report {
         }
         let total: f64 = self.programs.iter().map(|p| p.load_ms).sum();
         let _ = writeln!(s, "\nBoth programs: {total:.0} ms (goal ≤ 150 ms).\n");
+    }
+
+    fn profiles_md(&self, s: &mut String) {
+        if self.profiles.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "## Where the time goes (perf)\n\nEach class repeated for a second under `perf record -e \
+             cpu-clock`; a symbol's share of the samples times the class's cost is its ns per packet. \
+             `program`: the BPF code itself (each `inline(never)` stage is its own symbol); `kernel`: \
+             the helpers it calls; `harness`: what the no-op's profile shows too (the test-run loop).\n"
+        );
+        for p in &self.profiles {
+            let _ = writeln!(
+                s,
+                "### {} ({}): {:.1} ns, no-op {:.1} ns\n\nPath: {}.\n\n| symbol | kind | share | ns |\n|---|---|---:|---:|",
+                p.class, p.program, p.ns, p.baseline_ns, p.path
+            );
+            for sh in &p.shares {
+                let _ = writeln!(
+                    s,
+                    "| `{}` | {} | {:.1}% | {:.1} |",
+                    sh.symbol, sh.kind, sh.percent, sh.ns
+                );
+            }
+            let _ = writeln!(s);
+        }
     }
 
     fn clients_md(&self, s: &mut String) {

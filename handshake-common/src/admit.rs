@@ -57,25 +57,46 @@ pub const fn unverified_budget(cfg: &Config) -> u32 {
 /// then the source's rate, then the source's own cap (that source is the
 /// attacker, whatever the other budgets say), then the port's cap, then the
 /// global budget. Over the port or global cap, `overflow` decides.
+///
+/// The kernel program takes the same decision in its two stages,
+/// [`by_source`] then [`by_shared`], so that a SYN its source's budget
+/// refuses never reads the shared counters, and it looks up whether the
+/// source is verified only when [`needs_verified`] says the answer matters.
 pub fn admit_syn(cfg: &Config, occ: &Occupancy, f: &SynFacts) -> Admission {
     if !f.port_allowed {
         return Admission::Refuse(Reason::PortClosed);
     }
-    if !f.within_rate {
-        return Admission::Refuse(Reason::SynRate);
+    if let Some(r) = by_source(cfg, occ.source, f.within_rate) {
+        return Admission::Refuse(r);
     }
-    if cfg.max_half_open_per_source != 0 && occ.source >= cfg.max_half_open_per_source {
-        return Admission::Refuse(Reason::PerSource);
+    by_shared(cfg, occ.port, occ.global, f.verified)
+}
+
+/// The source's own budget: its SYN rate, then its half-open cap.
+#[inline(always)]
+pub fn by_source(cfg: &Config, source: u32, within_rate: bool) -> Option<Reason> {
+    if !within_rate {
+        return Some(Reason::SynRate);
     }
-    let over = if cfg.max_half_open_per_port != 0 && occ.port >= cfg.max_half_open_per_port {
+    if cfg.max_half_open_per_source != 0 && source >= cfg.max_half_open_per_source {
+        return Some(Reason::PerSource);
+    }
+    None
+}
+
+/// The budgets shared with other sources: the port's cap, then the global
+/// one (with its share kept for verified sources).
+#[inline(always)]
+pub fn by_shared(cfg: &Config, port: u32, global: u32, verified: bool) -> Admission {
+    let over = if cfg.max_half_open_per_port != 0 && port >= cfg.max_half_open_per_port {
         Some(Reason::PerPort)
     } else if cfg.max_half_open != 0 {
-        let budget = if f.verified {
+        let budget = if verified {
             cfg.max_half_open
         } else {
             unverified_budget(cfg)
         };
-        (occ.global >= budget).then_some(Reason::Global)
+        (global >= budget).then_some(Reason::Global)
     } else {
         None
     };
@@ -85,6 +106,18 @@ pub fn admit_syn(cfg: &Config, occ: &Occupancy, f: &SynFacts) -> Admission {
         (Some(_), Overflow::Pass) => Admission::PassUntracked,
         (Some(_), Overflow::Cookie) => Admission::Cookie,
     }
+}
+
+/// Whether [`by_shared`]'s answer depends on the source being verified:
+/// only when the global count is inside the reserved share (and the port's
+/// cap has not decided first).
+#[inline(always)]
+pub fn needs_verified(cfg: &Config, port: u32, global: u32) -> bool {
+    let port_full = cfg.max_half_open_per_port != 0 && port >= cfg.max_half_open_per_port;
+    !port_full
+        && cfg.max_half_open != 0
+        && global >= unverified_budget(cfg)
+        && global < cfg.max_half_open
 }
 
 /// One source's SYN token bucket. Tokens are kept in billionths, so a
@@ -137,6 +170,37 @@ pub const fn still_verified(verified_ns: u64, now_ns: u64, cfg: &Config) -> bool
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn verified_is_looked_up_only_where_it_changes_the_answer() {
+        for (max, pct, per_port) in [
+            (10, 20, 0),
+            (10, 0, 0),
+            (0, 20, 0),
+            (10, 50, 3),
+            (7, 100, 0),
+        ] {
+            let cfg = Config {
+                max_half_open: max,
+                verified_reserve_pct: pct,
+                max_half_open_per_port: per_port,
+                ..Config::DEFAULT
+            };
+            for port in 0..5 {
+                for global in 0..12 {
+                    let (yes, no) = (
+                        by_shared(&cfg, port, global, true),
+                        by_shared(&cfg, port, global, false),
+                    );
+                    assert_eq!(
+                        yes != no,
+                        needs_verified(&cfg, port, global),
+                        "max {max} reserve {pct}% per-port {per_port}: port {port} global {global}"
+                    );
+                }
+            }
+        }
+    }
 
     const OPEN: SynFacts = SynFacts {
         port_allowed: true,

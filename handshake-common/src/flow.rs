@@ -86,7 +86,11 @@ pub const AF_INET6: u8 = 6;
 ///
 /// Addresses and ports are in network byte order; an IPv4 address fills the
 /// first 4 bytes and the rest is zero.
-#[repr(C)]
+///
+/// Aligned to 8 (the layout is the same): copies and comparisons of the
+/// addresses then take two 8-byte moves each in the kernel programs rather
+/// than byte loops.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default, PartialOrd, Ord)]
 pub struct FlowKey {
     pub lo_addr: [u8; 16],
@@ -103,6 +107,8 @@ pub struct FlowKey {
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 
 /// One end of a packet: address and port as on the wire (network order).
+/// Aligned to 8, as [`FlowKey`] is.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
     pub addr: [u8; 16],
@@ -110,11 +116,26 @@ pub struct Endpoint {
     pub port: u16,
 }
 
+impl Endpoint {
+    /// What normalisation sorts endpoints by: the address's bytes in order,
+    /// then the port's number. As words, so that the kernel programs
+    /// compare with three loads rather than a byte loop.
+    #[inline(always)]
+    pub fn order(&self) -> (u64, u64, u16) {
+        let (hi, lo) = self.addr.split_at(8);
+        (
+            u64::from_be_bytes(hi.try_into().unwrap_or([0; 8])),
+            u64::from_be_bytes(lo.try_into().unwrap_or([0; 8])),
+            u16::from_be(self.port),
+        )
+    }
+}
+
 impl FlowKey {
     /// Builds the normalised key for a packet from `src` to `dst`, and says
     /// whether `src` ended up as `lo`.
     pub fn normalise(family: u8, src: &Endpoint, dst: &Endpoint) -> (FlowKey, bool) {
-        let src_is_lo = (src.addr, u16::from_be(src.port)) <= (dst.addr, u16::from_be(dst.port));
+        let src_is_lo = src.order() <= dst.order();
         let (lo, hi) = if src_is_lo { (src, dst) } else { (dst, src) };
         (
             FlowKey {
@@ -123,7 +144,7 @@ impl FlowKey {
                 lo_port: lo.port,
                 hi_port: hi.port,
                 family,
-                _pad: [0; 3],
+                _pad: [0, 0, 0],
             },
             src_is_lo,
         )

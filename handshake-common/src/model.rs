@@ -202,21 +202,25 @@ impl Model {
         }
         let ep = window::epoch(now, window::bucket_width_ns(cfg.half_open_timeout_ms));
         let skey = cfg.source_key(p.family, &p.src.addr);
-        let src = self.sources.entry(skey).or_default();
-        let within_rate = admit::take_token(
-            &mut src.syn_tokens,
-            now,
-            cfg.syn_rate_per_source,
-            cfg.syn_burst,
-        );
+        // A source with no entry is within its cap with a full bucket; its
+        // entry is made only when one of its SYNs is let through.
+        let mut fresh = SourceState::default();
+        let known = self.sources.contains_key(&skey);
+        let src = self.sources.get_mut(&skey).unwrap_or(&mut fresh);
+        let within_rate = !known
+            || admit::take_token(
+                &mut src.syn_tokens,
+                now,
+                cfg.syn_rate_per_source,
+                cfg.syn_burst,
+            );
         let verified = self
             .verified
             .get(&skey)
             .is_some_and(|t| admit::still_verified(*t, now, cfg));
-        let port_count = self.ports.entry(port).or_default();
         let occ = Occupancy {
             source: src.half_open.live(ep),
-            port: port_count.live(ep),
+            port: self.ports.get(&port).map_or(0, |c| c.live(ep)),
             global: self.global.live(ep),
         };
         let facts = SynFacts {
@@ -224,7 +228,21 @@ impl Model {
             within_rate,
             verified,
         };
-        match admit::admit_syn(cfg, &occ, &facts) {
+        let admission = admit::admit_syn(cfg, &occ, &facts);
+        if let Admission::Refuse(r) = admission {
+            return r;
+        }
+        if !known {
+            admit::take_token(
+                &mut fresh.syn_tokens,
+                now,
+                cfg.syn_rate_per_source,
+                cfg.syn_burst,
+            );
+            self.sources.insert(skey, fresh);
+        }
+        let src = self.sources.entry(skey).or_default();
+        match admission {
             Admission::Refuse(r) => r,
             Admission::PassUntracked => Reason::OverflowPass,
             // The model has no sockets: it says what the gate decides, the
@@ -235,7 +253,7 @@ impl Model {
                     self.half_open
                         .insert(*key, machine::open(&p.seg, src_is_lo, now, ep, true));
                     src.half_open.add(ep);
-                    port_count.add(ep);
+                    self.ports.entry(port).or_default().add(ep);
                     self.global.add(ep);
                 }
                 Reason::Pass

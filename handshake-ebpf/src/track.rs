@@ -3,10 +3,10 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_ns};
+use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use handshake_common::{
-    Config, FlowKey, Reason, SourceState, WindowCounter,
-    admit::{self, Admission, Occupancy, SynFacts},
+    Config, FlowKey, Reason, SourceKey, SourceState, WindowCounter,
+    admit::{self, Admission},
     flow::flags,
     machine::{self, Lookup, Step, Untracked},
     window,
@@ -50,7 +50,11 @@ fn tracked(f: &mut Facts, cfg: &Config, side: Side) -> Option<Reason> {
     if let Err(r) = machine::check(u16::from_be(f.src.port), u16::from_be(f.dst.port), &f.seg) {
         return Some(r);
     }
-    let now = unsafe { bpf_ktime_get_ns() };
+    // The coarse clock (CLOCK_MONOTONIC_COARSE: the same clock as the
+    // controller's, behind it by at most a tick): every timeout here is
+    // milliseconds or more, and the fine clock's TSC read was a tenth of
+    // an established packet's cost.
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
     let src_is_lo;
     (f.key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
     f.src_is_lo = src_is_lo as u8;
@@ -201,9 +205,13 @@ pub fn states_of(key: &FlowKey) -> (u8, u8) {
 }
 
 /// An arriving SYN of a flow not tracked yet: admit it under the limits, or
-/// not, in the order [`admit::admit_syn`] documents. A closed port is
-/// refused before any map is touched, so a flood at closed ports costs one
-/// array lookup and leaves the per-source map alone.
+/// not, in the order [`admit::admit_syn`] documents, each stage reading only
+/// what it needs. A closed port is refused before any map is touched; a
+/// SYN its source's budget refuses reads no shared counter; the verified
+/// map is read only where the answer depends on it. A source with no entry
+/// is within its cap with a full bucket: its entry is made only when one of
+/// its SYNs is let through, so a refused spoofed flood leaves the
+/// per-source map alone.
 #[inline(never)]
 fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Reason {
     let port = u16::from_be(f.dst.port) as u32;
@@ -213,38 +221,40 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
     let width = window::bucket_width_ns(cfg.half_open_timeout_ms);
     let ep = window::epoch(now, width);
     let skey = cfg.source_key(f.family, &f.src.addr);
-    let src = match SOURCES.get_ptr_mut(&skey) {
-        Some(p) => p,
-        None => {
-            let _ = SOURCES.insert(&skey, &NEW_SOURCE, BPF_NOEXIST as u64);
-            match SOURCES.get_ptr_mut(&skey) {
-                Some(p) => p,
-                None => return Reason::FailOpen,
-            }
-        }
+    let known = SOURCES.get_ptr_mut(&skey);
+    let (within_rate, source) = match known {
+        Some(src) => (
+            admit::take_token(
+                unsafe { &mut (*src).syn_tokens },
+                now,
+                cfg.syn_rate_per_source,
+                cfg.syn_burst,
+            ),
+            unsafe { (*src).half_open.live(ep) },
+        ),
+        None => (true, 0),
     };
+    if let Some(r) = admit::by_source(cfg, source, within_rate) {
+        return r;
+    }
     let (Some(global), Some(port_count)) = (GLOBAL.get_ptr_mut(0), PORTS.get_ptr_mut(port)) else {
         return Reason::FailOpen;
     };
-    let within_rate = admit::take_token(
-        unsafe { &mut (*src).syn_tokens },
-        now,
-        cfg.syn_rate_per_source,
-        cfg.syn_burst,
-    );
-    let verified =
-        unsafe { VERIFIED.get(&skey) }.is_some_and(|t| admit::still_verified(*t, now, cfg));
-    let occ = Occupancy {
-        source: unsafe { (*src).half_open.live(ep) },
-        port: unsafe { (*port_count).live(ep) },
-        global: unsafe { (*global).live(ep) },
+    let (port_live, global_live) = unsafe { ((*port_count).live(ep), (*global).live(ep)) };
+    let verified = admit::needs_verified(cfg, port_live, global_live)
+        && unsafe { VERIFIED.get(&skey) }.is_some_and(|t| admit::still_verified(*t, now, cfg));
+    let admission = admit::by_shared(cfg, port_live, global_live, verified);
+    if let Admission::Refuse(r) = admission {
+        return r;
+    }
+    let src = match known {
+        Some(p) => p,
+        None => match new_source(&skey, cfg, now) {
+            Some(p) => p,
+            None => return Reason::FailOpen,
+        },
     };
-    let facts = SynFacts {
-        port_allowed: true,
-        within_rate,
-        verified,
-    };
-    match admit::admit_syn(cfg, &occ, &facts) {
+    match admission {
         Admission::Refuse(r) => r,
         Admission::PassUntracked => Reason::OverflowPass,
         Admission::Cookie => Reason::Cookie,
@@ -259,6 +269,21 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
             Reason::Pass
         }
     }
+}
+
+/// The entry of a source whose first SYN is let through, with that SYN's
+/// token taken from its full bucket.
+#[inline(always)]
+fn new_source(skey: &SourceKey, cfg: &Config, now: u64) -> Option<*mut SourceState> {
+    let _ = SOURCES.insert(skey, &NEW_SOURCE, BPF_NOEXIST as u64);
+    let p = SOURCES.get_ptr_mut(skey)?;
+    admit::take_token(
+        unsafe { &mut (*p).syn_tokens },
+        now,
+        cfg.syn_rate_per_source,
+        cfg.syn_burst,
+    );
+    Some(p)
 }
 
 /// A new source's state: inserted from read-only data rather than built on

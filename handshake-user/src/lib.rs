@@ -19,7 +19,8 @@ pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/handshake"))
 }
 
-/// The kernel's monotonic clock, as `bpf_ktime_get_ns` reads it.
+/// The kernel's monotonic clock (the programs read its coarse variant,
+/// `bpf_ktime_get_coarse_ns`, which lags it by at most a tick).
 pub fn monotonic_ns() -> u64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC)
         .expect("CLOCK_MONOTONIC is always readable");

@@ -25,7 +25,14 @@ pub struct Harness {
 
 impl Harness {
     pub fn new(cfg: Config) -> Harness {
+        Harness::sized(cfg, handshake_common::ESTABLISHED_CAPACITY)
+    }
+
+    /// A harness whose established map holds `max_connections` (as
+    /// `attach --max-connections` sizes it).
+    pub fn sized(cfg: Config, max_connections: u32) -> Harness {
         let mut ebpf = EbpfLoader::new()
+            .map_max_entries(maps::ESTABLISHED, max_connections)
             .load(crate::ebpf_object())
             .expect("load the BPF object");
         let xdp: &mut Xdp = ebpf
@@ -102,6 +109,19 @@ impl Harness {
             xdp.test_run(opts)
         };
         r.expect("BPF_PROG_TEST_RUN").duration
+    }
+
+    /// As [`Harness::time`] for a loaded XDP program, through a shared
+    /// reference, so that threads on several CPUs can run it at once.
+    pub fn time_shared(&self, program: &str, pkt: &[u8], repeat: u32) -> Duration {
+        let xdp: &Xdp = self.program(program);
+        xdp.test_run(TestRunOptions {
+            data_in: Some(pkt),
+            repeat,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN")
+        .duration
     }
 
     /// Runs one arriving packet through the XDP program; returns its action.

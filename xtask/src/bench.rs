@@ -20,6 +20,11 @@ pub struct Options {
     /// (seconds, not minutes).
     #[arg(long)]
     programs_only: bool,
+    /// Only the program loads, where each packet class's time goes (a
+    /// `perf` profile of the programs under BPF_PROG_TEST_RUN) and the
+    /// per-packet costs: about a minute.
+    #[arg(long)]
+    profile: bool,
 }
 
 #[derive(clap::Args)]
@@ -94,6 +99,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     if o.programs_only {
         cmd.arg("--programs-only");
+    }
+    if o.profile {
+        cmd.arg("--profile");
     }
     if !cmd.status()?.success() {
         bail!("the benchmark failed");

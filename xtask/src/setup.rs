@@ -4,7 +4,7 @@
 //! - Debian packages: LLVM 22 (bpf-linker links against it), hping3 (an
 //!   independent SYN flooder), iproute2 and ethtool (the lab), nftables (the
 //!   state tests hold back chosen segments to freeze a connection in a state),
-//!   kmod and qemu-system-x86 (the VM layer).
+//!   kmod and qemu-system-x86 (the VM layer), linux-perf (the bench's profile).
 //! - The nightly toolchain's `rust-src` (the BPF target builds `core` from source).
 //! - bpf-linker 0.13.0, built against Debian's LLVM 22.
 //! - bpffs mounted at /sys/fs/bpf (where the gate pins itself).
@@ -25,6 +25,7 @@ const APT_PACKAGES: &[&str] = &[
     "nftables",
     "kmod",
     "qemu-system-x86",
+    "linux-perf",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -1,0 +1,9 @@
+//! Link options for the kernel programs (bpf-linker's). By default
+//! bpf-linker asks LLVM to expand only `memcpy` inline (in order, for old
+//! JITs' pattern matching) and leaves every `memset`, `memmove` and
+//! `memcmp` a call of a byte-at-a-time loop: zeroing a 16-byte address cost
+//! more than a map lookup. Without that option LLVM expands all four into
+//! word moves.
+fn main() {
+    println!("cargo:rustc-link-arg=--disable-expand-memcpy-in-order");
+}
