@@ -116,7 +116,7 @@ fn profiles(dir: &Path, repeat: u32) -> anyhow::Result<Vec<ClassProfile>> {
     push(
         "SYN dropped over a cap",
         "xdp",
-        "parse, clock, lookups: established, half-open, source, verified; global and port counters",
+        "parse, clock, three lookups (established, half-open, the source's entry); refused by the source's own cap, so no shared counter and no verified lookup",
         noop.0,
         r,
     );
