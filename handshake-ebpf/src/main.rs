@@ -129,7 +129,7 @@ pub fn handshake_in(ctx: XdpContext) -> u32 {
         sock::lookup(&ctx, f)
     });
     if reason == Reason::Cookie && mode == Mode::Enforce {
-        match cookie::answer(&ctx, facts, cfg) {
+        match cookie::reply(&ctx, facts, cfg) {
             cookie::Outcome::Sent => {
                 bump(&COUNTERS, Reason::Cookie);
                 // It leaves from here, unseen by the egress program.

@@ -5,10 +5,10 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use handshake_common::{
-    Config, FlowKey, Reason, SourceKey, SourceState, WindowCounter,
+    Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter,
     admit::{self, Admission},
     flow::flags,
-    machine::{self, Lookup, Step, Untracked},
+    machine::{self, Dir, Lookup, Segment, Step, Untracked},
     window,
 };
 
@@ -37,15 +37,90 @@ pub fn track(
     side: Side,
     ask: impl FnOnce(&mut Facts) -> Lookup,
 ) -> Reason {
-    match tracked(f, cfg, side) {
-        Some(r) => r,
-        None => untracked(f, cfg, side, ask),
+    match gate_tracked(f, cfg, side as u32) {
+        NONE => untracked(f, cfg, side, ask),
+        r => decode(r),
     }
+}
+
+/// The reason a global function returned as a number. A table lookup
+/// (`Reason::from_u32`) here loses its bound on the way to the verifier;
+/// the discriminants are the indices (checked below), so this needs none.
+#[inline(always)]
+fn decode(v: u32) -> Reason {
+    if v < Reason::COUNT {
+        // SAFETY: `Reason` is `repr(u32)` and its discriminants are exactly
+        // 0..COUNT (the assertion below).
+        unsafe { core::mem::transmute::<u32, Reason>(v) }
+    } else {
+        Reason::FailOpen
+    }
+}
+
+const _: () = {
+    let mut i = 0;
+    while i < Reason::COUNT as usize {
+        assert!(Reason::ALL[i] as u32 == i as u32);
+        i += 1;
+    }
+};
+
+/// What a global function returns for `None`.
+const NONE: u32 = u32::MAX;
+
+/// [`tracked`] as a global BPF function (exported, see
+/// `handshake-ebpf/build.rs`): the verifier checks it once, on its own,
+/// where it checks a static function again for each way its caller
+/// reaches it (each path through the parser). Its pointers may be null as
+/// the verifier sees them; the answer is a reason, or [`NONE`].
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn gate_tracked(f: *mut Facts, cfg: *const Config, side: u32) -> u32 {
+    if f.is_null() || cfg.is_null() {
+        return Reason::FailOpen as u32;
+    }
+    let side = if side == Side::Egress as u32 {
+        Side::Egress
+    } else {
+        Side::Ingress
+    };
+    match tracked(unsafe { &mut *f }, unsafe { &*cfg }, side) {
+        Some(r) => r as u32,
+        None => NONE,
+    }
+}
+
+/// [`pick_up`] as a global BPF function, likewise.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn gate_pick_up(f: *const Facts, cfg: *const Config, cookie: u32) -> u32 {
+    if f.is_null() || cfg.is_null() {
+        return Reason::FailOpen as u32;
+    }
+    let f = unsafe { &*f };
+    // On the stack: before 6.2 a map helper takes no key from a global
+    // function's memory argument.
+    let key = f.key;
+    pick_up(f, &key, unsafe { &*cfg }, cookie != 0) as u32
+}
+
+/// [`new_syn`] as a global BPF function, likewise (for the packet whose
+/// key, end and time `f` holds).
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn gate_new_syn(f: *const Facts, cfg: *const Config) -> u32 {
+    if f.is_null() || cfg.is_null() {
+        return Reason::FailOpen as u32;
+    }
+    let f = unsafe { &*f };
+    // On the stack, as in [`gate_pick_up`].
+    let key = f.key;
+    new_syn(f, &key, f.src_is_lo != 0, unsafe { &*cfg }, f.now_ns) as u32
 }
 
 /// The verdict from the flow's entry, if it has one (`None` also when the
 /// packet opens a new connection on a finished tuple).
-#[inline(never)]
+#[inline(always)]
 fn tracked(f: &mut Facts, cfg: &Config, side: Side) -> Option<Reason> {
     if let Err(r) = machine::check(u16::from_be(f.src.port), u16::from_be(f.dst.port), &f.seg) {
         return Some(r);
@@ -56,14 +131,19 @@ fn tracked(f: &mut Facts, cfg: &Config, side: Side) -> Option<Reason> {
     // an established packet's cost.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     let src_is_lo;
-    (f.key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
+    let key;
+    (key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
+    // Kept on the stack for the lookups (before 6.2 a map helper takes no
+    // key from a global function's memory argument), and in `f` for what
+    // follows.
+    f.key = key;
     f.src_is_lo = src_is_lo as u8;
     f.now_ns = now;
     f.seg.side = side;
-    if let Some(r) = established(f, cfg) {
+    if let Some(r) = established(f, &key, cfg) {
         return Some(r);
     }
-    half_open(f, cfg)
+    half_open(f, &key, cfg)
 }
 
 /// A packet of a flow with no entry: a new SYN, or (arriving, with
@@ -83,28 +163,27 @@ fn untracked(
     let (src_is_lo, now) = (f.src_is_lo != 0, f.now_ns);
     let (f, key) = (&*f, &f.key);
     match u {
-        Untracked::Open if side == Side::Ingress => new_syn(f, key, src_is_lo, cfg, now),
+        Untracked::Open if side == Side::Ingress => decode(gate_new_syn(f, cfg)),
         Untracked::Open => outbound_syn(f, key, src_is_lo, now),
         Untracked::Ignore => Reason::Pass,
         Untracked::NoConn => Reason::NoConn,
-        Untracked::PickUp => pick_up(f, cfg, false),
-        Untracked::CookieAck => pick_up(f, cfg, true),
+        Untracked::PickUp => decode(gate_pick_up(f, cfg, 0)),
+        Untracked::CookieAck => decode(gate_pick_up(f, cfg, 1)),
     }
 }
 
 /// A packet of a connection past its handshake; `None` when there is none
 /// (or it just ended and the packet opens a new one).
 #[inline(never)]
-fn established(f: &Facts, cfg: &Config) -> Option<Reason> {
-    let (key, src_is_lo, now) = (&f.key, f.src_is_lo != 0, f.now_ns);
+fn established(f: &Facts, key: &FlowKey, cfg: &Config) -> Option<Reason> {
+    let (src_is_lo, now) = (f.src_is_lo != 0, f.now_ns);
     let p = ESTABLISHED.get_ptr_mut(key)?;
     let e = unsafe { &mut *p };
     if machine::finished_expired(e, now, cfg) {
         let _ = ESTABLISHED.remove(key);
         return None;
     }
-    let dir = e.dir_of(src_is_lo);
-    match machine::step(e, dir, &f.seg, now) {
+    match step(e, src_is_lo, &f.seg, now) {
         Step::Update | Step::Promote => Some(Reason::Pass),
         Step::Remove => {
             let _ = ESTABLISHED.remove(key);
@@ -120,8 +199,8 @@ fn established(f: &Facts, cfg: &Config) -> Option<Reason> {
 
 /// A packet of a half-open attempt; `None` when there is none (or it expired).
 #[inline(never)]
-fn half_open(f: &Facts, cfg: &Config) -> Option<Reason> {
-    let (key, src_is_lo, now) = (&f.key, f.src_is_lo != 0, f.now_ns);
+fn half_open(f: &Facts, key: &FlowKey, cfg: &Config) -> Option<Reason> {
+    let (src_is_lo, now) = (f.src_is_lo != 0, f.now_ns);
     let p = HALF_OPEN.get_ptr_mut(key)?;
     let e = unsafe { &mut *p };
     let (client_is_lo, epoch) = (e.client_is_lo, e.epoch);
@@ -134,8 +213,7 @@ fn half_open(f: &Facts, cfg: &Config) -> Option<Reason> {
         forget(key, client_is_lo, epoch, cfg);
         return None;
     }
-    let dir = e.dir_of(src_is_lo);
-    Some(match machine::step(e, dir, &f.seg, now) {
+    Some(match step(e, src_is_lo, &f.seg, now) {
         Step::Update => Reason::Pass,
         Step::Promote => {
             let stored = ESTABLISHED.insert(key, e, 0);
@@ -158,12 +236,65 @@ fn half_open(f: &Facts, cfg: &Config) -> Option<Reason> {
     })
 }
 
+/// [`machine::step`] on `e` for a segment from its `lo` end or not.
+#[inline(always)]
+fn step(e: &mut FlowEntry, src_is_lo: bool, seg: &Segment, now: u64) -> Step {
+    let from_client = matches!(e.dir_of(src_is_lo), Dir::FromClient) as u32;
+    let v = gate_step(e, from_client, seg, now);
+    match v {
+        STEP_UPDATE => Step::Update,
+        STEP_PROMOTE => Step::Promote,
+        STEP_REMOVE => Step::Remove,
+        STEP_RESTART => Step::Restart,
+        _ => Step::Reject(decode(v & 0xff)),
+    }
+}
+
+const STEP_UPDATE: u32 = 0;
+const STEP_PROMOTE: u32 = 1;
+const STEP_REMOVE: u32 = 2;
+const STEP_RESTART: u32 = 3;
+const STEP_REJECT: u32 = 0x100;
+
+/// The state machine as a global BPF function (exported, see
+/// `handshake-ebpf/build.rs`): the verifier checks a global function once,
+/// on its own, where it checks a static one again for each way its callers
+/// reach it (three callers: a quarter of the XDP program's verification).
+/// Scalars and pointers to memory of a known size are what a global
+/// function may take, so the step comes back as a number.
+#[unsafe(no_mangle)]
+#[inline(never)]
+pub extern "C" fn gate_step(
+    e: *mut FlowEntry,
+    from_client: u32,
+    seg: *const Segment,
+    now: u64,
+) -> u32 {
+    // The verifier takes a global function's pointers as possibly null.
+    if e.is_null() || seg.is_null() {
+        return STEP_REJECT | Reason::FailOpen as u32;
+    }
+    let (e, seg) = unsafe { (&mut *e, &*seg) };
+    let dir = if from_client != 0 {
+        Dir::FromClient
+    } else {
+        Dir::FromServer
+    };
+    match machine::step(e, dir, seg, now) {
+        Step::Update => STEP_UPDATE,
+        Step::Promote => STEP_PROMOTE,
+        Step::Remove => STEP_REMOVE,
+        Step::Restart => STEP_RESTART,
+        Step::Reject(r) => STEP_REJECT | r as u32,
+    }
+}
+
 /// Picks up a flow with no entry as ESTABLISHED: one the kernel has a
 /// socket for (or, loosely, any flow) from its first segment, or a cookie
 /// handshake's final ACK, whose sender is the client and is then verified.
-#[inline(never)]
-fn pick_up(f: &Facts, cfg: &Config, cookie: bool) -> Reason {
-    let (key, src_is_lo, now) = (&f.key, f.src_is_lo != 0, f.now_ns);
+#[inline(always)]
+fn pick_up(f: &Facts, key: &FlowKey, cfg: &Config, cookie: bool) -> Reason {
+    let (src_is_lo, now) = (f.src_is_lo != 0, f.now_ns);
     let mut n = if cookie {
         machine::cookie_pick_up(src_is_lo, now)
     } else {
@@ -174,7 +305,9 @@ fn pick_up(f: &Facts, cfg: &Config, cookie: bool) -> Reason {
             now,
         )
     };
-    machine::first_segment(&mut n, src_is_lo, &f.seg, now);
+    // The first segment's numbers learnt, its FIN (if any) followed, as
+    // `machine::first_segment` does.
+    let _ = step(&mut n, src_is_lo, &f.seg, now);
     if ESTABLISHED.insert(key, &n, 0).is_err() {
         return Reason::FailOpen;
     }
@@ -212,7 +345,7 @@ pub fn states_of(key: &FlowKey) -> (u8, u8) {
 /// is within its cap with a full bucket: its entry is made only when one of
 /// its SYNs is let through, so a refused spoofed flood leaves the
 /// per-source map alone.
-#[inline(never)]
+#[inline(always)]
 fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Reason {
     let port = u16::from_be(f.dst.port) as u32;
     if !port_allowed(cfg, port) {
