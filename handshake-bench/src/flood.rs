@@ -30,6 +30,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::median;
 use aya::programs::{Xdp, XdpMode};
 use handshake_common::maps;
 use handshake_lab::scenario::{cpu_jiffies, jiffy_s};
@@ -216,11 +217,6 @@ fn attach_drop(lab: &Lab) -> anyhow::Result<aya::Ebpf> {
         xdp.attach(&iface, XdpMode::default())?;
         Ok(ebpf)
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(gate_bin: &Path, o: &Options) -> anyhow::Result<Vec<FloodCost>> {

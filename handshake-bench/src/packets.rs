@@ -15,6 +15,7 @@
 
 use std::time::Duration;
 
+use crate::median;
 use handshake_common::{Config, maps};
 use handshake_lab::packet::{Tcp, syn, tcp, udp};
 use handshake_user::testrun::{Harness, XDP_DROP, XDP_PASS};
@@ -45,11 +46,6 @@ pub struct Options {
     pub calls: usize,
     /// Fresh flows per state-changing class.
     pub singles: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 fn ns(d: Duration) -> f64 {

@@ -5,6 +5,7 @@
 
 use std::time::Instant;
 
+use crate::median;
 use aya::EbpfLoader;
 use aya::programs::{SchedClassifier, Xdp};
 use handshake_common::maps;
@@ -21,11 +22,6 @@ pub struct Program {
     pub xlated_insns: Option<u32>,
     /// Bytes of machine code from the JIT.
     pub jited_bytes: u32,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 pub fn run(loads: usize) -> anyhow::Result<Vec<Program>> {

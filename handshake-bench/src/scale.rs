@@ -6,6 +6,7 @@
 
 use std::time::{Duration, Instant};
 
+use crate::median;
 use aya::maps::{HashMap, MapData};
 use handshake_common::{Config, SourceKey, SourceState, flow::AF_INET, maps};
 use handshake_lab::packet::{Tcp, syn, tcp};
@@ -42,11 +43,6 @@ pub struct Parallel {
 pub struct Options {
     pub repeat: u32,
     pub calls: usize,
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// A harness with one established connection and one source over its cap;

@@ -520,9 +520,7 @@ fn learn(n: &mut FlowEntry, dir: Dir, seg: &Segment) {
     let shift = if shift > MAX_WSCALE { 0 } else { shift };
     let win = (seg.window as u32) << shift;
     let end = seg.end_seq();
-    if n.flags & seen == 0 {
-        s.end = end;
-    } else if n.flags & fin == 0 && seq_gt(end, s.end) {
+    if n.flags & seen == 0 || (n.flags & fin == 0 && seq_gt(end, s.end)) {
         s.end = end;
     }
     if win > s.maxwin {

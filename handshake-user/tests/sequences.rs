@@ -294,7 +294,7 @@ fn run_script(h: &mut Harness, name: &str, client: &str, server: &str, vlans: us
             "{at}: counter {}",
             pkt.reason.name()
         );
-        let seen = entry(&h);
+        let seen = entry(h);
         assert_eq!(
             seen.map(|(e, _)| (e.client_state(), e.server_state())),
             pkt.states,
@@ -310,7 +310,7 @@ fn run_script(h: &mut Harness, name: &str, client: &str, server: &str, vlans: us
     }
     assert_eq!(
         h.global_half_open(&cfg),
-        u32::from(entry(&h).is_some_and(|(_, half)| half) && host == Host::Server),
+        u32::from(entry(h).is_some_and(|(_, half)| half) && host == Host::Server),
         "{label}: half-open count after the script"
     );
 }
