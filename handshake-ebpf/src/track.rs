@@ -24,9 +24,11 @@ const CAS_TRIES: usize = 4;
 
 /// A TCP packet crossing the protected interface, in either direction.
 ///
-/// Each stage below is its own BPF function (`inline(never)`): the verifier
-/// adds up the stack frames of nested calls only, so siblings keep the
-/// combined stack under the 512-byte limit.
+/// Each stage below is its own BPF function: the verifier adds up the
+/// stack frames of nested calls only, so siblings keep the combined stack
+/// under the 512-byte limit. The large ones are global functions
+/// (`gate_*`), which the verifier checks once each (docs/BENCHMARKS.md,
+/// "What loading costs").
 ///
 /// `ask` is how the kernel is asked about an arriving segment of a flow
 /// with no entry (`unknown-flows=verify`): a socket lookup from XDP.

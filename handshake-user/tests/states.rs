@@ -161,7 +161,14 @@ enum Close {
 /// Opens a connection one held step at a time, exchanges data and ends it
 /// as `close` says, checking the gate against both kernels at every step.
 fn walk(lab: &Lab, server_addr: SocketAddr, close: Close) -> Vec<String> {
-    let gate = Attached::new(lab, &[&format!("msl-ms={MSL_MS}")]);
+    // A half-open timeout far beyond the walk's holds: in a slow VM the
+    // client's SYN retries (1 s, then 3 s) and the views of each step can
+    // outlast the default 5 s, and an attempt that timed out is not what
+    // this walk checks.
+    let gate = Attached::new(
+        lab,
+        &[&format!("msl-ms={MSL_MS}"), "half-open-timeout-ms=60000"],
+    );
     let listener = listen(lab, server_addr);
     let (srv, cli) = (&lab.server, &lab.client);
     let to_server = format!("tcp dport {PORT}");
