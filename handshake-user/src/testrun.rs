@@ -188,6 +188,15 @@ impl Harness {
         m.iter().map(Result::unwrap).collect()
     }
 
+    /// The keys of the per-source map, in order.
+    pub fn source_keys(&self) -> Vec<SourceKey> {
+        let m: HashMap<_, SourceKey, SourceState> =
+            HashMap::try_from(self.ebpf.map(maps::SOURCES).unwrap()).unwrap();
+        let mut keys: Vec<SourceKey> = m.keys().map(Result::unwrap).collect();
+        keys.sort();
+        keys
+    }
+
     pub fn half_open_entries(&self) -> Vec<FlowEntry> {
         self.flows(maps::HALF_OPEN)
             .into_iter()

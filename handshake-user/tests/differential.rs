@@ -519,6 +519,14 @@ fn run(sequences: u64, from: u64, seed: u64) {
             "sequence {i}: global half-open count; replay: HANDSHAKE_FUZZ_SEED={seed} \
              HANDSHAKE_FUZZ_FROM={i} HANDSHAKE_FUZZ_SEQUENCES=1"
         );
+        // A source has an entry exactly when one of its SYNs was let through.
+        let reference: Vec<_> = model.sources.keys().copied().collect();
+        assert_eq!(
+            h.source_keys(),
+            reference,
+            "sequence {i}: the per-source entries; replay: HANDSHAKE_FUZZ_SEED={seed} \
+             HANDSHAKE_FUZZ_FROM={i} HANDSHAKE_FUZZ_SEQUENCES=1"
+        );
     }
     println!(
         "differential: {sequences} sequences, {packets} packets, all agree ({:.1} s)\n  \
