@@ -2,11 +2,11 @@
 //! software event, which needs no hardware counters) samples this process
 //! while `BPF_PROG_TEST_RUN` repeats one packet of the class through the
 //! real program, and `perf report` splits the samples by symbol. With
-//! `net.core.bpf_jit_kallsyms=1` every BPF function (the program and each
-//! `inline(never)` stage) has a symbol of its own; the helpers the
-//! programs call (map lookups, the clock, the socket lookup) are kernel
-//! functions, and what the no-op's profile also shows is the harness (the
-//! test-run loop and its timer).
+//! `net.core.bpf_jit_kallsyms=1` every BPF function (the program, each
+//! `inline(never)` stage, each global `gate_*` function) has a symbol of
+//! its own; the helpers the programs call (map lookups, the clock, the
+//! socket lookup) are kernel functions, and what the no-op's profile also
+//! shows is the harness (the test-run loop and its timer).
 //!
 //! A share times the class's measured cost is that symbol's nanoseconds
 //! per packet. Map lookups of different maps share one kernel function, so

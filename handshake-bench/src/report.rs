@@ -287,8 +287,8 @@ impl Report {
             s,
             "## Where the time goes (perf)\n\nEach class repeated for a second under `perf record -e \
              cpu-clock`; a symbol's share of the samples times the class's cost is its ns per packet. \
-             `program`: the BPF code itself (each `inline(never)` stage is its own symbol); `kernel`: \
-             the helpers it calls; `harness`: what the no-op's profile shows too (the test-run loop).\n"
+             `program`: the BPF code itself (each BPF function, a stage or a global `gate_*` \
+             function, is its own symbol); `kernel`: the helpers it calls; `harness`: what the no-op's profile shows too (the test-run loop).\n"
         );
         for p in &self.profiles {
             let _ = writeln!(
