@@ -17,12 +17,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use handshake_common::{Config, maps};
-use handshake_lab::packet::{syn, tcp};
-use handshake_user::testrun::{Harness, XDP_DROP, XDP_PASS};
+use handshake_user::testrun::Harness;
 
 const SRV: &str = "198.18.0.1";
-const J: u32 = 1_000;
-const K: u32 = 9_000;
 
 /// One symbol's part of a class's cost.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -108,11 +105,16 @@ fn profiles(dir: &Path, repeat: u32) -> anyhow::Result<Vec<ClassProfile>> {
     let r = sample(dir, "udp", &mut h, maps::XDP_PROGRAM, false, &udp, repeat)?;
     push("non-TCP (UDP)", "xdp", "parse", noop.0, r);
 
-    let first = syn("198.18.0.66", 1, SRV, 80);
-    anyhow::ensure!(h.run(&first.bytes()) == XDP_PASS);
-    let over = syn("198.18.0.66", 2, SRV, 80).bytes();
-    anyhow::ensure!(h.run(&over) == XDP_DROP, "the cap refuses the second SYN");
-    let r = sample(dir, "syn", &mut h, maps::XDP_PROGRAM, false, &over, repeat)?;
+    let sc = crate::scale::scene(&mut h);
+    let r = sample(
+        dir,
+        "syn",
+        &mut h,
+        maps::XDP_PROGRAM,
+        false,
+        &sc.over,
+        repeat,
+    )?;
     push(
         "SYN dropped over a cap",
         "xdp",
@@ -121,12 +123,15 @@ fn profiles(dir: &Path, repeat: u32) -> anyhow::Result<Vec<ClassProfile>> {
         r,
     );
 
-    let c = syn("198.18.0.2", 40_000, SRV, 80);
-    anyhow::ensure!(h.run(&c.bytes()) == XDP_PASS);
-    h.run_out(&c.reverse().seg(tcp::SYN, K, Some(J + 1), 0).bytes());
-    anyhow::ensure!(h.run(&c.then_ack(K + 1).bytes()) == XDP_PASS);
-    let data = c.seg(0, J + 1, Some(K + 1), 100).bytes();
-    let r = sample(dir, "data", &mut h, maps::XDP_PROGRAM, false, &data, repeat)?;
+    let r = sample(
+        dir,
+        "data",
+        &mut h,
+        maps::XDP_PROGRAM,
+        false,
+        &sc.data,
+        repeat,
+    )?;
     push(
         "data, established connection",
         "xdp",
@@ -134,14 +139,13 @@ fn profiles(dir: &Path, repeat: u32) -> anyhow::Result<Vec<ClassProfile>> {
         noop.0,
         r,
     );
-    let out_data = c.reverse().seg(0, K + 1, Some(J + 1), 100).bytes();
     let r = sample(
         dir,
         "data_out",
         &mut h,
         maps::TC_PROGRAM,
         true,
-        &out_data,
+        &sc.leaving,
         repeat,
     )?;
     push(

@@ -45,9 +45,18 @@ pub struct Options {
     pub calls: usize,
 }
 
-/// A harness with one established connection and one source over its cap;
-/// the data packet and the refused SYN.
-fn scene(h: &mut Harness) -> (Vec<u8>, Vec<u8>) {
+/// The steady packets of one scene: a data segment of an established
+/// connection each way, and a SYN its source's cap refuses.
+pub struct Scene {
+    pub data: Vec<u8>,
+    pub leaving: Vec<u8>,
+    pub over: Vec<u8>,
+}
+
+/// Sets up in `h` one established connection (198.18.0.2:40000 to port
+/// 80) and one source over its cap (`max-half-open-per-source=1`), and
+/// returns the packets that meet them. Shared with the profile.
+pub fn scene(h: &mut Harness) -> Scene {
     let c = syn("198.18.0.2", 40_000, SRV, 80);
     assert_eq!(h.run(&c.bytes()), XDP_PASS);
     h.run_out(&c.reverse().seg(tcp::SYN, K, Some(J + 1), 0).bytes());
@@ -56,7 +65,11 @@ fn scene(h: &mut Harness) -> (Vec<u8>, Vec<u8>) {
     assert_eq!(h.run(&first.bytes()), XDP_PASS);
     let over = syn("198.18.0.66", 2, SRV, 80).bytes();
     assert_eq!(h.run(&over), XDP_DROP, "the cap refuses the second SYN");
-    (c.seg(0, J + 1, Some(K + 1), 100).bytes(), over)
+    Scene {
+        data: c.seg(0, J + 1, Some(K + 1), 100).bytes(),
+        leaving: c.reverse().seg(0, K + 1, Some(J + 1), 100).bytes(),
+        over,
+    }
 }
 
 fn steady(h: &mut Harness, pkt: &[u8], o: &Options) -> f64 {
@@ -86,9 +99,12 @@ pub fn run(o: &Options) -> anyhow::Result<(Vec<Growth>, Parallel)> {
         ..Config::DEFAULT
     };
     let mut empty = Harness::sized(cfg, CONNECTIONS);
-    let (data, over) = scene(&mut empty);
-    let empty_ns = [steady(&mut empty, &data, o), steady(&mut empty, &over, o)];
-    let parallel = parallel(&empty, &over, o.repeat)?;
+    let sc = scene(&mut empty);
+    let empty_ns = [
+        steady(&mut empty, &sc.data, o),
+        steady(&mut empty, &sc.over, o),
+    ];
+    let parallel = parallel(&empty, &sc.over, o.repeat)?;
     drop(empty);
 
     let mut full = Harness::sized(cfg, CONNECTIONS);
@@ -99,8 +115,11 @@ pub fn run(o: &Options) -> anyhow::Result<(Vec<Growth>, Parallel)> {
         crate::memory::fill(&mut est, 0, CONNECTIONS - 1)?;
     }
     fill_sources(&mut full, SOURCES - 1)?;
-    let (data, over) = scene(&mut full);
-    let full_ns = [steady(&mut full, &data, o), steady(&mut full, &over, o)];
+    let sc = scene(&mut full);
+    let full_ns = [
+        steady(&mut full, &sc.data, o),
+        steady(&mut full, &sc.over, o),
+    ];
     let rows = ["data, established connection", "SYN dropped over a cap"]
         .into_iter()
         .zip(empty_ns.into_iter().zip(full_ns))
