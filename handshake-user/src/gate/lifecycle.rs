@@ -1,0 +1,457 @@
+//! Attaching, replacing and detaching the gate as one unit, and undoing a
+//! half-done attach.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::MapInfo;
+use aya::programs::{
+    ProgramError, SchedClassifier, Xdp, XdpMode,
+    links::{FdLink, PinnedLink},
+    xdp::XdpLink,
+};
+use aya::{Ebpf, EbpfLoader, VerifierLogLevel};
+use handshake_common::{LAYOUT_VERSION, maps, meta};
+
+use super::Gate;
+use super::egress::{EgressLink, attach_tc, detach_tc_filter, swap_egress};
+use crate::settings::Settings;
+use crate::{GateError, pins};
+
+/// How the XDP program is attached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum AttachMode {
+    /// Let the kernel choose: native where the driver supports it, else generic.
+    #[default]
+    Auto,
+    /// Native (driver) mode only.
+    Native,
+    /// Generic (skb) mode: works on every interface, slower.
+    Skb,
+}
+
+impl AttachMode {
+    fn xdp(self) -> XdpMode {
+        match self {
+            AttachMode::Auto => XdpMode::Default,
+            AttachMode::Native => XdpMode::Driver,
+            AttachMode::Skb => XdpMode::Skb,
+        }
+    }
+}
+
+/// How `attach` loads and attaches the programs (fixed until detach).
+#[derive(Clone, Copy, Debug)]
+pub struct AttachOptions {
+    pub mode: AttachMode,
+    /// Capacity of the established map: connections tracked past their
+    /// handshake before the least recently seen are evicted.
+    pub max_connections: u32,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        AttachOptions {
+            mode: AttachMode::Auto,
+            max_connections: handshake_common::ESTABLISHED_CAPACITY,
+        }
+    }
+}
+
+/// Bounds of `--max-connections`: at least a small server's worth, at most
+/// what a 64-bit kernel allocates for an LRU hash without trouble.
+pub const MIN_CONNECTIONS: u32 = 1_024;
+
+pub const MAX_CONNECTIONS: u32 = 16 * 1_048_576;
+
+/// Every map the controller pins, by name.
+pub const MAP_NAMES: [&str; 14] = [
+    maps::CONFIG,
+    maps::COUNTERS,
+    maps::DROPPED,
+    maps::EGRESS,
+    maps::HALF_OPEN,
+    maps::ESTABLISHED,
+    maps::SOURCES,
+    maps::GLOBAL,
+    maps::PORTS,
+    maps::ALLOWED_PORTS,
+    maps::VERIFIED,
+    maps::META,
+    maps::EVENTS,
+    maps::AYA_LOGS,
+];
+
+/// Undoes a half-done attach on drop unless [`Rollback::commit`] was
+/// called: removes the pin directory (links held only by this process then
+/// detach as their owners drop) and a netlink TC filter, which no process
+/// holds.
+pub(super) struct Rollback<'a> {
+    dir: PathBuf,
+    iface: &'a str,
+    pub(super) tc_filter: bool,
+    done: bool,
+}
+
+impl Rollback<'_> {
+    fn commit(mut self) {
+        self.done = true;
+    }
+}
+
+impl Drop for Rollback<'_> {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        // Put back any TCP setting `overflow=cookie` changed.
+        if let Ok(mut gate) = Gate::open_dir(self.dir.clone())
+            && let Err(e) = gate.restore_sysctls(&mut Vec::new())
+        {
+            log::warn!("after a failed attach: {e}");
+        }
+        if self.tc_filter
+            && let Err(e) = detach_tc_filter(self.iface)
+        {
+            log::warn!("could not remove the TC filter after a failed attach: {e}");
+        }
+        if let Err(e) = pins::remove_dir(&self.dir) {
+            log::warn!(
+                "could not remove {} after a failed attach: {e}",
+                self.dir.display()
+            );
+        }
+    }
+}
+
+/// Loads the gate on `iface`, with `config`, and pins it all under
+/// [`pins::dir`]: the XDP program on ingress and the TC program on egress,
+/// as one unit. The process can exit afterwards; the gate keeps working.
+/// On any failure nothing stays attached or pinned, and the error names the
+/// step that failed. Returns the pin directory and what was changed
+/// outside the gate (see [`Gate::set_settings`]).
+pub fn attach(
+    iface: &str,
+    netns: Option<&str>,
+    options: AttachOptions,
+    settings: &Settings,
+) -> Result<(PathBuf, Vec<String>), GateError> {
+    let mode = options.mode;
+    pins::require_root()?;
+    pins::require_bpffs()?;
+    crate::settings::validate(settings)?;
+    if !(MIN_CONNECTIONS..=MAX_CONNECTIONS).contains(&options.max_connections) {
+        return Err(GateError::Setting(
+            crate::settings::SettingError::BadValue {
+                key: "max-connections",
+                value: options.max_connections.to_string(),
+                expected: format!("a whole number from {MIN_CONNECTIONS} to {MAX_CONNECTIONS}"),
+            },
+        ));
+    }
+    let ifindex =
+        nix::net::if_::if_nametoindex(iface).map_err(|_| GateError::UnknownInterface {
+            name: iface.into(),
+            netns: netns.map(str::to_string),
+        })?;
+    let dir = pins::dir(iface, netns)?;
+    if dir.exists() {
+        return Err(GateError::AlreadyAttached {
+            iface: iface.into(),
+            dir,
+        });
+    }
+
+    pins::create_dir(&dir)?;
+    let mut rollback = Rollback {
+        dir: dir.clone(),
+        iface,
+        tc_filter: false,
+        done: false,
+    };
+    // Loading creates every map and pins it in `dir`.
+    let mut ebpf = load(&dir, Some(options.max_connections))?;
+    load_programs(&mut ebpf)?;
+    // Through the pins, as every later command does.
+    let mut gate = Gate::open_dir(dir.clone())?;
+    gate.set_meta(meta::LAYOUT, LAYOUT_VERSION)?;
+    let notes = gate.set_settings(settings)?;
+    xdp_program(&mut ebpf)
+        .pin(dir.join(pins::XDP_PROG))
+        .map_err(GateError::step("pin the XDP program"))?;
+    tc_program(&mut ebpf)
+        .pin(dir.join(pins::TC_PROG))
+        .map_err(GateError::step("pin the TC egress program"))?;
+
+    // Egress first: by the time SYNs are admitted, their SYN-ACKs are seen.
+    match attach_tc(tc_program(&mut ebpf), iface, &mut rollback)? {
+        EgressLink::Tcx(link) => {
+            link.pin(dir.join(pins::TC_LINK))
+                .map_err(GateError::step("pin the TC egress link"))?;
+        }
+        EgressLink::Filter { priority, handle } => {
+            gate.set_meta(meta::TC_PRIORITY, priority.into())?;
+            gate.set_meta(meta::TC_HANDLE, u32::from(handle).into())?;
+        }
+    }
+    fail_point("xdp")?;
+
+    let xdp = xdp_program(&mut ebpf);
+    let link_id = xdp
+        .attach_to_if_index(ifindex, mode.xdp())
+        .map_err(|e| GateError::Step {
+            step: format!(
+                "attach the XDP program to {iface} in {} mode{}",
+                match mode {
+                    AttachMode::Auto => "auto",
+                    AttachMode::Native => "native",
+                    AttachMode::Skb => "skb",
+                },
+                if mode == AttachMode::Native {
+                    " (try --mode skb)"
+                } else {
+                    ""
+                }
+            ),
+            source: Box::new(e),
+        })?;
+    let link = xdp
+        .take_link(link_id)
+        .map_err(GateError::step("take the XDP link"))?;
+    let link: FdLink = link.try_into().map_err(GateError::step(
+        "hold the XDP link (the kernel attached it without a BPF link, which cannot be pinned)",
+    ))?;
+    link.pin(dir.join(pins::XDP_LINK))
+        .map_err(GateError::step("pin the XDP link"))?;
+    rollback.commit();
+    Ok((dir, notes))
+}
+
+/// A test hook: `HANDSHAKE_GATE_FAIL_AT=xdp` makes attach fail just before
+/// the XDP program is attached, with the egress program already in place,
+/// so the tests can check that a failed attach leaves nothing behind.
+fn fail_point(at: &str) -> Result<(), GateError> {
+    if std::env::var("HANDSHAKE_GATE_FAIL_AT").is_ok_and(|v| v == at) {
+        return Err(GateError::Step {
+            step: format!("continue past the injected failure at {at:?}"),
+            source: Box::new(std::io::Error::other("HANDSHAKE_GATE_FAIL_AT is set")),
+        });
+    }
+    Ok(())
+}
+
+fn xdp_program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(maps::XDP_PROGRAM)
+        .expect("the object defines the XDP program")
+        .try_into()
+        .expect("an XDP program")
+}
+
+fn tc_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
+    ebpf.program_mut(maps::TC_PROGRAM)
+        .expect("the object defines the TC program")
+        .try_into()
+        .expect("a TC classifier")
+}
+
+/// Loads the object with every map pinned in `dir`: a map already pinned
+/// there is reused as it is (`attach --replace`), a missing one is created
+/// and pinned. `max_connections` sizes a new established map.
+fn load(dir: &Path, max_connections: Option<u32>) -> Result<Ebpf, GateError> {
+    let mut loader = EbpfLoader::new();
+    for name in MAP_NAMES {
+        loader.map_pin_path(name, dir.join(name));
+    }
+    if let Some(n) = max_connections {
+        loader.map_max_entries(maps::ESTABLISHED, n);
+    }
+    loader
+        .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
+        .load(crate::ebpf_object())
+        .map_err(GateError::step("load the gate's BPF object (maps)"))
+}
+
+/// The pin directory of a gate attached to `iface`, after the checks every
+/// command against an attached gate makes: root, bpffs, and the pins there.
+pub(super) fn attached_dir(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
+    pins::require_root()?;
+    pins::require_bpffs()?;
+    let dir = pins::dir(iface, netns)?;
+    if !dir.exists() {
+        return Err(GateError::NotAttached {
+            iface: iface.into(),
+            dir,
+        });
+    }
+    Ok(dir)
+}
+
+/// Swaps new programs (this binary's) into an attached gate, atomically for
+/// each direction, over the pinned maps: every tracked connection, count and
+/// setting stays. Refuses, changing nothing, when the pinned maps' layout is
+/// not this binary's. Egress goes first, as in [`attach`]; if the ingress
+/// swap then fails, the old egress program is put back.
+pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
+    let dir = attached_dir(iface, netns)?;
+    check_layout(&dir)?;
+    let mut ebpf = load(&dir, None)?;
+    load_programs(&mut ebpf)?;
+
+    swap_egress(tc_program(&mut ebpf), &dir, iface)?;
+    let ingress =
+        fail_point("replace-xdp").and_then(|()| swap_ingress(xdp_program(&mut ebpf), &dir));
+    if let Err(e) = ingress {
+        let mut old = SchedClassifier::from_pin(dir.join(pins::TC_PROG)).map_err(
+            GateError::step("open the old TC egress program to put it back"),
+        )?;
+        swap_egress(&mut old, &dir, iface)?;
+        return Err(e);
+    }
+    for (pin, what) in [(pins::XDP_PROG, "XDP"), (pins::TC_PROG, "TC egress")] {
+        std::fs::remove_file(dir.join(pin))
+            .map_err(GateError::step(format!("unpin the old {what} program")))?;
+    }
+    xdp_program(&mut ebpf)
+        .pin(dir.join(pins::XDP_PROG))
+        .map_err(GateError::step("pin the new XDP program"))?;
+    tc_program(&mut ebpf)
+        .pin(dir.join(pins::TC_PROG))
+        .map_err(GateError::step("pin the new TC egress program"))?;
+    Ok(dir)
+}
+
+/// Puts `xdp` in the pinned XDP link's place.
+fn swap_ingress(xdp: &mut Xdp, dir: &Path) -> Result<(), GateError> {
+    let fd: FdLink = PinnedLink::from_pin(dir.join(pins::XDP_LINK))
+        .map_err(GateError::step("open the pinned XDP link"))?
+        .into();
+    let link = XdpLink::try_from(fd).map_err(GateError::step("use the XDP link"))?;
+    let id = xdp
+        .attach_to_link(link)
+        .map_err(GateError::step("swap the XDP program"))?;
+    // The pin keeps the link: dropping this handle only closes it.
+    drop(xdp.take_link(id));
+    Ok(())
+}
+
+/// Checks that the maps pinned in `dir` are what this binary's programs
+/// expect: each present, of the same type, key and value sizes (and, but
+/// for the established map, which `--max-connections` sizes, capacity),
+/// and made under the same [`LAYOUT_VERSION`].
+pub fn check_layout(dir: &Path) -> Result<(), GateError> {
+    let obj = aya_obj::Object::parse(crate::ebpf_object())
+        .map_err(GateError::step("read this binary's BPF object"))?;
+    let incompatible = |map: &str, why: String| GateError::IncompatibleLayout {
+        map: map.to_string(),
+        why,
+    };
+    for name in MAP_NAMES {
+        let want = obj
+            .maps
+            .get(name)
+            .ok_or_else(|| incompatible(name, "this binary does not define it".into()))?;
+        let have = MapInfo::from_pin(dir.join(name))
+            .map_err(|_| incompatible(name, "not pinned (made by an older version?)".into()))?;
+        let have_type = have.map_type().map(|t| t as u32).unwrap_or(u32::MAX);
+        let mut diffs = Vec::new();
+        if have_type != want.map_type() {
+            diffs.push(format!("type {} vs {}", have_type, want.map_type()));
+        }
+        if have.key_size() != want.key_size() {
+            diffs.push(format!(
+                "key {} vs {} bytes",
+                have.key_size(),
+                want.key_size()
+            ));
+        }
+        if have.value_size() != want.value_size() {
+            diffs.push(format!(
+                "value {} vs {} bytes",
+                have.value_size(),
+                want.value_size()
+            ));
+        }
+        if name != maps::ESTABLISHED && have.max_entries() != want.max_entries() {
+            diffs.push(format!(
+                "{} vs {} entries",
+                have.max_entries(),
+                want.max_entries()
+            ));
+        }
+        if !diffs.is_empty() {
+            return Err(incompatible(
+                name,
+                format!("pinned vs this binary: {}", diffs.join(", ")),
+            ));
+        }
+    }
+    let version = Gate::open_dir(dir.to_path_buf())?.meta(meta::LAYOUT)?;
+    if version != LAYOUT_VERSION {
+        return Err(incompatible(
+            maps::META,
+            format!("layout version {version}, this binary's is {LAYOUT_VERSION}"),
+        ));
+    }
+    Ok(())
+}
+
+/// Loads both programs into the kernel (through the verifier).
+fn load_programs(ebpf: &mut Ebpf) -> Result<(), GateError> {
+    xdp_program(ebpf).load().map_err(|e| verifier("XDP", e))?;
+    tc_program(ebpf)
+        .load()
+        .map_err(|e| verifier("TC egress", e))
+}
+
+/// Turns a load error into the verifier's last lines, which say why.
+fn verifier(program: &'static str, e: ProgramError) -> GateError {
+    match e {
+        ProgramError::LoadError {
+            io_error,
+            verifier_log,
+        } => {
+            let log = verifier_log.to_string();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = lines[lines.len().saturating_sub(12)..].join("\n");
+            GateError::Verifier {
+                program,
+                log_tail: format!("{io_error}\n{tail}"),
+            }
+        }
+        other => GateError::step(format!("load the {program} program"))(other),
+    }
+}
+
+/// Detaches the gate (both programs) from `iface` and removes its pins.
+pub fn detach(iface: &str, netns: Option<&str>) -> Result<Vec<String>, GateError> {
+    let dir = attached_dir(iface, netns)?;
+    let mut notes = Vec::new();
+    // Ingress first, so no SYN is admitted whose SYN-ACK goes unseen.
+    unpin_link(&dir.join(pins::XDP_LINK), "XDP")?;
+    let tc_link = dir.join(pins::TC_LINK);
+    if tc_link.exists() {
+        unpin_link(&tc_link, "TC egress")?;
+    } else {
+        detach_tc_filter(iface).map_err(GateError::step(format!(
+            "remove the TC egress filter from {iface}"
+        )))?;
+    }
+    // After the programs are gone: no cookie is made from here on.
+    Gate::open_dir(dir.clone())?.restore_sysctls(&mut notes)?;
+    pins::remove_dir(&dir).map_err(GateError::step(format!("remove {}", dir.display())))?;
+    Ok(notes)
+}
+
+/// Unpins a link; with no process holding it, that detaches its program.
+fn unpin_link(pin: &Path, what: &str) -> Result<(), GateError> {
+    if !pin.exists() {
+        return Ok(());
+    }
+    let link = PinnedLink::from_pin(pin)
+        .map_err(GateError::step(format!("open the pinned {what} link")))?;
+    let fd_link = link
+        .unpin()
+        .map_err(GateError::step(format!("unpin the {what} link")))?;
+    drop(fd_link);
+    Ok(())
+}
+

@@ -1,0 +1,175 @@
+//! A handle on an attached gate through its pins, and the ways to attach,
+//! detach and replace one.
+//!
+//! - [`lifecycle`]: `attach`, `attach --replace`, `detach`, the rollback of
+//!   a failed attach and the pinned maps' layout check;
+//! - [`egress`]: the TC egress program's link (TCX) or netlink filter;
+//! - this file: [`Gate`], the maps opened from the pins, and its plain reads;
+//! - [`write`]: new settings into the maps (and the TCP settings cookies need);
+//! - [`reads`]: the connections, the counts by state, the busiest sources and
+//!   ports, the sweep, and the [`Snapshot`] `status` and the metrics show.
+
+mod egress;
+mod lifecycle;
+mod reads;
+mod write;
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, RingBuf};
+use aya::programs::ProgramInfo;
+use handshake_common::{
+    Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter, maps,
+};
+
+use crate::settings::Settings;
+use crate::{GateError, pins};
+
+pub use lifecycle::{
+    AttachMode, AttachOptions, MAP_NAMES, MAX_CONNECTIONS, MIN_CONNECTIONS, attach, check_layout,
+    detach, replace,
+};
+pub use reads::{Conn, Snapshot, state_counts};
+
+/// Packet counts per reason, summed over CPUs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Counters {
+    /// Arriving packets that got each reason (would-be drops included in
+    /// monitor mode).
+    pub packets: [u64; Reason::COUNT as usize],
+    /// Arriving packets actually dropped for each reason.
+    pub dropped: [u64; Reason::COUNT as usize],
+    /// Leaving packets per reason (the egress program never drops).
+    pub egress: [u64; Reason::COUNT as usize],
+}
+
+impl Counters {
+    pub fn get(&self, r: Reason) -> u64 {
+        self.packets[r as usize]
+    }
+}
+
+/// An attached gate, opened from its pins (by any process, at any time).
+pub struct Gate {
+    pub dir: PathBuf,
+    config: Array<MapData, Config>,
+    counters: PerCpuArray<MapData, u64>,
+    dropped: PerCpuArray<MapData, u64>,
+    egress: PerCpuArray<MapData, u64>,
+    half_open: HashMap<MapData, FlowKey, FlowEntry>,
+    established: HashMap<MapData, FlowKey, FlowEntry>,
+    sources: HashMap<MapData, SourceKey, SourceState>,
+    global: Array<MapData, WindowCounter>,
+    ports: Array<MapData, WindowCounter>,
+    allowed_ports: Array<MapData, u64>,
+    meta: Array<MapData, u64>,
+}
+
+fn open_map<T>(dir: &Path, name: &str) -> Result<T, GateError>
+where
+    T: TryFrom<Map, Error = aya::maps::MapError>,
+{
+    let data = MapData::from_pin(dir.join(name))
+        .map_err(GateError::step(format!("open the pinned {name} map")))?;
+    let map = Map::from_map_data(data).map_err(GateError::step(format!("read the {name} map")))?;
+    T::try_from(map).map_err(GateError::step(format!(
+        "use the {name} map (was it made by another version?)"
+    )))
+}
+
+
+impl Gate {
+    pub fn open(iface: &str, netns: Option<&str>) -> Result<Gate, GateError> {
+        Self::open_dir(lifecycle::attached_dir(iface, netns)?)
+    }
+
+    pub fn open_dir(dir: PathBuf) -> Result<Gate, GateError> {
+        Ok(Gate {
+            config: open_map(&dir, maps::CONFIG)?,
+            counters: open_map(&dir, maps::COUNTERS)?,
+            dropped: open_map(&dir, maps::DROPPED)?,
+            egress: open_map(&dir, maps::EGRESS)?,
+            half_open: open_map(&dir, maps::HALF_OPEN)?,
+            established: open_map(&dir, maps::ESTABLISHED)?,
+            sources: open_map(&dir, maps::SOURCES)?,
+            global: open_map(&dir, maps::GLOBAL)?,
+            ports: open_map(&dir, maps::PORTS)?,
+            allowed_ports: open_map(&dir, maps::ALLOWED_PORTS)?,
+            meta: open_map(&dir, maps::META)?,
+            dir,
+        })
+    }
+
+    /// A slot of the `META` array.
+    pub fn meta(&self, slot: u32) -> Result<u64, GateError> {
+        self.meta
+            .get(&slot, 0)
+            .map_err(GateError::step("read the META map"))
+    }
+
+    pub fn set_meta(&mut self, slot: u32, value: u64) -> Result<(), GateError> {
+        self.meta
+            .set(slot, value, 0)
+            .map_err(GateError::step("write the META map"))
+    }
+
+    /// The pinned XDP program's kernel id (aya-log attaches to it).
+    pub fn xdp_program_id(&self) -> Result<u32, GateError> {
+        Ok(ProgramInfo::from_pin(self.dir.join(pins::XDP_PROG))
+            .map_err(GateError::step("read the pinned XDP program"))?
+            .id())
+    }
+
+    /// The drop-event ring buffer. Reading consumes: one reader at a time.
+    pub fn events(&self) -> Result<RingBuf<MapData>, GateError> {
+        open_map(&self.dir, maps::EVENTS)
+    }
+
+    /// Capacities of the connection maps: (half-open, established).
+    pub fn map_capacity(&self) -> Result<(u32, u32), GateError> {
+        let cap = |name: &str| -> Result<u32, GateError> {
+            Ok(MapInfo::from_pin(self.dir.join(name))
+                .map_err(GateError::step(format!("read the {name} map's size")))?
+                .max_entries())
+        };
+        Ok((cap(maps::HALF_OPEN)?, cap(maps::ESTABLISHED)?))
+    }
+
+    pub fn config(&self) -> Result<Config, GateError> {
+        self.config
+            .get(&0, 0)
+            .map_err(GateError::step("read the configuration"))
+    }
+
+    /// The whole settings: the configuration and the allowed ports.
+    pub fn settings(&self) -> Result<Settings, GateError> {
+        let config = self.config()?;
+        let words = self.port_words()?;
+        Ok(Settings::from_maps(config, &words))
+    }
+
+    fn port_words(&self) -> Result<Vec<u64>, GateError> {
+        let read = GateError::step("read the allowed ports");
+        self.allowed_ports
+            .iter()
+            .collect::<Result<Vec<u64>, _>>()
+            .map_err(read)
+    }
+
+    pub fn counters(&self) -> Result<Counters, GateError> {
+        let mut c = Counters::default();
+        for r in Reason::ALL {
+            let i = r as u32;
+            let sum = |m: &PerCpuArray<MapData, u64>| -> Result<u64, GateError> {
+                Ok(m.get(&i, 0)
+                    .map_err(GateError::step("read the counters"))?
+                    .iter()
+                    .sum())
+            };
+            c.packets[i as usize] = sum(&self.counters)?;
+            c.dropped[i as usize] = sum(&self.dropped)?;
+            c.egress[i as usize] = sum(&self.egress)?;
+        }
+        Ok(c)
+    }
+}
