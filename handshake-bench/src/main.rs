@@ -6,6 +6,7 @@
 //! the Markdown report.
 
 mod clients;
+mod control;
 mod flood;
 mod memory;
 mod packets;
@@ -43,6 +44,10 @@ struct Args {
     /// profile of the programs) and the per-packet costs: about a minute.
     #[arg(long)]
     profile: bool,
+    /// Only the control plane with 1M connections (`status`, a metrics
+    /// scrape, `conns`), next to the same on an empty gate: a minute.
+    #[arg(long)]
+    control: bool,
 }
 
 /// The middle value (the upper one of an even count); `v` is not empty.
@@ -66,6 +71,12 @@ fn main() -> anyhow::Result<()> {
     }
     let mut r = report::Report::new(a.full);
 
+    if a.control {
+        r.control = Some(control::run(&a.gate, 5)?);
+        r.write(&a.out)?;
+        print!("{}", r.markdown());
+        return Ok(());
+    }
     eprintln!("bench: program loads (the verifier)");
     r.programs = programs::run(if a.full { 9 } else { 5 })?;
     if a.programs_only {
@@ -137,8 +148,10 @@ fn main() -> anyhow::Result<()> {
     };
     r.clients = clients::run(&a.gate, &r.clients_load)?;
 
-    eprintln!("bench: memory and control plane");
-    r.memory = Some(memory::run(&a.gate, if a.full { 5 } else { 3 })?);
+    eprintln!("bench: memory");
+    r.memory = Some(memory::run(&a.gate)?);
+    eprintln!("bench: the control plane");
+    r.control = Some(control::run(&a.gate, if a.full { 9 } else { 5 })?);
 
     r.write(&a.out)?;
     print!("{}", r.markdown());

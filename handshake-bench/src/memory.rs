@@ -1,10 +1,9 @@
 //! Kernel memory, from the kernel's own map accounting (`memlock:` in each
-//! map's fdinfo), and the control plane's speed with the maps full.
+//! map's fdinfo).
 
 use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::Instant;
 
 use aya::maps::{HashMap, IterableMap as _, Map, MapData};
 use handshake_common::flow::AF_INET;
@@ -26,9 +25,6 @@ pub struct Memory {
     /// The established map sized for 1M connections, after 100k and after
     /// 1M were stored: (connections, bytes of the map, bytes per connection).
     pub at: Vec<(u64, u64, f64)>,
-    /// `status` and `conns --json` with 1M tracked connections (medians).
-    pub status_ms: f64,
-    pub conns_json_ms: f64,
 }
 
 /// The kernel's accounting of a map's memory.
@@ -53,9 +49,9 @@ pub(crate) fn pinned_maps(dir: &Path) -> anyhow::Result<Vec<(String, MapData)>> 
     Ok(v)
 }
 
-struct Attached<'a> {
-    gate: &'a Path,
-    lab: &'a Lab,
+pub(crate) struct Attached<'a> {
+    pub gate: &'a Path,
+    pub lab: &'a Lab,
 }
 
 impl Attached<'_> {
@@ -69,7 +65,7 @@ impl Attached<'_> {
         Ok(())
     }
 
-    fn dir(&self) -> PathBuf {
+    pub fn dir(&self) -> PathBuf {
         handshake_user::pins::dir(&self.lab.server_if, Some(&self.lab.server.name))
             .expect("the lab's names are plain")
     }
@@ -81,7 +77,11 @@ impl Drop for Attached<'_> {
     }
 }
 
-fn attach<'a>(gate: &'a Path, lab: &'a Lab, extra: &[&str]) -> anyhow::Result<Attached<'a>> {
+pub(crate) fn attach<'a>(
+    gate: &'a Path,
+    lab: &'a Lab,
+    extra: &[&str],
+) -> anyhow::Result<Attached<'a>> {
     let a = Attached { gate, lab };
     let mut args = vec!["attach", &lab.server_if];
     args.extend_from_slice(extra);
@@ -89,7 +89,6 @@ fn attach<'a>(gate: &'a Path, lab: &'a Lab, extra: &[&str]) -> anyhow::Result<At
     Ok(a)
 }
 
-/// Stores established connections `from..to` (distinct 4-tuples).
 /// Stores established connections `from..to` (198.19.x.y to 198.18.0.1:80).
 pub fn fill<T: std::borrow::BorrowMut<MapData>>(
     map: &mut HashMap<T, FlowKey, FlowEntry>,
@@ -120,18 +119,7 @@ pub fn fill<T: std::borrow::BorrowMut<MapData>>(
     Ok(())
 }
 
-fn timed(n: usize, mut f: impl FnMut() -> anyhow::Result<()>) -> anyhow::Result<f64> {
-    let mut v = Vec::new();
-    for _ in 0..n {
-        let t = Instant::now();
-        f()?;
-        v.push(t.elapsed());
-    }
-    v.sort();
-    Ok(v[v.len() / 2].as_secs_f64() * 1e3)
-}
-
-pub fn run(gate: &Path, timing_runs: usize) -> anyhow::Result<Memory> {
+pub fn run(gate: &Path) -> anyhow::Result<Memory> {
     let lab = Lab::new("bmem")?;
     let default_maps = {
         let a = attach(gate, &lab, &[])?;
@@ -161,17 +149,9 @@ pub fn run(gate: &Path, timing_runs: usize) -> anyhow::Result<Memory> {
         let bytes = memlock(est.map())?;
         at.push((u64::from(n), bytes, bytes as f64 / f64::from(n)));
     }
-    eprintln!("bench: status and conns --json with {stored} connections");
-    let iface = lab.server_if.clone();
-    let status_ms = timed(timing_runs, || a.cli(&["status", &iface], Stdio::null()))?;
-    let conns_json_ms = timed(timing_runs, || {
-        a.cli(&["conns", &iface, "--json"], Stdio::null())
-    })?;
     Ok(Memory {
         default_maps,
         default_total,
         at,
-        status_ms,
-        conns_json_ms,
     })
 }

@@ -28,6 +28,7 @@ pub mod machine;
 pub mod model;
 pub mod parse;
 pub mod reason;
+pub mod tally;
 pub mod window;
 
 pub use config::{Config, Mode, Overflow, UnknownFlows};
@@ -49,6 +50,9 @@ pub mod maps {
     pub const NOOP_XDP: &str = "noop_xdp";
     pub const DROP_XDP: &str = "drop_xdp";
     pub const NOOP_TC: &str = "noop_tc";
+    /// Counts the connection maps for `status` and the metrics (run, never
+    /// attached; see [`crate::tally`]).
+    pub const TALLY_PROGRAM: &str = "tally_conns";
     /// One-entry array holding [`crate::Config`].
     pub const CONFIG: &str = "CONFIG";
     /// Per-CPU array of `u64` counts of arriving packets (XDP) indexed by

@@ -20,12 +20,15 @@ mod track;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
-    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns},
+    helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_for_each_map_elem},
     macros::{classifier, map, xdp},
     maps::{Array, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::warn;
+use core::ffi::c_void;
+use handshake_common::machine::Expiry;
+use handshake_common::tally::{Tally, TallyPacket};
 use handshake_common::{
     Config, DropEvent, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, Mode,
     PORT_COUNT, PORT_WORDS, Reason, SOURCES_CAPACITY, SourceKey, SourceState, VERIFIED_CAPACITY,
@@ -195,6 +198,73 @@ pub fn drop_xdp(_ctx: XdpContext) -> u32 {
 #[classifier]
 pub fn noop_tc(_ctx: TcContext) -> i32 {
     TC_ACT_OK
+}
+
+/// Counts both connection maps by state (`handshake_common::tally`), in the
+/// kernel, for `status` and the metrics. Never attached: the controller
+/// runs it through `BPF_PROG_TEST_RUN` with a [`TallyPacket`] holding the
+/// moment to judge expiry by, and reads the counts back from the packet.
+#[xdp]
+pub fn tally_conns(ctx: XdpContext) -> u32 {
+    let start = ctx.data();
+    if start + core::mem::size_of::<TallyPacket>() > ctx.data_end() {
+        return xdp_action::XDP_ABORTED;
+    }
+    let Some(cfg) = CONFIG.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let p = start as *mut TallyPacket;
+    let mut t = Counting {
+        expiry: Expiry::of(cfg, unsafe { (*p).now_ns }),
+        tally: Tally::default(),
+    };
+    let ctx_ptr = (&raw mut t).cast::<c_void>();
+    unsafe {
+        bpf_for_each_map_elem(
+            (&raw const HALF_OPEN).cast_mut().cast(),
+            count_half_open as *mut c_void,
+            ctx_ptr,
+            0,
+        );
+        bpf_for_each_map_elem(
+            (&raw const ESTABLISHED).cast_mut().cast(),
+            count_established as *mut c_void,
+            ctx_ptr,
+            0,
+        );
+        (*p).tally = t.tally;
+    }
+    xdp_action::XDP_PASS
+}
+
+/// What [`tally_conns`] hands each call of its callbacks (on its stack).
+struct Counting {
+    expiry: Expiry,
+    tally: Tally,
+}
+
+/// `bpf_for_each_map_elem`'s callback over the half-open map: 0 goes on.
+#[inline(never)]
+extern "C" fn count_half_open(
+    _map: *mut c_void,
+    _key: *mut c_void,
+    e: *mut FlowEntry,
+    t: *mut Counting,
+) -> i64 {
+    unsafe { (*t).tally.add(&*e, true, &(*t).expiry) };
+    0
+}
+
+/// The same over the established map.
+#[inline(never)]
+extern "C" fn count_established(
+    _map: *mut c_void,
+    _key: *mut c_void,
+    e: *mut FlowEntry,
+    t: *mut Counting,
+) -> i64 {
+    unsafe { (*t).tally.add(&*e, false, &(*t).expiry) };
+    0
 }
 
 /// Tracks one parsed packet; the reason for its verdict. `ask`: how the

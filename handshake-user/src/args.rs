@@ -200,13 +200,31 @@ pub struct ConnsArgs {
     /// (e.g. 198.18.0.0/24, 2001:db8::/64; a bare address means just it).
     #[arg(long, value_name = "CIDR", value_parser = parse_cidr)]
     pub source: Option<ipnet::IpNet>,
-    /// Print JSON (stable field names) instead of a table.
+    /// Print JSON (stable field names) instead of a table: one array,
+    /// written a row at a time.
     #[arg(long)]
     pub json: bool,
+    /// Stop after this many rows.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
+    /// Row order: `table` prints them as the maps are read (half-open
+    /// first), holding nothing; `oldest` prints the oldest first, which
+    /// holds every matching row in memory, or only N with --limit N.
+    #[arg(long, value_enum, default_value_t = ConnsOrder::Table)]
+    pub order: ConnsOrder,
+}
+
+/// The order of `conns`' rows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum ConnsOrder {
+    /// As the maps are read.
+    Table,
+    /// Oldest first.
+    Oldest,
 }
 
 #[derive(Debug, clap::Args)]
-#[command(after_help = crate::cmd::set::KEYS_HELP.as_str())]
+#[command(after_help = handshake_user::settings::KEYS_HELP.as_str())]
 pub struct SetArgs {
     /// The network interface.
     pub iface: String,

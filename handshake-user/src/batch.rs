@@ -5,6 +5,7 @@
 
 use std::io;
 use std::mem::{MaybeUninit, size_of};
+use std::ops::ControlFlow;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::Pod;
@@ -40,11 +41,26 @@ pub fn unsupported(e: &io::Error) -> bool {
 /// Every (key, value) of a hash map, read in batches. Entries added or
 /// removed while it reads may or may not be seen, as with any map walk.
 pub fn read_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
-    let fd = map.fd().as_fd().as_raw_fd() as u32;
     let mut out = Vec::new();
+    for_each_batch(map, |batch: &[(K, V)]| {
+        out.extend_from_slice(batch);
+        ControlFlow::Continue(())
+    })?;
+    Ok(out)
+}
+
+/// Hands `each` the entries of a hash map a batch (up to [`BATCH`]) at a
+/// time, as they are read, so what the caller keeps is its own choice; it
+/// stops when `each` says so.
+pub fn for_each_batch<K: Pod, V: Pod>(
+    map: &MapData,
+    mut each: impl FnMut(&[(K, V)]) -> ControlFlow<()>,
+) -> io::Result<()> {
+    let fd = map.fd().as_fd().as_raw_fd() as u32;
     let mut size = BATCH;
     let mut keys: Vec<MaybeUninit<K>> = Vec::new();
     let mut values: Vec<MaybeUninit<V>> = Vec::new();
+    let mut pairs: Vec<(K, V)> = Vec::with_capacity(BATCH as usize);
     // The kernel's position token (a bucket index for hash maps).
     let mut token = [0u64; 1];
     let mut next = [0u64; 1];
@@ -82,12 +98,13 @@ pub fn read_all<K: Pod, V: Pod>(map: &MapData) -> io::Result<Vec<(K, V)>> {
             }
             Some(_) => return Err(err.expect("matched Some")),
         };
+        pairs.clear();
         for i in 0..attr.count as usize {
             // SAFETY: the kernel filled the first `count` slots.
-            out.push(unsafe { (keys[i].assume_init(), values[i].assume_init()) });
+            pairs.push(unsafe { (keys[i].assume_init(), values[i].assume_init()) });
         }
-        if done {
-            return Ok(out);
+        if each(&pairs).is_break() || done {
+            return Ok(());
         }
         token = next;
         first = false;

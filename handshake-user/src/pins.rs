@@ -5,8 +5,8 @@
 //! for one in the named namespace. Each holds the XDP program (`xdp_prog`)
 //! and its link (`xdp_link`), the TC egress program (`tc_prog`) and, where
 //! the kernel has TCX (6.6+), its link (`tc_link`; older kernels hold a
-//! netlink filter instead, which needs no pin), and one pin per map, by the
-//! map's name. Directories are created owner-only (0700); the kernel creates
+//! netlink filter instead, which needs no pin), the counting program
+//! (`tally_prog`), and one pin per map, by the map's name. Directories are created owner-only (0700); the kernel creates
 //! pins 0600.
 
 use std::os::unix::fs::DirBuilderExt as _;
@@ -26,6 +26,10 @@ pub const XDP_LINK: &str = "xdp_link";
 pub const TC_PROG: &str = "tc_prog";
 /// Pin of the TC egress TCX link (Linux 6.6+).
 pub const TC_LINK: &str = "tc_link";
+/// Pin of the program that counts the connection maps in the kernel for
+/// `status` and the metrics (run, never attached). A gate attached by a
+/// version without it is counted by reading the maps instead.
+pub const TALLY_PROG: &str = "tally_prog";
 
 /// `statfs` magic of a BPF filesystem.
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;

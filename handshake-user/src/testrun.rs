@@ -48,6 +48,14 @@ impl Harness {
             .unwrap();
         tc.load()
             .expect("the verifier accepts the TC egress program");
+        let tally: &mut Xdp = ebpf
+            .program_mut(maps::TALLY_PROGRAM)
+            .unwrap()
+            .try_into()
+            .unwrap();
+        tally
+            .load()
+            .expect("the verifier accepts the counting program");
         let mut h = Harness { ebpf };
         h.set(cfg);
         h
@@ -195,6 +203,13 @@ impl Harness {
         let mut keys: Vec<SourceKey> = m.keys().map(Result::unwrap).collect();
         keys.sort();
         keys
+    }
+
+    /// Both connection maps counted by the kernel's counting program, as
+    /// `status` counts an attached gate's.
+    pub fn tally(&self, now_ns: u64) -> handshake_common::tally::Tally {
+        crate::gate::run_tally(self.program(maps::TALLY_PROGRAM), now_ns)
+            .expect("the counting program runs")
     }
 
     pub fn half_open_entries(&self) -> Vec<FlowEntry> {

@@ -527,6 +527,28 @@ fn run(sequences: u64, from: u64, seed: u64) {
             "sequence {i}: the per-source entries; replay: HANDSHAKE_FUZZ_SEED={seed} \
              HANDSHAKE_FUZZ_FROM={i} HANDSHAKE_FUZZ_SEQUENCES=1"
         );
+        // The kernel's count of its maps (what `status` shows) is the
+        // host's count of the same entries, expiry included: after every
+        // 64th sequence and the last (a count walks every slot of both
+        // maps, a millisecond or two).
+        if i % 64 != 0 && i + 1 != from + sequences {
+            continue;
+        }
+        let now = handshake_user::monotonic_ns();
+        let x = handshake_common::machine::Expiry::of(&cfg, now);
+        let mut reference = handshake_common::tally::Tally::default();
+        for e in h.half_open_entries() {
+            reference.add(&e, true, &x);
+        }
+        for e in h.established_entries() {
+            reference.add(&e, false, &x);
+        }
+        assert_eq!(
+            h.tally(now),
+            reference,
+            "sequence {i}: the counts by state; replay: HANDSHAKE_FUZZ_SEED={seed} \
+             HANDSHAKE_FUZZ_FROM={i} HANDSHAKE_FUZZ_SEQUENCES=1"
+        );
     }
     println!(
         "differential: {sequences} sequences, {packets} packets, all agree ({:.1} s)\n  \

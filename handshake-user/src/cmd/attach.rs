@@ -41,7 +41,7 @@ fn replace(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
         Vec::new()
     };
     let now = handshake_user::monotonic_ns();
-    let kept = after.conns(&wanted.config, now)?.len();
+    let kept = after.tally(&wanted.config, now)?.live;
     println!(
         "replaced the programs on {} in place; {kept} tracked connection(s) and every count and setting kept, pinned in {}",
         a.iface,

@@ -1,17 +1,118 @@
+//! `conns`: the tracked connections, like `ss`, streamed: each batch read
+//! from the kernel is filtered and printed before the next is read, so the
+//! first row comes at once and memory stays small whatever the table's
+//! size (unless `--order oldest` without `--limit`, which must see every
+//! row before printing the first).
+
+use std::collections::BinaryHeap;
+use std::io::{BufWriter, Write};
 use std::net::IpAddr;
+use std::ops::ControlFlow;
 
 use handshake_common::TcpState;
 use handshake_user::gate::{Conn, Gate};
-use serde_json::json;
 
-use crate::args::ConnsArgs;
-use crate::cmd::status::table;
+use crate::args::{ConnsArgs, ConnsOrder};
 
 /// `addr:port`, IPv6 in brackets.
 fn addr((ip, port): (IpAddr, u16)) -> String {
     match ip {
         IpAddr::V4(a) => format!("{a}:{port}"),
         IpAddr::V6(a) => format!("[{a}]:{port}"),
+    }
+}
+
+/// Where the rows go: a JSON array or a table, one row at a time.
+struct Rows<W: Write> {
+    out: W,
+    json: bool,
+    now: u64,
+    printed: u64,
+}
+
+/// The table's columns: header and width (the last is not padded).
+const COLUMNS: [(&str, usize); 6] = [
+    ("client", 24),
+    ("server", 24),
+    ("client state", 13),
+    ("server state", 13),
+    ("age", 10),
+    ("last seen", 0),
+];
+
+impl<W: Write> Rows<W> {
+    fn start(&mut self) -> std::io::Result<()> {
+        if self.json {
+            return write!(self.out, "[");
+        }
+        let cells: Vec<&str> = COLUMNS.iter().map(|c| c.0).collect();
+        self.line(&cells)
+    }
+
+    fn line(&mut self, cells: &[&str]) -> std::io::Result<()> {
+        for (i, (cell, (_, width))) in cells.iter().zip(COLUMNS).enumerate() {
+            if i + 1 == COLUMNS.len() {
+                writeln!(self.out, "{cell}")?;
+            } else {
+                write!(self.out, "{cell:<width$} ")?;
+            }
+        }
+        Ok(())
+    }
+
+    fn row(&mut self, c: &Conn) -> std::io::Result<()> {
+        let age_ms = self.now.saturating_sub(c.entry.created_ns) / 1_000_000;
+        let idle_ms = self.now.saturating_sub(c.entry.last_seen_ns) / 1_000_000;
+        let (client, server) = (addr(c.client), addr(c.server));
+        let (cs, ss) = (c.entry.client_state().name(), c.entry.server_state().name());
+        if self.json {
+            let sep = if self.printed == 0 { "" } else { "," };
+            // Addresses and state names need no JSON escaping.
+            write!(
+                self.out,
+                "{sep}\n{{\"client\":\"{client}\",\"server\":\"{server}\",\
+                 \"client_state\":\"{cs}\",\"server_state\":\"{ss}\",\
+                 \"age_ms\":{age_ms},\"idle_ms\":{idle_ms},\"half_open\":{}}}",
+                c.half_open
+            )?;
+        } else {
+            let age = format!("{:.1}s", age_ms as f64 / 1000.0);
+            let seen = format!("{:.1}s ago", idle_ms as f64 / 1000.0);
+            self.line(&[&client, &server, cs, ss, &age, &seen])?;
+        }
+        self.printed += 1;
+        Ok(())
+    }
+
+    fn end(&mut self) -> std::io::Result<()> {
+        if self.json {
+            writeln!(self.out, "{}]", if self.printed == 0 { "" } else { "\n" })?;
+        } else {
+            writeln!(self.out, "{} connection(s)", self.printed)?;
+        }
+        self.out.flush()
+    }
+}
+
+/// A row ordered by age, the oldest greatest, for the heap of the N oldest.
+struct ByAge(Conn);
+
+impl PartialEq for ByAge {
+    fn eq(&self, o: &Self) -> bool {
+        self.0.entry.created_ns == o.0.entry.created_ns
+    }
+}
+impl Eq for ByAge {}
+impl PartialOrd for ByAge {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for ByAge {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        // Younger is greater: the heap's top is the youngest kept, the one
+        // to drop when an older row comes.
+        self.0.entry.created_ns.cmp(&o.0.entry.created_ns)
     }
 }
 
@@ -26,59 +127,61 @@ pub fn run(a: ConnsArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let gate = Gate::open(&a.iface, netns)?;
     let cfg = gate.config()?;
     let now = handshake_user::monotonic_ns();
-    let mut conns: Vec<Conn> = gate
-        .conns(&cfg, now)?
-        .into_iter()
-        .filter(|c| {
-            state.is_none_or(|s| c.entry.client_state() == s || c.entry.server_state() == s)
-        })
-        .filter(|c| a.port.is_none_or(|p| c.client.1 == p || c.server.1 == p))
-        .filter(|c| a.source.is_none_or(|net| net.contains(&c.client.0)))
-        .collect();
-    conns.sort_by_key(|c| c.entry.created_ns);
-    let age_ms = |c: &Conn| now.saturating_sub(c.entry.created_ns) / 1_000_000;
-    let idle_ms = |c: &Conn| now.saturating_sub(c.entry.last_seen_ns) / 1_000_000;
-
-    if a.json {
-        let out: Vec<_> = conns
-            .iter()
-            .map(|c| {
-                json!({
-                    "client": addr(c.client),
-                    "server": addr(c.server),
-                    "client_state": c.entry.client_state().name(),
-                    "server_state": c.entry.server_state().name(),
-                    "age_ms": age_ms(c),
-                    "idle_ms": idle_ms(c),
-                    "half_open": c.half_open,
-                })
-            })
-            .collect();
-        println!("{}", serde_json::to_string_pretty(&out)?);
-        return Ok(());
+    let wanted = |c: &Conn| {
+        state.is_none_or(|s| c.entry.client_state() == s || c.entry.server_state() == s)
+            && a.port.is_none_or(|p| c.client.1 == p || c.server.1 == p)
+            && a.source.is_none_or(|net| net.contains(&c.client.0))
+    };
+    let limit = a.limit.unwrap_or(u64::MAX);
+    let mut rows = Rows {
+        out: BufWriter::with_capacity(1 << 16, std::io::stdout().lock()),
+        json: a.json,
+        now,
+        printed: 0,
+    };
+    rows.start()?;
+    let mut failed = None;
+    match a.order {
+        ConnsOrder::Table => {
+            if limit > 0 {
+                gate.for_each_conn(&cfg, now, |c| {
+                    if !wanted(c) {
+                        return ControlFlow::Continue(());
+                    }
+                    if let Err(e) = rows.row(c) {
+                        failed = Some(e);
+                        return ControlFlow::Break(());
+                    }
+                    if rows.printed >= limit {
+                        ControlFlow::Break(())
+                    } else {
+                        ControlFlow::Continue(())
+                    }
+                })?;
+            }
+        }
+        ConnsOrder::Oldest => {
+            let mut oldest = BinaryHeap::new();
+            gate.for_each_conn(&cfg, now, |c| {
+                if wanted(c) && limit > 0 {
+                    oldest.push(ByAge(c.clone()));
+                    if oldest.len() as u64 > limit {
+                        oldest.pop();
+                    }
+                }
+                ControlFlow::Continue(())
+            })?;
+            for ByAge(c) in oldest.into_sorted_vec() {
+                if let Err(e) = rows.row(&c) {
+                    failed = Some(e);
+                    break;
+                }
+            }
+        }
     }
-    let mut t = table(
-        &[
-            "client",
-            "server",
-            "client state",
-            "server state",
-            "age",
-            "last seen",
-        ],
-        4,
-    );
-    for c in &conns {
-        t.add_row(vec![
-            addr(c.client),
-            addr(c.server),
-            c.entry.client_state().name().to_string(),
-            c.entry.server_state().name().to_string(),
-            format!("{:.1}s", age_ms(c) as f64 / 1000.0),
-            format!("{:.1}s ago", idle_ms(c) as f64 / 1000.0),
-        ]);
+    match failed.map_or_else(|| rows.end(), Err) {
+        // The reader stopped reading (`conns | head`): nothing more to say.
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        other => Ok(other?),
     }
-    println!("{t}");
-    println!("{} connection(s)", conns.len());
-    Ok(())
 }

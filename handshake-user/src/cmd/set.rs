@@ -1,18 +1,7 @@
-use std::sync::LazyLock;
-
 use handshake_user::gate::Gate;
 use handshake_user::settings::{self, KEYS};
 
 use crate::args::SetArgs;
-
-/// The list of settings for `set --help`.
-pub static KEYS_HELP: LazyLock<String> = LazyLock::new(|| {
-    let mut s = String::from("Settings:\n");
-    for k in KEYS {
-        s.push_str(&format!("  {:<26} {:<16} {}\n", k.name, k.range(), k.help));
-    }
-    s
-});
 
 pub fn run(a: SetArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let mut gate = Gate::open(&a.iface, netns)?;

@@ -78,6 +78,8 @@ fn json(iface: &str, netns: Option<&str>, s: &Snapshot) -> Value {
         "limits": limits,
         "half_open": s.half_open,
         "states": { "client": client, "server": server },
+        "connections": s.connections,
+        "map_entries": { "half_open": s.map_entries.0, "established": s.map_entries.1 },
         "drops": drops,
         "dropped_packets": c.dropped.iter().sum::<u64>(),
         "packets": by_reason(&c.packets),

@@ -108,7 +108,11 @@ pub(super) fn detach_tc_filter(iface: &str) -> Result<(), TcError> {
 
 /// Puts `tc` in the egress program's place: in the pinned TCX link, or in
 /// the netlink filter `META` records, replaced in place.
-pub(super) fn swap_egress(tc: &mut SchedClassifier, dir: &Path, iface: &str) -> Result<(), GateError> {
+pub(super) fn swap_egress(
+    tc: &mut SchedClassifier,
+    dir: &Path,
+    iface: &str,
+) -> Result<(), GateError> {
     let pin = dir.join(pins::TC_LINK);
     let link = if pin.exists() {
         let fd: FdLink = PinnedLink::from_pin(&pin)
@@ -141,4 +145,3 @@ pub(super) fn swap_egress(tc: &mut SchedClassifier, dir: &Path, iface: &str) -> 
     std::mem::forget(link);
     Ok(())
 }
-

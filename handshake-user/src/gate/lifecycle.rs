@@ -181,6 +181,7 @@ pub fn attach(
     tc_program(&mut ebpf)
         .pin(dir.join(pins::TC_PROG))
         .map_err(GateError::step("pin the TC egress program"))?;
+    pin_tally(&mut ebpf, &dir)?;
 
     // Egress first: by the time SYNs are admitted, their SYN-ACKs are seen.
     match attach_tc(tc_program(&mut ebpf), iface, &mut rollback)? {
@@ -242,6 +243,13 @@ fn fail_point(at: &str) -> Result<(), GateError> {
 fn xdp_program(ebpf: &mut Ebpf) -> &mut Xdp {
     ebpf.program_mut(maps::XDP_PROGRAM)
         .expect("the object defines the XDP program")
+        .try_into()
+        .expect("an XDP program")
+}
+
+fn tally_program(ebpf: &mut Ebpf) -> &mut Xdp {
+    ebpf.program_mut(maps::TALLY_PROGRAM)
+        .expect("the object defines the counting program")
         .try_into()
         .expect("an XDP program")
 }
@@ -316,6 +324,7 @@ pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
     tc_program(&mut ebpf)
         .pin(dir.join(pins::TC_PROG))
         .map_err(GateError::step("pin the new TC egress program"))?;
+    pin_tally(&mut ebpf, &dir)?;
     Ok(dir)
 }
 
@@ -399,7 +408,21 @@ fn load_programs(ebpf: &mut Ebpf) -> Result<(), GateError> {
     xdp_program(ebpf).load().map_err(|e| verifier("XDP", e))?;
     tc_program(ebpf)
         .load()
-        .map_err(|e| verifier("TC egress", e))
+        .map_err(|e| verifier("TC egress", e))?;
+    tally_program(ebpf)
+        .load()
+        .map_err(|e| verifier("counting", e))
+}
+
+/// Pins the counting program in `dir`, in place of one pinned there before.
+fn pin_tally(ebpf: &mut Ebpf, dir: &Path) -> Result<(), GateError> {
+    let pin = dir.join(pins::TALLY_PROG);
+    if pin.exists() {
+        std::fs::remove_file(&pin).map_err(GateError::step("unpin the old counting program"))?;
+    }
+    tally_program(ebpf)
+        .pin(pin)
+        .map_err(GateError::step("pin the counting program"))
 }
 
 /// Turns a load error into the verifier's last lines, which say why.
@@ -454,4 +477,3 @@ fn unpin_link(pin: &Path, what: &str) -> Result<(), GateError> {
     drop(fd_link);
     Ok(())
 }
-

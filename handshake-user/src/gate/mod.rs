@@ -29,7 +29,7 @@ pub use lifecycle::{
     AttachMode, AttachOptions, MAP_NAMES, MAX_CONNECTIONS, MIN_CONNECTIONS, attach, check_layout,
     detach, replace,
 };
-pub use reads::{Conn, Snapshot, state_counts};
+pub use reads::{Conn, Snapshot, run_tally, state_counts};
 
 /// Packet counts per reason, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -76,7 +76,6 @@ where
         "use the {name} map (was it made by another version?)"
     )))
 }
-
 
 impl Gate {
     pub fn open(iface: &str, netns: Option<&str>) -> Result<Gate, GateError> {

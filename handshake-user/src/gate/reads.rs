@@ -1,18 +1,29 @@
 //! What an attached gate holds, read: the connections, their counts by
 //! state, the busiest sources and ports, and the sweep of expired entries.
+//!
+//! Nothing here holds a whole connection map in memory. The counts by state
+//! come from the kernel (the pinned counting program, [`Gate::tally`]); the
+//! connections themselves are handed out a batch at a time as they are read
+//! ([`Gate::for_each_conn`]).
 
 use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use std::ops::ControlFlow;
 
+use aya::Pod;
 use aya::maps::{HashMap, IterableMap as _, MapData};
+use aya::programs::{TestRun as _, TestRunOptions, Xdp};
+use aya_obj::programs::XdpAttachType;
 use handshake_common::flow::{AF_INET, Endpoint};
+use handshake_common::machine::Expiry;
+use handshake_common::tally::{STATES, Tally, TallyPacket};
 use handshake_common::{
-    Config, FlowEntry, FlowKey, SourceKey, TcpState, WindowCounter, machine, window,
+    Config, FlowEntry, FlowKey, SourceKey, SourceState, TcpState, WindowCounter, window,
 };
 
 use super::{Counters, Gate};
-use crate::GateError;
 use crate::settings::Settings;
+use crate::{GateError, pins};
 
 /// A tracked connection, as `conns` and `status` see it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -24,27 +35,60 @@ pub struct Conn {
     pub half_open: bool,
 }
 
-/// A flow map's entries: in batches, or by a walk where the kernel cannot
-/// batch.
-fn read_flows(
-    map: &HashMap<MapData, FlowKey, FlowEntry>,
-) -> Result<Vec<(FlowKey, FlowEntry)>, GateError> {
-    match crate::batch::read_all(map.map()) {
-        Ok(v) => Ok(v),
-        Err(e) if crate::batch::unsupported(&e) => Ok(map.iter().filter_map(Result::ok).collect()),
-        Err(e) => Err(GateError::step("read the connection maps")(e)),
+impl Conn {
+    fn of(k: &FlowKey, e: &FlowEntry, half_open: bool) -> Conn {
+        let (c, s) = k.ends(e.client_is_lo != 0);
+        Conn {
+            client: endpoint(k.family, &c),
+            server: endpoint(k.family, &s),
+            entry: *e,
+            half_open,
+        }
+    }
+}
+
+/// Hands `each` a hash map's entries a batch at a time: batched reads, or
+/// a walk of single lookups where the kernel cannot batch.
+fn for_each_batch<K: Pod, V: Pod>(
+    map: &HashMap<MapData, K, V>,
+    what: &'static str,
+    mut each: impl FnMut(&[(K, V)]) -> ControlFlow<()>,
+) -> Result<(), GateError> {
+    match crate::batch::for_each_batch(map.map(), &mut each) {
+        Ok(()) => Ok(()),
+        Err(e) if crate::batch::unsupported(&e) => {
+            let mut batch = Vec::with_capacity(crate::batch::BATCH as usize);
+            for kv in map.iter().filter_map(Result::ok) {
+                batch.push(kv);
+                if batch.len() == batch.capacity() {
+                    if each(&batch).is_break() {
+                        return Ok(());
+                    }
+                    batch.clear();
+                }
+            }
+            let _ = each(&batch);
+            Ok(())
+        }
+        Err(e) => Err(GateError::step(format!("read the {what}"))(e)),
     }
 }
 
 /// Deletes the entries of `map` that are `expired`, looking at each again
-/// just before it goes; how many went.
+/// just before it goes; how many went. Only the expired keys are kept
+/// while the map is read.
 fn sweep_map(
     map: &mut HashMap<MapData, FlowKey, FlowEntry>,
     expired: impl Fn(&FlowEntry) -> bool,
 ) -> Result<usize, GateError> {
+    let mut keys = Vec::new();
+    for_each_batch(map, "connection maps", |batch| {
+        keys.extend(batch.iter().filter(|(_, e)| expired(e)).map(|(k, _)| *k));
+        ControlFlow::Continue(())
+    })?;
     let mut removed = 0;
-    for (k, e) in read_flows(map)? {
-        if expired(&e) && map.get(&k, 0).is_ok_and(|now| expired(&now)) && map.remove(&k).is_ok() {
+    for k in keys {
+        if map.get(&k, 0).is_ok_and(|now| expired(&now)) && map.remove(&k).is_ok() {
             removed += 1;
         }
     }
@@ -71,19 +115,68 @@ fn source_name(k: &SourceKey) -> String {
     format!("{}/{}", ip(k.family, &k.addr), k.prefix_len)
 }
 
-/// Counts of connections per state, for each side.
-pub fn state_counts(conns: &[Conn]) -> [BTreeMap<&'static str, u64>; 2] {
-    let mut client = BTreeMap::new();
-    let mut server = BTreeMap::new();
-    for s in TcpState::ALL {
-        client.insert(s.name(), 0);
-        server.insert(s.name(), 0);
+/// Counts of connections per state, for each side, by name.
+pub fn state_counts(t: &Tally) -> [BTreeMap<&'static str, u64>; 2] {
+    let by_name = |counts: &[u64; STATES]| {
+        TcpState::ALL
+            .into_iter()
+            .map(|s| (s.name(), counts[s as usize]))
+            .collect()
+    };
+    [by_name(&t.client), by_name(&t.server)]
+}
+
+/// The `n` largest of `(name, count)` pairs with a count above 0, the most
+/// first (ties by name), keeping no more than `n` while it goes.
+fn top<N: Ord + Clone>(
+    mut v: Vec<(N, u32)>,
+    more: impl Iterator<Item = (N, u32)>,
+    n: usize,
+) -> Vec<(N, u32)> {
+    let order = |a: &(N, u32), b: &(N, u32)| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0));
+    for item in more.filter(|(_, c)| *c > 0) {
+        v.push(item);
+        if v.len() > 2 * n.max(1) {
+            v.sort_by(order);
+            v.truncate(n);
+        }
     }
-    for c in conns {
-        *client.entry(c.entry.client_state().name()).or_insert(0) += 1;
-        *server.entry(c.entry.server_state().name()).or_insert(0) += 1;
+    v.sort_by(order);
+    v.truncate(n);
+    v
+}
+
+/// Runs the counting program (`tally_conns`, loaded) once, over the maps it
+/// was loaded with: their counts at `now_ns`.
+pub fn run_tally(prog: &Xdp, now_ns: u64) -> Result<Tally, GateError> {
+    let input = TallyPacket {
+        now_ns,
+        ..TallyPacket::default()
+    };
+    // SAFETY: `TallyPacket` is plain `repr(C)` integers with no padding.
+    let bytes = unsafe {
+        std::slice::from_raw_parts((&raw const input).cast::<u8>(), size_of::<TallyPacket>())
+    };
+    let mut out = vec![0u8; size_of::<TallyPacket>()];
+    let r = prog
+        .test_run(TestRunOptions {
+            data_in: Some(bytes),
+            data_out: Some(&mut out),
+            ..TestRunOptions::default()
+        })
+        .map_err(GateError::step("run the counting program"))?;
+    if r.return_value != crate::testrun::XDP_PASS
+        || (r.data_size_out as usize) < size_of::<TallyPacket>()
+    {
+        return Err(GateError::step("count the connection maps")(
+            std::io::Error::other(format!(
+                "the counting program returned {} with {} bytes",
+                r.return_value, r.data_size_out
+            )),
+        ));
     }
-    [client, server]
+    // SAFETY: `out` holds a whole `TallyPacket`; any bytes make a valid one.
+    Ok(unsafe { out.as_ptr().cast::<TallyPacket>().read_unaligned() }.tally)
 }
 
 /// Everything `status`, its `--watch` view and the metrics show, read at
@@ -108,28 +201,65 @@ pub struct Snapshot {
 }
 
 impl Gate {
-    /// Reads a [`Snapshot`], with the `top` busiest sources and ports.
+    /// Reads a [`Snapshot`], with the `top` busiest sources and ports. It
+    /// copies no connection out of the kernel (see [`Gate::tally`]).
     pub fn snapshot(&self, top: usize) -> Result<Snapshot, GateError> {
         let settings = self.settings()?;
         let cfg = settings.config;
         let now = crate::monotonic_ns();
-        let (conns, map_entries) = self.conns_and_fill(&cfg, now)?;
+        let tally = self.tally(&cfg, now)?;
         Ok(Snapshot {
-            map_entries,
+            map_entries: (tally.entries[0] as usize, tally.entries[1] as usize),
             counters: self.counters()?,
             half_open: self.half_open_now(&cfg, now)?,
-            states: state_counts(&conns),
-            connections: conns.len(),
-            top_sources: self.top_sources(&cfg, now, top),
-            top_ports: self.top_ports(&cfg, now, top)?,
+            states: state_counts(&tally),
+            connections: tally.live as usize,
+            top_sources: if top == 0 {
+                Vec::new()
+            } else {
+                self.top_sources(&cfg, now, top)?
+            },
+            top_ports: if top == 0 {
+                Vec::new()
+            } else {
+                self.top_ports(&cfg, now, top)?
+            },
             taken_ns: now,
             settings,
         })
     }
-}
 
+    /// Both connection maps counted by state at `now_ns`, expiry judged by
+    /// `cfg`. The pinned counting program does it in the kernel, in one
+    /// `BPF_PROG_TEST_RUN` (a walk of every entry with the CPU's attention,
+    /// about 10 ns an entry); a gate attached by a version without that
+    /// program is counted here, from the maps read in batches.
+    pub fn tally(&self, cfg: &Config, now_ns: u64) -> Result<Tally, GateError> {
+        let pin = self.dir.join(pins::TALLY_PROG);
+        if !pin.exists() {
+            return self.tally_here(cfg, now_ns);
+        }
+        let prog = Xdp::from_pin(&pin, XdpAttachType::Interface)
+            .map_err(GateError::step("open the pinned counting program"))?;
+        run_tally(&prog, now_ns)
+    }
 
-impl Gate {
+    /// [`Gate::tally`] from the maps read here, over the same
+    /// [`Tally::add`] the kernel runs.
+    fn tally_here(&self, cfg: &Config, now_ns: u64) -> Result<Tally, GateError> {
+        let x = Expiry::of(cfg, now_ns);
+        let mut t = Tally::default();
+        for (map, half_open) in [(&self.half_open, true), (&self.established, false)] {
+            for_each_batch(map, "connection maps", |batch| {
+                for (_, e) in batch {
+                    t.add(e, half_open, &x);
+                }
+                ControlFlow::Continue(())
+            })?;
+        }
+        Ok(t)
+    }
+
     /// Deletes expired entries: half-open attempts past their timeout and
     /// connections 2·MSL after they finished. Their half-open counts need
     /// nothing: they aged out with their time bucket. Each entry is looked
@@ -138,12 +268,9 @@ impl Gate {
     /// delete loses its entry; the flow is picked up again as ESTABLISHED).
     /// Returns how many went from each map.
     pub fn sweep(&mut self, cfg: &Config, now_ns: u64) -> Result<(usize, usize), GateError> {
-        let half_open = sweep_map(&mut self.half_open, |e| {
-            machine::half_open_expired(e, now_ns, cfg)
-        })?;
-        let established = sweep_map(&mut self.established, |e| {
-            machine::finished_expired(e, now_ns, cfg)
-        })?;
+        let x = Expiry::of(cfg, now_ns);
+        let half_open = sweep_map(&mut self.half_open, |e| x.half_open(e))?;
+        let established = sweep_map(&mut self.established, |e| x.finished(e))?;
         Ok((half_open, established))
     }
 
@@ -174,70 +301,84 @@ impl Gate {
                 .collect(),
             Err(e) => return Err(GateError::step("read the per-port counts")(e)),
         };
-        let mut v: Vec<(u16, u32)> = all
-            .into_iter()
-            .map(|(port, c)| (port as u16, c.live(ep)))
-            .filter(|(_, c)| *c > 0)
-            .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        v.truncate(n);
-        Ok(v)
+        let live = all.into_iter().map(|(port, c)| (port as u16, c.live(ep)));
+        Ok(top(Vec::new(), live, n))
     }
 
     /// Sources with attempts counting now, the most first.
-    pub fn top_sources(&self, cfg: &Config, now_ns: u64, n: usize) -> Vec<(String, u32)> {
-        let ep = now_epoch(cfg, now_ns);
-        let mut v: Vec<(String, u32)> = self
-            .sources
-            .iter()
-            .filter_map(Result::ok)
-            .map(|(k, s)| (source_name(&k), s.half_open.live(ep)))
-            .filter(|(_, c)| *c > 0)
-            .collect();
-        v.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        v.truncate(n);
-        v
-    }
-
-    /// Every connection still tracked (expired entries left out), read in
-    /// batches.
-    pub fn conns(&self, cfg: &Config, now_ns: u64) -> Result<Vec<Conn>, GateError> {
-        Ok(self.conns_and_fill(cfg, now_ns)?.0)
-    }
-
-    /// [`Gate::conns`], and from the same read the entries in each
-    /// connection map, (half-open, established), expired ones included
-    /// (they hold their slot until swept or replaced).
-    fn conns_and_fill(
+    pub fn top_sources(
         &self,
         cfg: &Config,
         now_ns: u64,
-    ) -> Result<(Vec<Conn>, (usize, usize)), GateError> {
-        let mut out = Vec::new();
-        let mut fill = [0usize; 2];
-        for (i, (map, half_open)) in [(&self.half_open, true), (&self.established, false)]
-            .into_iter()
-            .enumerate()
-        {
-            let flows = read_flows(map)?;
-            fill[i] = flows.len();
-            for (k, e) in flows {
-                let expired = if half_open {
-                    machine::half_open_expired(&e, now_ns, cfg)
-                } else {
-                    machine::finished_expired(&e, now_ns, cfg)
-                };
-                if !expired {
-                    let (c, s) = k.ends(e.client_is_lo != 0);
-                    out.push(Conn {
-                        client: endpoint(k.family, &c),
-                        server: endpoint(k.family, &s),
-                        entry: e,
-                        half_open,
-                    });
+        n: usize,
+    ) -> Result<Vec<(String, u32)>, GateError> {
+        let ep = now_epoch(cfg, now_ns);
+        // Candidates: the sources counting as many as the `n`-th or more
+        // (ties kept, since they are ranked by name, which is made last).
+        let mut best: Vec<(SourceKey, u32)> = Vec::new();
+        for_each_batch(
+            &self.sources,
+            "per-source counts",
+            |batch: &[(SourceKey, SourceState)]| {
+                best.extend(
+                    batch
+                        .iter()
+                        .map(|(k, s)| (*k, s.half_open.live(ep)))
+                        .filter(|(_, c)| *c > 0),
+                );
+                if best.len() > 2 * n.max(1) {
+                    best.sort_by_key(|s| std::cmp::Reverse(s.1));
+                    let least = best[n.max(1) - 1].1;
+                    best.retain(|(_, c)| *c >= least);
                 }
+                ControlFlow::Continue(())
+            },
+        )?;
+        let named = best.into_iter().map(|(k, c)| (source_name(&k), c));
+        Ok(top(Vec::new(), named, n))
+    }
+
+    /// Calls `each` with every connection still tracked (expired entries
+    /// left out), half-open ones first, as the maps are read, a batch at a
+    /// time; stops when `each` says so.
+    pub fn for_each_conn(
+        &self,
+        cfg: &Config,
+        now_ns: u64,
+        mut each: impl FnMut(&Conn) -> ControlFlow<()>,
+    ) -> Result<(), GateError> {
+        let x = Expiry::of(cfg, now_ns);
+        let mut stopped = false;
+        for (map, half_open) in [(&self.half_open, true), (&self.established, false)] {
+            if stopped {
+                break;
             }
+            for_each_batch(map, "connection maps", |batch| {
+                for (k, e) in batch {
+                    let expired = if half_open {
+                        x.half_open(e)
+                    } else {
+                        x.finished(e)
+                    };
+                    if !expired && each(&Conn::of(k, e, half_open)).is_break() {
+                        stopped = true;
+                        return ControlFlow::Break(());
+                    }
+                }
+                ControlFlow::Continue(())
+            })?;
         }
-        Ok((out, (fill[0], fill[1])))
+        Ok(())
+    }
+
+    /// Every connection still tracked (expired entries left out), in
+    /// memory: for tests and small tables; `conns` streams instead.
+    pub fn conns(&self, cfg: &Config, now_ns: u64) -> Result<Vec<Conn>, GateError> {
+        let mut out = Vec::new();
+        self.for_each_conn(cfg, now_ns, |c| {
+            out.push(c.clone());
+            ControlFlow::Continue(())
+        })?;
+        Ok(out)
     }
 }

@@ -1,0 +1,203 @@
+//! The control plane with the maps full: `status`, a metrics scrape and
+//! `conns`, each with 1M tracked connections beside the same command on
+//! the same gate while it was empty, in the same run.
+
+use std::io::{BufRead as _, BufReader, Read as _};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aya::maps::{HashMap, Map, MapData};
+use handshake_common::{FlowEntry, FlowKey, maps};
+use handshake_lab::Lab;
+
+use crate::memory::{Attached, attach, fill};
+
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct Control {
+    /// Connections stored for the full figures.
+    pub connections: u32,
+    /// Runs of each command (the figures are medians).
+    pub runs: usize,
+    /// Medians, ms: (empty gate, full gate).
+    pub status_ms: (f64, f64),
+    pub scrape_ms: (f64, f64),
+    /// `conns --json` of every connection to /dev/null.
+    pub conns_json_ms: (f64, f64),
+    /// From starting `conns` to its first row on stdout.
+    pub first_row_ms: (f64, f64),
+    /// Peak resident memory of `conns --json`, MiB.
+    pub conns_rss_mib: (f64, f64),
+}
+
+/// Medians of `n` timings of `f`, in ms.
+fn timed(n: usize, mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyhow::Result<f64> {
+    let mut v = Vec::new();
+    for _ in 0..n {
+        v.push(f()?.as_secs_f64() * 1e3);
+    }
+    Ok(crate::median(v))
+}
+
+/// Runs the controller to the end, its output thrown away; how long it
+/// took and its peak resident memory in MiB (from `wait4`'s rusage).
+fn run_cli(gate: &Path, a: &Attached, args: &[&str]) -> anyhow::Result<(Duration, f64)> {
+    let t = Instant::now();
+    let child = Command::new(gate)
+        .args(["--netns", &a.lab.server.name])
+        .args(args)
+        .stdout(Stdio::null())
+        .spawn()?;
+    let (ok, rss) = wait4(child)?;
+    let took = t.elapsed();
+    anyhow::ensure!(ok, "handshake-gate {} failed", args.join(" "));
+    Ok((took, rss))
+}
+
+fn wait4(child: Child) -> anyhow::Result<(bool, f64)> {
+    let pid = child.id() as i32;
+    let mut status = 0;
+    // SAFETY: a zeroed rusage is a valid out-parameter.
+    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `pid` is our own child, not yet waited for.
+    let rc = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut usage) };
+    anyhow::ensure!(rc == pid, "wait4: {}", std::io::Error::last_os_error());
+    std::mem::forget(child);
+    let ok = nix::libc::WIFEXITED(status) && nix::libc::WEXITSTATUS(status) == 0;
+    // ru_maxrss is in KiB on Linux.
+    Ok((ok, usage.ru_maxrss as f64 / 1024.0))
+}
+
+/// From starting `conns` to its first row (the line after the header).
+fn first_row(gate: &Path, a: &Attached) -> anyhow::Result<Duration> {
+    let t = Instant::now();
+    let mut child = Command::new(gate)
+        .args(["--netns", &a.lab.server.name, "conns", &a.lab.server_if])
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut out = BufReader::new(child.stdout.take().expect("piped"));
+    let mut line = String::new();
+    out.read_line(&mut line)?; // the header
+    line.clear();
+    out.read_line(&mut line)?;
+    let took = t.elapsed();
+    let mut rest = Vec::new();
+    let _ = out.read_to_end(&mut rest);
+    anyhow::ensure!(child.wait()?.success(), "conns failed");
+    anyhow::ensure!(!line.is_empty(), "conns printed no row");
+    Ok(took)
+}
+
+/// The daemon on the lab's gate serving metrics, for scrapes.
+struct Daemon {
+    child: Child,
+    url: String,
+}
+
+impl Daemon {
+    fn start(gate: &Path, a: &Attached) -> anyhow::Result<Daemon> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let listen = format!("127.0.0.1:{port}");
+        let child = Command::new(gate)
+            .args(["--netns", &a.lab.server.name, "run", &a.lab.server_if])
+            // No sweep while it is timed: a sweep reads the whole table.
+            .args(["--sweep-interval", "3600", "--metrics", &listen])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()?;
+        let d = Daemon {
+            child,
+            url: format!("http://{listen}/metrics"),
+        };
+        let start = Instant::now();
+        while d.scrape().is_err() {
+            anyhow::ensure!(
+                start.elapsed() < Duration::from_secs(30),
+                "the daemon never served metrics"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(d)
+    }
+
+    fn scrape(&self) -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let body = ureq::get(&self.url)
+            .call()?
+            .body_mut()
+            .with_config()
+            .limit(64 << 20)
+            .read_to_string()?;
+        anyhow::ensure!(
+            body.contains("handshake_gate_connections"),
+            "not the gate's metrics"
+        );
+        Ok(t.elapsed())
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        // Killed, it leaves the gate attached (as on any exit).
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One figure of each row on the gate as it is.
+struct Figures {
+    status: f64,
+    scrape: f64,
+    conns: f64,
+    first: f64,
+    rss: f64,
+}
+
+fn measure(gate: &Path, a: &Attached, runs: usize) -> anyhow::Result<Figures> {
+    let iface = a.lab.server_if.clone();
+    let status = timed(runs, || Ok(run_cli(gate, a, &["status", &iface])?.0))?;
+    let d = Daemon::start(gate, a)?;
+    let scrape = timed(runs, || d.scrape())?;
+    drop(d);
+    let mut rss = Vec::new();
+    let conns = timed(runs, || {
+        let (t, r) = run_cli(gate, a, &["conns", &iface, "--json"])?;
+        rss.push(r);
+        Ok(t)
+    })?;
+    let first = timed(runs, || first_row(gate, a))?;
+    Ok(Figures {
+        status,
+        scrape,
+        conns,
+        first,
+        rss: rss.into_iter().fold(0.0, f64::max),
+    })
+}
+
+pub fn run(gate: &Path, runs: usize) -> anyhow::Result<Control> {
+    const MILLION: u32 = 1 << 20;
+    let lab = Lab::new("bctl")?;
+    let a = attach(gate, &lab, &["--max-connections", &MILLION.to_string()])?;
+    let data = MapData::from_pin(a.dir().join(maps::ESTABLISHED))?;
+    let mut est: HashMap<MapData, FlowKey, FlowEntry> = HashMap::try_from(Map::LruHashMap(data))?;
+    // One connection, so `conns` has a first row to time.
+    fill(&mut est, 0, 1)?;
+    eprintln!("bench: control plane, empty gate");
+    let empty = measure(gate, &a, runs)?;
+    eprintln!("bench: storing {MILLION} connections");
+    fill(&mut est, 1, MILLION)?;
+    eprintln!("bench: control plane with {MILLION} connections");
+    let full = measure(gate, &a, runs)?;
+    Ok(Control {
+        connections: MILLION,
+        runs,
+        status_ms: (empty.status, full.status),
+        scrape_ms: (empty.scrape, full.scrape),
+        conns_json_ms: (empty.conns, full.conns),
+        first_row_ms: (empty.first, full.first),
+        conns_rss_mib: (empty.rss, full.rss),
+    })
+}

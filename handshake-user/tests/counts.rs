@@ -1,0 +1,175 @@
+//! `status` counts the connection maps in the kernel; these tests hold its
+//! counts against the maps themselves, read entry by entry here, and
+//! against `conns`, after each thing that changes the maps behind the
+//! programs' backs or in their own way: a real connection's RST, entries
+//! past their expiry, the LRU evicting entries from a full map, and
+//! `attach --replace` (and on a gate whose counting program is missing,
+//! as one attached by an older version). Needs root; `cargo xtask test`
+//! runs it.
+
+mod common;
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::time::Duration;
+
+use aya::maps::{HashMap, Map, MapData};
+use common::{Attached, cli, pin_dir};
+use handshake_common::flow::AF_INET;
+use handshake_common::machine::Expiry;
+use handshake_common::tally::Tally;
+use handshake_common::{FlowEntry, FlowKey, TcpState, maps};
+use handshake_lab::{EchoServer, Lab};
+use handshake_user::gate::Gate;
+use serde_json::Value;
+
+const PORT: u16 = 8080;
+
+/// The maps' entries counted here, entry by entry, at this moment.
+fn count_maps(dir: &Path) -> Tally {
+    let cfg = Gate::open_dir(dir.to_path_buf()).unwrap().config().unwrap();
+    let x = Expiry::of(&cfg, handshake_user::monotonic_ns());
+    let mut t = Tally::default();
+    for (name, half_open) in [(maps::HALF_OPEN, true), (maps::ESTABLISHED, false)] {
+        let m = MapData::from_pin(dir.join(name)).unwrap();
+        for (_, e) in handshake_user::batch::read_all::<FlowKey, FlowEntry>(&m).unwrap() {
+            t.add(&e, half_open, &x);
+        }
+    }
+    t
+}
+
+/// Checks that `status`, the maps counted here and `conns` agree on every
+/// count; returns the maps' count.
+fn check(gate: &Attached, what: &str) -> Tally {
+    let s = gate.status();
+    let maps = count_maps(&pin_dir(gate.lab));
+    let conns = gate.conns();
+    for (side, counts) in [("client", &maps.client), ("server", &maps.server)] {
+        for st in TcpState::ALL {
+            let shown = s["states"][side][st.name()].as_u64().unwrap();
+            let listed = conns
+                .iter()
+                .filter(|c| c[format!("{side}_state")] == st.name())
+                .count() as u64;
+            assert_eq!(
+                (shown, listed),
+                (counts[st as usize], counts[st as usize]),
+                "{what}: {side} {} (status, conns) against the maps\n{s:#}",
+                st.name()
+            );
+        }
+    }
+    assert_eq!(s["connections"], maps.live, "{what}: connections");
+    assert_eq!(conns.len() as u64, maps.live, "{what}: conns rows");
+    assert_eq!(
+        (
+            s["map_entries"]["half_open"].clone(),
+            s["map_entries"]["established"].clone()
+        ),
+        (Value::from(maps.entries[0]), Value::from(maps.entries[1])),
+        "{what}: entries per map"
+    );
+    maps
+}
+
+/// Stores `n` established-map entries from 198.19.0.0/16 (no socket has
+/// them) in `states`, last changed `changed_s` seconds from now (before it
+/// if negative; after it, so that they stay in TIME_WAIT however slowly the
+/// test runs, if positive).
+fn store(dir: &Path, first: u32, n: u32, states: (TcpState, TcpState), changed_s: i64) {
+    let data = MapData::from_pin(dir.join(maps::ESTABLISHED)).unwrap();
+    let mut m: HashMap<MapData, FlowKey, FlowEntry> =
+        HashMap::try_from(Map::LruHashMap(data)).unwrap();
+    let now = handshake_user::monotonic_ns();
+    for i in first..first + n {
+        let mut k = FlowKey {
+            family: AF_INET,
+            lo_port: PORT.to_be(),
+            hi_port: (10_000 + (i % 50_000) as u16).to_be(),
+            ..FlowKey::default()
+        };
+        k.lo_addr[..4].copy_from_slice(&Lab::SERVER_V4.octets());
+        k.hi_addr[..4].copy_from_slice(&(0xc613_0000u32 + i / 50_000 + 1).to_be_bytes());
+        let e = FlowEntry {
+            created_ns: now,
+            last_seen_ns: now,
+            changed_ns: now.wrapping_add_signed(changed_s * 1_000_000_000),
+            client_state: states.0 as u8,
+            server_state: states.1 as u8,
+            ..FlowEntry::default()
+        };
+        m.insert(k, e, 0).unwrap();
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn status_counts_exactly_after_rst_expiry_eviction_and_replace() {
+    let lab = Lab::new("cnt").expect("lab");
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), PORT);
+    let _srv = EchoServer::start(&lab.server, addr, 128).expect("server");
+    // TIME_WAIT lasts 2·MSL = 2 s here; the established map holds 1,024.
+    let (ok, _, err) = cli(&[
+        "--netns",
+        &lab.server.name,
+        "attach",
+        &lab.server_if,
+        "--max-connections",
+        "1024",
+        "--set",
+        "msl-ms=1000",
+    ]);
+    assert!(ok, "attach: {err}");
+    let gate = Attached { lab: &lab };
+    let dir = pin_dir(&lab);
+
+    let conns: Vec<TcpStream> = (0..3)
+        .map(|_| {
+            lab.client
+                .run(move || Ok(TcpStream::connect_timeout(&addr, Duration::from_secs(2))?))
+                .expect("connect")
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    let t = check(&gate, "three connections");
+    assert_eq!(t.server[TcpState::Established as usize], 3);
+
+    // An RST from the client at the right number ends its connection.
+    let mut conns = conns;
+    let last = conns.pop().unwrap();
+    socket2::SockRef::from(&last)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(last);
+    std::thread::sleep(Duration::from_millis(200));
+    let t = check(&gate, "after an RST");
+    assert_eq!(t.server[TcpState::Established as usize], 2);
+    assert_eq!(t.entries[1], 2, "the reset connection's entry went");
+
+    // Finished connections: 20 still in TIME_WAIT, 30 past it (counted in
+    // the map's entries, not as connections).
+    let done = (TcpState::TimeWait, TcpState::Closed);
+    store(&dir, 0, 20, done, 3_600);
+    store(&dir, 20, 30, done, -3);
+    let t = check(&gate, "with expired entries");
+    assert_eq!(t.client[TcpState::TimeWait as usize], 20);
+    assert_eq!((t.live, t.entries[1]), (22, 52));
+
+    // More than the map holds: the LRU evicts, behind the programs' backs.
+    let live = (TcpState::Established, TcpState::Established);
+    store(&dir, 100, 1_100, live, 0);
+    let t = check(&gate, "after eviction");
+    assert!(t.entries[1] <= 1_024 && t.entries[1] > 500, "{t:?}");
+
+    // New programs over the same maps count the same.
+    let out = gate.run("attach", &["--replace"]);
+    assert!(out.contains("replaced"), "{out}");
+    assert_eq!(check(&gate, "after --replace"), t);
+
+    // A gate without the counting program (attached by an older version)
+    // is counted by the controller, to the same figures.
+    std::fs::remove_file(dir.join(handshake_user::pins::TALLY_PROG)).unwrap();
+    assert_eq!(check(&gate, "counted by the controller"), t);
+    drop(conns);
+}
