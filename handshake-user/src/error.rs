@@ -18,6 +18,14 @@ pub enum GateError {
     #[error("the gate is already attached to {iface} (pins in {}): detach it first with `handshake-gate detach {iface}`", .dir.display())]
     AlreadyAttached { iface: String, dir: PathBuf },
 
+    #[error("the XDP hook of {iface} is taken by {}; {what_to_do}", hook_holder(.name, *.id))]
+    HookTaken {
+        iface: String,
+        id: u32,
+        name: Option<String>,
+        what_to_do: String,
+    },
+
     #[error("the gate is not attached to {iface} (no pins in {})", .dir.display())]
     NotAttached { iface: String, dir: PathBuf },
 
@@ -69,6 +77,13 @@ pub enum GateError {
 
     #[error(transparent)]
     Setting(#[from] crate::settings::SettingError),
+}
+
+fn hook_holder(name: &Option<String>, id: u32) -> String {
+    match name {
+        Some(n) => format!("program {n:?} (id {id})"),
+        None => format!("program id {id}"),
+    }
 }
 
 fn netns_suffix(netns: &Option<String>) -> String {

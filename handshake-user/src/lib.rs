@@ -5,6 +5,7 @@
 pub mod batch;
 pub mod error;
 pub mod gate;
+pub mod hook;
 pub mod metrics;
 pub mod netns;
 pub mod pins;

@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{Attached, GATE, cli, cli_with, pin_dir};
+use common::{Attached, GATE, PeerXdp, cli, cli_with, pin_dir};
 use handshake_lab::{EchoServer, Lab, Sources, connect_many};
 
 /// Floods `addr` from the client namespace with `count` SYNs from `src`;
@@ -223,6 +223,23 @@ fn attach_errors_are_clear_and_leave_nothing_behind() {
         err.contains("network namespace \"no-such-ns\" not found"),
         "{err}"
     );
+
+    // A hook another program holds: refused by that program's name and id,
+    // before anything is made.
+    {
+        let other = PeerXdp::attach(ns, &lab.server_if).expect("another XDP program");
+        let (ok, _, err) = cli(&["--netns", ns, "attach", &lab.server_if]);
+        assert!(!ok);
+        assert!(
+            err.contains(&format!(
+                "the XDP hook of {} is taken by program \"noop_xdp\" (id ",
+                lab.server_if
+            )) && err.contains("remove that program first"),
+            "{err}"
+        );
+        assert!(!dir.exists(), "a refused attach left pins");
+        drop(other);
+    }
 
     // A name that would lead out of the pin directory.
     let (ok, _, err) = cli(&["--netns", ns, "detach", "../../host"]);

@@ -160,6 +160,7 @@ pub fn attach(
             dir,
         });
     }
+    hook_is_free(iface, ifindex)?;
 
     pins::create_dir(&dir)?;
     let mut rollback = Rollback {
@@ -225,6 +226,47 @@ pub fn attach(
         .map_err(GateError::step("pin the XDP link"))?;
     rollback.commit();
     Ok((dir, notes))
+}
+
+/// Refuses, before anything is made, an interface whose XDP hook holds a
+/// program already: by its name and id, and how to free the hook. (The
+/// gate takes the hook for itself; joining libxdp's dispatcher is not
+/// built yet.) A hook that cannot be asked about is left to the attach
+/// itself to find out.
+fn hook_is_free(iface: &str, ifindex: u32) -> Result<(), GateError> {
+    let holder = match crate::hook::xdp_program(ifindex) {
+        Ok(Some(p)) => p,
+        Ok(None) => return Ok(()),
+        Err(e) => {
+            log::debug!("could not ask who holds the XDP hook of {iface}: {e}");
+            return Ok(());
+        }
+    };
+    let what_to_do = if holder.is_dispatcher() {
+        format!(
+            "it is libxdp's multi-program dispatcher (xdp-loader, xdp-filter), which the gate \
+             cannot join yet: `xdp-loader status {iface}` lists its programs, \
+             `xdp-loader unload {iface} --all` removes them, then attach again"
+        )
+    } else if holder.name.as_deref() == Some(maps::XDP_PROGRAM) {
+        format!(
+            "it is a gate program whose pins are gone (removed by hand?): remove it with \
+             `ip link set dev {iface} xdp off`, then attach again"
+        )
+    } else {
+        format!(
+            "the gate needs the hook to itself: remove that program first (`ip link set dev \
+             {iface} xdp off` if it was attached through netlink, as `ip` and libxdp do; one \
+             held by a BPF link goes when its owner lets go: `bpftool link` lists them), then \
+             attach again"
+        )
+    };
+    Err(GateError::HookTaken {
+        iface: iface.into(),
+        id: holder.id,
+        name: holder.name,
+        what_to_do,
+    })
 }
 
 /// A test hook: `HANDSHAKE_GATE_FAIL_AT=xdp` makes attach fail just before
