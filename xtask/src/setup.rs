@@ -4,7 +4,9 @@
 //! - Debian packages: LLVM 22 (bpf-linker links against it), hping3 (an
 //!   independent SYN flooder), iproute2 and ethtool (the lab), nftables (the
 //!   state tests hold back chosen segments to freeze a connection in a state),
-//!   kmod and qemu-system-x86 (the VM layer), linux-perf (the bench's profile).
+//!   kmod and qemu-system-x86 (the VM layer), linux-perf (the bench's profile),
+//!   xdp-tools (libxdp's xdp-filter and xdp-loader, which the tests put on
+//!   the hook beside the gate).
 //! - The nightly toolchain's `rust-src` (the BPF target builds `core` from source).
 //! - bpf-linker 0.13.0, built against Debian's LLVM 22.
 //! - bpffs mounted at /sys/fs/bpf (where the gate pins itself).
@@ -26,6 +28,7 @@ const APT_PACKAGES: &[&str] = &[
     "kmod",
     "qemu-system-x86",
     "linux-perf",
+    "xdp-tools",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

@@ -255,10 +255,10 @@ fn hook_is_free(iface: &str, ifindex: u32) -> Result<(), GateError> {
         )
     } else {
         format!(
-            "the gate needs the hook to itself: remove that program first (`ip link set dev \
-             {iface} xdp off` if it was attached through netlink, as `ip` and libxdp do; one \
-             held by a BPF link goes when its owner lets go: `bpftool link` lists them), then \
-             attach again"
+            "the gate needs the hook to itself: remove that program first (`xdp-loader unload \
+             {iface} --all` if libxdp's tools loaded it, `ip link set dev {iface} xdp off` if \
+             something else attached it through netlink; one held by a BPF link goes when its \
+             owner lets go: `bpftool link` lists them), then attach again"
         )
     };
     Err(GateError::HookTaken {
