@@ -108,9 +108,11 @@ pub struct AttachArgs {
 pub struct RunArgs {
     /// The network interface to protect.
     pub iface: String,
-    /// A TOML file of settings, applied at start and again on SIGHUP (a file
-    /// that does not parse or validate leaves the running settings as they
-    /// are, and says why in the log).
+    /// A TOML file of settings, applied at start and again on SIGHUP and
+    /// whenever it changes (its directory is watched, so a Kubernetes
+    /// ConfigMap's symlink swap counts); a file that does not parse or
+    /// validate leaves the running settings as they are, and says why in
+    /// the log.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Where to serve Prometheus metrics (`/metrics`), in the host's network

@@ -378,6 +378,90 @@ fn the_gate_outlives_a_killed_daemon_and_an_adopting_daemon_leaves_it_attached()
     let _ = std::fs::remove_file(&cfg);
 }
 
+/// A directory laid out as Kubernetes mounts a ConfigMap: the file is a
+/// symlink through `..data`, itself a symlink to a timestamped directory;
+/// an update writes a new such directory and renames a new `..data` over
+/// the old one, with no signal to anyone.
+struct ConfigMapDir {
+    root: PathBuf,
+    version: u32,
+}
+
+impl ConfigMapDir {
+    fn new(tag: &str, text: &str) -> ConfigMapDir {
+        let root = std::env::temp_dir().join(format!("hg-{tag}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut d = ConfigMapDir { root, version: 0 };
+        d.update(text);
+        std::os::unix::fs::symlink("..data/gate.toml", d.file()).unwrap();
+        d
+    }
+
+    fn file(&self) -> PathBuf {
+        self.root.join("gate.toml")
+    }
+
+    fn update(&mut self, text: &str) {
+        self.version += 1;
+        let data = format!("..2026_12_02_{}", self.version);
+        std::fs::create_dir(self.root.join(&data)).unwrap();
+        std::fs::write(self.root.join(&data).join("gate.toml"), text).unwrap();
+        let tmp = self.root.join("..data_tmp");
+        std::os::unix::fs::symlink(&data, &tmp).unwrap();
+        std::fs::rename(&tmp, self.root.join("..data")).unwrap();
+    }
+}
+
+impl Drop for ConfigMapDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.root);
+    }
+}
+
+/// GET `path` from the daemon's HTTP server: (status code, body).
+fn get(d: &Daemon, path: &str) -> (u16, String) {
+    let url = d.metrics.replace("/metrics", path);
+    let mut r = ureq::get(&url)
+        .config()
+        .http_status_as_error(false)
+        .build()
+        .call()
+        .expect("the daemon answers");
+    let code = r.status().as_u16();
+    (code, r.body_mut().read_to_string().unwrap_or_default())
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn daemon_follows_a_configmap_update_and_answers_health_checks() {
+    let (lab, _addr, _server) = lab_with_server("opc");
+    let _cleanup = DetachOnDrop(&lab);
+    let mut cm = ConfigMapDir::new("opc", "max-half-open-per-source = 10\n");
+    let file = cm.file();
+    let d = Daemon::start(&lab, "opc", &["--config", file.to_str().unwrap()]);
+    let per_source = || status(&lab)["limits"]["max-half-open-per-source"].clone();
+    assert_eq!(per_source(), 10);
+    assert_eq!(get(&d, "/healthz"), (200, "ok\n".into()));
+    assert_eq!(get(&d, "/readyz"), (200, "ok\n".into()));
+
+    // The ConfigMap changes: the new limit takes effect with no signal.
+    cm.update("max-half-open-per-source = 25\n");
+    eventually("the swapped file's limit in force", || per_source() == 25);
+    d.wait_for_log("the config file changed: reloaded");
+    // A file that does not validate changes nothing, and the log says why.
+    cm.update("max-half-open-per-source = 99999999\n");
+    d.wait_for_log("the config file changed: kept the running settings");
+    assert_eq!(per_source(), 25);
+
+    // Not ready once the gate is off the hook; alive all along.
+    let _ = cli(&["--netns", &lab.server.name, "detach", &lab.server_if]);
+    let (code, body) = get(&d, "/readyz");
+    assert_eq!(code, 503, "{body}");
+    assert!(body.starts_with("not ready"), "{body}");
+    assert_eq!(get(&d, "/healthz").0, 200);
+}
+
 /// The kernel ids of the gate's pinned programs: (XDP, TC egress).
 fn program_ids(lab: &Lab) -> (u32, u32) {
     let id = |pin: &str| {

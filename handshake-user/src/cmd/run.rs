@@ -3,8 +3,13 @@
 //! - serves Prometheus metrics read from the maps at each scrape;
 //! - sweeps expired entries out of the connection maps;
 //! - forwards the kernel programs' aya-log messages to its own log;
-//! - reloads the config file on SIGHUP (a file that does not parse or
-//!   validate leaves the running settings alone, and the log says why).
+//! - reloads the config file on SIGHUP and when it changes: its directory
+//!   is watched (inotify), so an edit, a rename over it and a Kubernetes
+//!   ConfigMap update (a symlink swapped, with no signal) all count; a file
+//!   that does not parse or validate leaves the running settings alone,
+//!   and the log says why;
+//! - answers `/healthz` (the daemon is serving) and `/readyz` (the gate's
+//!   program is on the interface's XDP hook) beside `/metrics`.
 //!
 //! The gate does not depend on it: killed, even with SIGKILL, the daemon
 //! leaves the pinned gate working. Stopped with SIGTERM or SIGINT, it
@@ -49,6 +54,8 @@ pub fn listen(a: &RunArgs) -> anyhow::Result<Option<std::net::TcpListener>> {
 /// What the daemon shares between its tasks.
 struct Shared {
     gate: Mutex<Gate>,
+    /// The protected interface, for the readiness check.
+    iface: String,
     swept_half_open: AtomicU64,
     swept_established: AtomicU64,
 }
@@ -92,6 +99,7 @@ pub fn run(
     };
     let shared = Arc::new(Shared {
         gate: Mutex::new(Gate::open(&a.iface, netns)?),
+        iface: a.iface.clone(),
         swept_half_open: AtomicU64::new(0),
         swept_established: AtomicU64::new(0),
     });
@@ -129,6 +137,7 @@ async fn serve(
         tokio::spawn(serve_metrics(l, shared.clone()));
     }
     let mut logger = program_log(&shared);
+    let mut watch = a.config.as_deref().and_then(ConfigWatch::start);
     let mut sweep = tokio::time::interval(Duration::from_secs(a.sweep_interval));
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!("running: SIGHUP reloads the config file, SIGTERM or SIGINT stops");
@@ -136,7 +145,12 @@ async fn serve(
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
             _ = int.recv() => { info!("SIGINT: stopping"); return Ok(()); }
-            _ = hup.recv() => reload(&shared, a.config.as_deref()),
+            _ = hup.recv() => reload(&shared, a.config.as_deref(), "SIGHUP"),
+            changed = changed(&mut watch) => {
+                if changed {
+                    reload(&shared, a.config.as_deref(), "the config file changed");
+                }
+            }
             _ = sweep.tick() => sweep_once(&shared),
             ready = readable(&mut logger) => match ready {
                 Ok(mut guard) => {
@@ -192,16 +206,105 @@ async fn readable(
     }
 }
 
-/// SIGHUP: the config file again, whole, over the defaults.
-fn reload(shared: &Shared, path: Option<&Path>) {
+/// The config file's directory, watched: what is in it is replaced by a
+/// rename or a symlink swap (a ConfigMap update) as often as it is written
+/// in place, and a watch on the file itself would stay on the old one.
+struct ConfigWatch {
+    path: std::path::PathBuf,
+    events: inotify::EventStream<Vec<u8>>,
+    /// The file's bytes when last looked at: a reload happens only when
+    /// they change (a directory sees events of other files too).
+    seen: Option<Vec<u8>>,
+}
+
+impl ConfigWatch {
+    fn start(path: &Path) -> Option<ConfigWatch> {
+        let dir = match path.parent() {
+            Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let started = (|| -> std::io::Result<_> {
+            let inotify = inotify::Inotify::init()?;
+            use inotify::WatchMask as W;
+            inotify.watches().add(
+                &dir,
+                W::CLOSE_WRITE | W::MOVED_TO | W::CREATE | W::DELETE | W::MOVED_FROM,
+            )?;
+            inotify.into_event_stream(vec![0u8; 4096])
+        })();
+        match started {
+            Ok(events) => {
+                info!(
+                    "watching {} for changes to {}",
+                    dir.display(),
+                    path.display()
+                );
+                Some(ConfigWatch {
+                    path: path.to_path_buf(),
+                    events,
+                    seen: std::fs::read(path).ok(),
+                })
+            }
+            Err(e) => {
+                warn!(
+                    "not watching {} for changes ({e}); SIGHUP still reloads it",
+                    dir.display()
+                );
+                None
+            }
+        }
+    }
+}
+
+/// Waits for the watched file to have changed: after events in its
+/// directory, a short quiet spell (a swap is several renames), then its
+/// bytes compared with the last look. Never returns without a watch.
+async fn changed(watch: &mut Option<ConfigWatch>) -> bool {
+    use futures_util::StreamExt as _;
+    let Some(w) = watch else {
+        return std::future::pending().await;
+    };
+    match w.events.next().await {
+        Some(Ok(_)) => {}
+        Some(Err(e)) => {
+            warn!(
+                "stopped watching {}: {e}; SIGHUP still reloads it",
+                w.path.display()
+            );
+            *watch = None;
+            return false;
+        }
+        None => {
+            *watch = None;
+            return false;
+        }
+    }
+    // Let the rest of a swap land, and take its events with it.
+    loop {
+        match tokio::time::timeout(Duration::from_millis(200), w.events.next()).await {
+            Ok(Some(Ok(_))) => continue,
+            _ => break,
+        }
+    }
+    let now = std::fs::read(&w.path).ok();
+    if now == w.seen {
+        return false;
+    }
+    w.seen = now;
+    true
+}
+
+/// SIGHUP, or a change of the file: the config file again, whole, over the
+/// defaults. `why` starts each log line.
+fn reload(shared: &Shared, path: Option<&Path>, why: &str) {
     let Some(path) = path else {
-        warn!("SIGHUP: there is no --config file to reload");
+        warn!("{why}: there is no --config file to reload");
         return;
     };
     let new = match settings::from_file(&Settings::default(), path) {
         Ok(s) => s,
         Err(e) => {
-            error!("SIGHUP: kept the running settings: {e}");
+            error!("{why}: kept the running settings: {e}");
             return;
         }
     };
@@ -209,18 +312,18 @@ fn reload(shared: &Shared, path: Option<&Path>) {
     let old = match gate.settings() {
         Ok(s) => s,
         Err(e) => {
-            error!("SIGHUP: could not read the running settings: {e}");
+            error!("{why}: could not read the running settings: {e}");
             return;
         }
     };
     match gate.set_settings(&new) {
         Ok(notes) => {
             for n in notes {
-                info!("SIGHUP: {n}");
+                info!("{why}: {n}");
             }
         }
         Err(e) => {
-            error!("SIGHUP: kept the running settings: {e}");
+            error!("{why}: kept the running settings: {e}");
             return;
         }
     }
@@ -230,13 +333,9 @@ fn reload(shared: &Shared, path: Option<&Path>) {
         .map(|k| format!("{}: {} -> {}", k.name, k.show(&old), k.show(&new)))
         .collect();
     if changes.is_empty() {
-        info!("SIGHUP: reloaded {}; nothing changed", path.display());
+        info!("{why}: reloaded {}; nothing changed", path.display());
     } else {
-        info!(
-            "SIGHUP: reloaded {}: {}",
-            path.display(),
-            changes.join(", ")
-        );
+        info!("{why}: reloaded {}: {}", path.display(), changes.join(", "));
     }
 }
 
@@ -258,6 +357,30 @@ fn sweep_once(shared: &Shared) {
             }
         }
         Err(e) => warn!("sweep failed: {e}"),
+    }
+}
+
+/// Whether the gate's own XDP program is on the interface's hook; why not.
+fn ready(shared: &Shared) -> Result<(), String> {
+    let ours = shared
+        .gate
+        .lock()
+        .expect("not poisoned")
+        .xdp_program_id()
+        .map_err(|e| format!("not ready: {e}"))?;
+    let ifindex = nix::net::if_::if_nametoindex(shared.iface.as_str())
+        .map_err(|e| format!("not ready: no interface {}: {e}", shared.iface))?;
+    match handshake_user::hook::xdp_program(ifindex) {
+        Ok(Some(p)) if p.id == ours => Ok(()),
+        Ok(Some(p)) => Err(format!(
+            "not ready: the XDP hook of {} holds program id {}, not the gate's ({ours})",
+            shared.iface, p.id
+        )),
+        Ok(None) => Err(format!(
+            "not ready: nothing on the XDP hook of {}",
+            shared.iface
+        )),
+        Err(e) => Err(format!("not ready: could not ask about the XDP hook: {e}")),
     }
 }
 
@@ -297,12 +420,34 @@ async fn answer(
         );
         Ok(r)
     };
-    if req.uri().path() != "/metrics" {
-        return reply(
-            StatusCode::NOT_FOUND,
-            "text/plain",
-            "the metrics are at /metrics\n".into(),
-        );
+    match req.uri().path() {
+        "/metrics" => {}
+        // Liveness: the daemon answers.
+        "/healthz" => return reply(StatusCode::OK, "text/plain", "ok\n".into()),
+        // Readiness: the gate protects the interface.
+        "/readyz" => {
+            let ready = tokio::task::spawn_blocking(move || ready(&shared)).await;
+            return match ready {
+                Ok(Ok(())) => reply(StatusCode::OK, "text/plain", "ok\n".into()),
+                Ok(Err(why)) => reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "text/plain",
+                    format!("{why}\n"),
+                ),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
+            };
+        }
+        _ => {
+            return reply(
+                StatusCode::NOT_FOUND,
+                "text/plain",
+                "the metrics are at /metrics, the health checks at /healthz and /readyz\n".into(),
+            );
+        }
     }
     // Reading a million connections takes a while: off the event loop.
     let text = tokio::task::spawn_blocking(move || {
