@@ -227,6 +227,7 @@ fn daemon_serves_metrics_sweeps_reloads_and_detaches_on_sigterm() {
             "no metric {name}"
         );
     }
+    dashboard_queries_what_is_served(&m);
     assert_eq!(
         metric(
             &m,
@@ -376,6 +377,51 @@ fn the_gate_outlives_a_killed_daemon_and_an_adopting_daemon_leaves_it_attached()
     flood_from(&lab, addr, "198.18.0.67", 100);
     assert_eq!(status(&lab)["drops"]["per_source"], 180);
     let _ = std::fs::remove_file(&cfg);
+}
+
+/// Every gate metric the Grafana dashboard queries is one the daemon
+/// serves, with the label values the queries pick.
+fn dashboard_queries_what_is_served(m: &prometheus_parse::Scrape) {
+    let dash: serde_json::Value =
+        serde_json::from_str(include_str!("../../deploy/grafana/handshake-gate.json"))
+            .expect("the dashboard is JSON");
+    let mut checked = 0;
+    for panel in dash["panels"].as_array().expect("panels") {
+        for target in panel["targets"].as_array().expect("targets") {
+            let expr = target["expr"].as_str().expect("expr");
+            // Each `handshake_gate_NAME{matchers}` in the query.
+            for (at, _) in expr.match_indices("handshake_gate_") {
+                let rest = &expr[at..];
+                let end = rest
+                    .find(|c: char| !(c.is_ascii_lowercase() || c == '_'))
+                    .unwrap_or(rest.len());
+                let name = &rest[..end];
+                let wanted: Vec<(&str, &str)> = rest[end..]
+                    .strip_prefix('{')
+                    .and_then(|r| r.split_once('}'))
+                    .map(|(inner, _)| {
+                        inner
+                            .split(',')
+                            .filter_map(|m| m.trim().split_once("=\""))
+                            .filter(|(_, v)| !v.contains('$'))
+                            .map(|(k, v)| (k.trim(), v.trim_end_matches('"')))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                assert!(
+                    m.samples.iter().any(|x| x.metric == name
+                        && wanted.iter().all(|(k, v)| x.labels.get(k) == Some(*v))),
+                    "the dashboard's panel {:?} queries {name}{wanted:?}, which is not served",
+                    panel["title"]
+                );
+                checked += 1;
+            }
+        }
+    }
+    assert!(
+        checked >= 10,
+        "only {checked} queries of the gate's metrics"
+    );
 }
 
 /// A directory laid out as Kubernetes mounts a ConfigMap: the file is a
