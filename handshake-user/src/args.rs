@@ -44,7 +44,8 @@ pub enum Command {
     Set(SetArgs),
     /// Run as a daemon: attach (or adopt an attached gate), sweep expired
     /// entries, serve Prometheus metrics, log the programs' messages, reload
-    /// the config file on SIGHUP; on SIGTERM, detach what it attached.
+    /// the config file on SIGHUP and when it changes; serve /healthz and
+    /// /readyz beside the metrics; on SIGTERM, detach what it attached.
     ///
     /// Example: handshake-gate run eth0 --config /etc/handshake-gate.toml --metrics 127.0.0.1:9464
     Run(RunArgs),

@@ -32,7 +32,7 @@ pub const TC_LINK: &str = "tc_link";
 pub const TALLY_PROG: &str = "tally_prog";
 
 /// `statfs` magic of a BPF filesystem.
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BPF_FS_MAGIC: u64 = 0xcafe_4a11;
 
 /// The pin directory of `iface` in `netns` (None: the host's namespace).
 /// Both names become path components, so each must be a plain name: an
@@ -90,7 +90,7 @@ pub fn require_root() -> Result<(), GateError> {
 pub fn require_bpffs() -> Result<(), GateError> {
     let path = PathBuf::from(BPFFS);
     if let Ok(st) = nix::sys::statfs::statfs(&path)
-        && st.filesystem_type().0 == BPF_FS_MAGIC
+        && st.filesystem_type().0 as u64 == BPF_FS_MAGIC
     {
         return Ok(());
     }

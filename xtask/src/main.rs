@@ -1,7 +1,8 @@
-//! Project tasks. `cargo xtask setup | test | demo | bench | soak`.
+//! Project tasks. `cargo xtask setup | test | demo | bench | soak | image`.
 
 mod bench;
 mod demo;
+mod image;
 mod setup;
 mod test;
 mod vm;
@@ -33,6 +34,9 @@ enum Command {
     /// Set up, then run the lab: a real server, real clients and a SYN flood,
     /// without and with the gate, and print a before/after report.
     Demo(demo::Options),
+    /// Set up, then build the OCI image (a static binary `FROM scratch`,
+    /// with podman, no registry): `localhost/handshake-gate:VERSION`.
+    Image(image::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -42,6 +46,7 @@ fn main() -> anyhow::Result<()> {
         Command::Demo(o) => demo::run(o),
         Command::Bench(o) => bench::run(o),
         Command::Soak(o) => bench::soak(o),
+        Command::Image(o) => image::run(o),
     }
 }
 

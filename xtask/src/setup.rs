@@ -6,7 +6,8 @@
 //!   state tests hold back chosen segments to freeze a connection in a state),
 //!   kmod and qemu-system-x86 (the VM layer), linux-perf (the bench's profile),
 //!   xdp-tools (libxdp's xdp-filter and xdp-loader, which the tests put on
-//!   the hook beside the gate).
+//!   the hook beside the gate), podman with runc (the OCI image and its test).
+//! - The musl target for stable (the image's static binary).
 //! - The nightly toolchain's `rust-src` (the BPF target builds `core` from source).
 //! - bpf-linker 0.13.0, built against Debian's LLVM 22.
 //! - bpffs mounted at /sys/fs/bpf (where the gate pins itself).
@@ -29,6 +30,10 @@ const APT_PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "linux-perf",
     "xdp-tools",
+    "podman",
+    "runc",
+    "netavark",
+    "aardvark-dns",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
@@ -125,6 +130,16 @@ pub fn run() -> anyhow::Result<()> {
             "--toolchain",
             "nightly",
         ]))?;
+    }
+
+    if output(Command::new("rustup").args(["target", "list", "--installed"]))
+        .lines()
+        .any(|l| l == crate::image::TARGET)
+    {
+        step(&format!("{}: present", crate::image::TARGET));
+    } else {
+        step(&format!("{}: installing", crate::image::TARGET));
+        run_cmd(Command::new("rustup").args(["target", "add", crate::image::TARGET]))?;
     }
 
     let linker = output(Command::new("bpf-linker").arg("--version"));
