@@ -107,7 +107,9 @@ pub struct AttachArgs {
 
 #[derive(Debug, clap::Args)]
 pub struct RunArgs {
-    /// The network interface to protect.
+    /// The network interface to protect, or `default-route`: the one this
+    /// network namespace's default route leaves by (for a fleet whose NICs
+    /// are named differently).
     pub iface: String,
     /// A TOML file of settings, applied at start and again on SIGHUP and
     /// whenever it changes (its directory is watched, so a Kubernetes

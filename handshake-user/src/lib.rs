@@ -9,6 +9,7 @@ pub mod hook;
 pub mod metrics;
 pub mod netns;
 pub mod pins;
+pub mod route;
 pub mod settings;
 pub mod sysctl;
 pub mod testrun;

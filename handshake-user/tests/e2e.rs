@@ -241,6 +241,13 @@ fn attach_errors_are_clear_and_leave_nothing_behind() {
         drop(other);
     }
 
+    // `run default-route` where there is none (the labs have no default
+    // route): refused, saying so.
+    let (ok, _, err) = cli(&["--netns", ns, "run", "default-route", "--metrics", "off"]);
+    assert!(!ok);
+    assert!(err.contains("has no default route"), "{err}");
+    assert!(!dir.exists());
+
     // A name that would lead out of the pin directory.
     let (ok, _, err) = cli(&["--netns", ns, "detach", "../../host"]);
     assert!(!ok);

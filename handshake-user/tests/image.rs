@@ -96,15 +96,33 @@ impl Pod {
         let net = format!("ns:/run/netns/{}", lab.server.name);
         let config = format!("{}:/etc/handshake-gate:ro", config_dir.display());
         let (ok, out) = podman(&[
-            "--runtime", "runc", "run", "-d", "--name", name,
-            "--cap-drop", "all", "--cap-add", "BPF,NET_ADMIN,PERFMON",
-            "--security-opt", "seccomp=unconfined",
-            "--network", &net,
-            "-v", "/sys/fs/bpf:/sys/fs/bpf",
-            "-v", &config,
-            "--ulimit", "nofile=1024:1024", "--ulimit", "nproc=1024:1024",
+            "--runtime",
+            "runc",
+            "run",
+            "-d",
+            "--name",
+            name,
+            "--cap-drop",
+            "all",
+            "--cap-add",
+            "BPF,NET_ADMIN,PERFMON",
+            "--security-opt",
+            "seccomp=unconfined",
+            "--network",
+            &net,
+            "-v",
+            "/sys/fs/bpf:/sys/fs/bpf",
+            "-v",
+            &config,
+            "--ulimit",
+            "nofile=1024:1024",
+            "--ulimit",
+            "nproc=1024:1024",
             IMAGE,
-            &lab.server_if, "--config", "/etc/handshake-gate/gate.toml", "--keep",
+            &lab.server_if,
+            "--config",
+            "/etc/handshake-gate/gate.toml",
+            "--keep",
         ]);
         assert!(ok, "podman run: {out}");
         Pod { name: name.into() }
@@ -183,7 +201,10 @@ fn the_image_runs_as_a_daemonset_pod_would() {
         return;
     }
     let (exists, _) = podman(&["image", "exists", IMAGE]);
-    assert!(exists, "no image {IMAGE}: build it with `cargo xtask image`");
+    assert!(
+        exists,
+        "no image {IMAGE}: build it with `cargo xtask image`"
+    );
     let lab = Lab::new("img").expect("lab");
     lab.server.ip(&["link", "set", "lo", "up"]).unwrap();
     let addr = SocketAddr::new(Lab::SERVER_V4.into(), 8080);
@@ -194,7 +215,12 @@ fn the_image_runs_as_a_daemonset_pod_would() {
 
     let pod = Pod::start(&lab, &name, &cm.root);
     pod.wait_for_log("running:");
-    assert_eq!(get(&lab, "/readyz"), Some((200, "ok\n".into())), "{}", pod.logs());
+    assert_eq!(
+        get(&lab, "/readyz"),
+        Some((200, "ok\n".into())),
+        "{}",
+        pod.logs()
+    );
     assert_eq!(get(&lab, "/healthz"), Some((200, "ok\n".into())));
     let (code, metrics) = get(&lab, "/metrics").expect("metrics");
     assert_eq!(code, 200);
@@ -236,6 +262,10 @@ fn the_image_runs_as_a_daemonset_pod_would() {
     // Stopped (a rolling update's SIGTERM), an adopting daemon leaves it attached.
     let (ok, out) = podman(&["stop", "-t", "10", &name]);
     assert!(ok, "{out}");
-    assert!(pod.logs().contains("left the gate attached"), "{}", pod.logs());
+    assert!(
+        pod.logs().contains("left the gate attached"),
+        "{}",
+        pod.logs()
+    );
     assert_eq!(status(&lab)["mode"], "enforce");
 }

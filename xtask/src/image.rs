@@ -33,7 +33,14 @@ pub fn build() -> anyhow::Result<()> {
     let root = crate::workspace_root();
     let version = env!("CARGO_PKG_VERSION");
     let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", "handshake-user", "--bin", "handshake-gate"])
+        .args([
+            "build",
+            "--release",
+            "-p",
+            "handshake-user",
+            "--bin",
+            "handshake-gate",
+        ])
         .args(["--target", TARGET])
         .current_dir(&root)
         .status()?;
@@ -60,7 +67,10 @@ pub fn build() -> anyhow::Result<()> {
     let size = Command::new("podman")
         .args(["image", "inspect", "--format", "{{.Size}}", &tag])
         .output()?;
-    let bytes: u64 = String::from_utf8_lossy(&size.stdout).trim().parse().unwrap_or(0);
+    let bytes: u64 = String::from_utf8_lossy(&size.stdout)
+        .trim()
+        .parse()
+        .unwrap_or(0);
     println!(
         "image: {tag}, {:.1} MB (at most {:.0} MB)",
         bytes as f64 / 1e6,

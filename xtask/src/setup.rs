@@ -8,6 +8,8 @@
 //!   xdp-tools (libxdp's xdp-filter and xdp-loader, which the tests put on
 //!   the hook beside the gate), podman with runc (the OCI image and its test).
 //! - The musl target for stable (the image's static binary).
+//! - kubernetes-validate (PyPI), which checks the manifests under
+//!   `deploy/kubernetes/` against Kubernetes' own schemas, offline.
 //! - The nightly toolchain's `rust-src` (the BPF target builds `core` from source).
 //! - bpf-linker 0.13.0, built against Debian's LLVM 22.
 //! - bpffs mounted at /sys/fs/bpf (where the gate pins itself).
@@ -140,6 +142,20 @@ pub fn run() -> anyhow::Result<()> {
     } else {
         step(&format!("{}: installing", crate::image::TARGET));
         run_cmd(Command::new("rustup").args(["target", "add", crate::image::TARGET]))?;
+    }
+
+    if ok(Command::new("kubernetes-validate").arg("--version")) {
+        step("kubernetes-validate: present");
+    } else {
+        step("kubernetes-validate (PyPI): installing");
+        run_cmd(Command::new("python3").args([
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            "kubernetes-validate",
+        ]))?;
     }
 
     let linker = output(Command::new("bpf-linker").arg("--version"));

@@ -66,6 +66,7 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     if !o.vm_only {
         // The default members: everything but the eBPF crate, which only builds for BPF.
         layer("host unit tests", &mut || cargo(&root, &["test"]));
+        layer("Kubernetes manifests", &mut || manifests(&root));
         if o.tests.is_empty() || o.tests.iter().any(|t| t == "image") {
             // What the `image` test runs.
             layer("the OCI image", &mut crate::image::build);
@@ -101,6 +102,27 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     if !failed.is_empty() {
         bail!("failed layers: {}", failed.join(", "));
     }
+    Ok(())
+}
+
+/// The manifests under `deploy/kubernetes/`, against Kubernetes' own
+/// schemas (strict: no unknown field), with no cluster.
+fn manifests(root: &Path) -> anyhow::Result<()> {
+    let dir = root.join("deploy/kubernetes");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)?
+        .filter_map(Result::ok)
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "yaml"))
+        .collect();
+    files.sort();
+    let status = Command::new("kubernetes-validate")
+        .args(["--strict", "--quiet"])
+        .args(&files)
+        .status()?;
+    if !status.success() {
+        bail!("kubernetes-validate refused a manifest");
+    }
+    println!("{} manifests valid", files.len());
     Ok(())
 }
 

@@ -61,10 +61,25 @@ struct Shared {
 }
 
 pub fn run(
-    a: RunArgs,
+    mut a: RunArgs,
     netns: Option<&str>,
     listener: Option<std::net::TcpListener>,
 ) -> anyhow::Result<()> {
+    if a.iface == handshake_user::route::DEFAULT_ROUTE {
+        let found = handshake_user::route::default_interface()
+            .context("could not read the routing table")?;
+        let Some(iface) = found else {
+            anyhow::bail!(
+                "{}: this network namespace has no default route (check `ip route`); name the interface instead",
+                handshake_user::route::DEFAULT_ROUTE
+            );
+        };
+        info!(
+            "{}: the default route leaves by {iface}",
+            handshake_user::route::DEFAULT_ROUTE
+        );
+        a.iface = iface;
+    }
     // The file is checked before anything is loaded.
     let file = match &a.config {
         Some(path) => Some(settings::from_file(&Settings::default(), path)?),

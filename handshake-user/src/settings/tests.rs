@@ -190,3 +190,26 @@ fn per_port_above_global_is_refused() {
         }
     ));
 }
+
+#[test]
+fn the_kubernetes_configmap_holds_valid_settings() {
+    let yaml = include_str!("../../../deploy/kubernetes/configmap.yaml");
+    let body: String = yaml
+        .lines()
+        .skip_while(|l| l.trim() != "gate.toml: |")
+        .skip(1)
+        .take_while(|l| l.starts_with("    ") || l.is_empty())
+        .map(|l| format!("{}\n", l.strip_prefix("    ").unwrap_or(l)))
+        .collect();
+    assert!(
+        body.contains("max-half-open"),
+        "no gate.toml in the ConfigMap"
+    );
+    let s = from_toml(&Settings::default(), &body).expect("the ConfigMap's settings parse");
+    validate(&s).unwrap();
+    assert_eq!(
+        s,
+        Settings::default(),
+        "the ConfigMap's values are the defaults"
+    );
+}
