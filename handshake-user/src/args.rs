@@ -62,6 +62,11 @@ pub enum Command {
     ///
     /// Example: handshake-gate manpage > /usr/share/man/man8/handshake-gate.8
     Manpage,
+    /// Print a config file with every setting at its default, commented
+    /// out, each under its help and range.
+    ///
+    /// Example: handshake-gate config-template > /etc/handshake-gate/handshake-gate.toml
+    ConfigTemplate,
 }
 
 #[derive(Debug, clap::Args)]

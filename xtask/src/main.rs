@@ -1,6 +1,7 @@
-//! Project tasks. `cargo xtask setup | test | demo | bench | soak | image`.
+//! Project tasks. `cargo xtask setup | test | demo | bench | soak | image | deb`.
 
 mod bench;
+mod deb;
 mod demo;
 mod image;
 mod setup;
@@ -37,6 +38,10 @@ enum Command {
     /// Set up, then build the OCI image (a static binary `FROM scratch`,
     /// with podman, no registry): `localhost/handshake-gate:VERSION`.
     Image(image::Options),
+    /// Set up, then build and check the Debian package (cargo-deb): the
+    /// binary, the systemd unit, the manual page, completions and a
+    /// commented default config.
+    Deb(deb::Options),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -47,6 +52,7 @@ fn main() -> anyhow::Result<()> {
         Command::Bench(o) => bench::run(o),
         Command::Soak(o) => bench::soak(o),
         Command::Image(o) => image::run(o),
+        Command::Deb(o) => deb::run(o),
     }
 }
 

@@ -8,6 +8,7 @@
 //!   xdp-tools (libxdp's xdp-filter and xdp-loader, which the tests put on
 //!   the hook beside the gate), podman with runc (the OCI image and its test).
 //! - The musl target for stable (the image's static binary).
+//! - cargo-deb (the Debian package, `cargo xtask deb`).
 //! - kubernetes-validate (PyPI), which checks the manifests under
 //!   `deploy/kubernetes/` against Kubernetes' own schemas, offline.
 //! - The nightly toolchain's `rust-src` (the BPF target builds `core` from source).
@@ -155,6 +156,26 @@ pub fn run() -> anyhow::Result<()> {
             "--quiet",
             "--disable-pip-version-check",
             "kubernetes-validate",
+        ]))?;
+    }
+
+    let deb = output(Command::new("cargo").args(["deb", "--version"]));
+    if deb.contains(crate::deb::CARGO_DEB_VERSION) {
+        step(&format!(
+            "cargo-deb {}: present",
+            crate::deb::CARGO_DEB_VERSION
+        ));
+    } else {
+        step(&format!(
+            "cargo-deb {}: building (about two minutes)",
+            crate::deb::CARGO_DEB_VERSION
+        ));
+        run_cmd(Command::new("cargo").args([
+            "install",
+            "cargo-deb",
+            "--locked",
+            "--version",
+            crate::deb::CARGO_DEB_VERSION,
         ]))?;
     }
 

@@ -67,6 +67,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         // The default members: everything but the eBPF crate, which only builds for BPF.
         layer("host unit tests", &mut || cargo(&root, &["test"]));
         layer("Kubernetes manifests", &mut || manifests(&root));
+        layer("the Debian package", &mut || {
+            crate::deb::build().and_then(|deb| crate::deb::check(&deb))
+        });
         if o.tests.is_empty() || o.tests.iter().any(|t| t == "image") {
             // What the `image` test runs.
             layer("the OCI image", &mut crate::image::build);

@@ -11,10 +11,14 @@ pub mod status;
 use crate::args::{Cli, Command};
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
-    // These two only print text from the command-line definitions.
+    // These only print text from the command-line and settings definitions.
     match &cli.command {
         Command::Completions(a) => return docs::completions(a.shell),
         Command::Manpage => return docs::manpage(),
+        Command::ConfigTemplate => {
+            print!("{}", handshake_user::settings::commented_defaults());
+            return Ok(());
+        }
         _ => {}
     }
     // Every other command touches BPF objects; say so before anything else
@@ -45,7 +49,9 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Set(a) => set::run(a, netns),
         Command::Run(a) => run::run(a, netns, metrics),
         Command::Events(a) => events::run(a, netns),
-        Command::Completions(_) | Command::Manpage => unreachable!("handled above"),
+        Command::Completions(_) | Command::Manpage | Command::ConfigTemplate => {
+            unreachable!("handled above")
+        }
     }
 }
 

@@ -510,6 +510,32 @@ pub fn from_toml(base: &Settings, text: &str) -> Result<Settings, SettingError> 
     apply_all(base, &args)
 }
 
+/// A config file with every setting commented out at its default, each
+/// under its help and range: what the Debian package installs as
+/// `/etc/handshake-gate/handshake-gate.toml`.
+pub fn commented_defaults() -> String {
+    let defaults = Settings::default();
+    let mut s = String::from(
+        "# handshake-gate settings, read by `handshake-gate run --config FILE` at start,\n\
+         # on SIGHUP and whenever the file changes. Every setting is shown at its\n\
+         # default, commented out; uncomment and change what you need.\n",
+    );
+    for k in KEYS {
+        let value = k.show(&defaults);
+        let toml = match value.parse::<i64>() {
+            Ok(n) => n.to_string(),
+            Err(_) => format!("{value:?}"),
+        };
+        s.push_str(&format!(
+            "\n# {} ({})\n# {} = {toml}\n",
+            k.help,
+            k.range(),
+            k.name
+        ));
+    }
+    s
+}
+
 /// The list of settings, for `set --help`.
 pub static KEYS_HELP: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| {
     let mut s = String::from("Settings:\n");

@@ -213,3 +213,26 @@ fn the_kubernetes_configmap_holds_valid_settings() {
         "the ConfigMap's values are the defaults"
     );
 }
+
+#[test]
+fn the_commented_defaults_name_every_key_and_parse_to_the_defaults() {
+    let text = commented_defaults();
+    for k in KEYS {
+        assert!(
+            text.contains(&format!("\n# {} = ", k.name)),
+            "{} is missing",
+            k.name
+        );
+    }
+    let uncommented: String = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# "))
+        .filter(|l| {
+            KEYS.iter()
+                .any(|k| l.starts_with(&format!("{} = ", k.name)))
+        })
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let s = from_toml(&Settings::default(), &uncommented).expect("the defaults parse");
+    assert_eq!(s, Settings::default());
+}
