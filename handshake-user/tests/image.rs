@@ -64,7 +64,8 @@ fn status(lab: &Lab) -> Value {
 
 /// GET `path` from the daemon, inside the lab's server namespace.
 fn get(lab: &Lab, path: &str) -> Option<(u16, String)> {
-    let url = format!("http://127.0.0.1:9464{path}");
+    // Where the DaemonSet has it listen: the node's address.
+    let url = format!("http://{}:9464{path}", Lab::SERVER_V4);
     lab.server
         .run(move || {
             let mut r = ureq::get(&url)
@@ -91,11 +92,42 @@ struct Pod {
     name: String,
 }
 
+/// The DaemonSet's container as the manifest has it: its capabilities and
+/// its arguments, the node's address and interface filled in (the lab's
+/// server address and interface: the labs have no default route).
+fn manifest_pod(lab: &Lab) -> (String, Vec<String>) {
+    use yaml_rust2::YamlLoader;
+    let ds = YamlLoader::load_from_str(include_str!("../../deploy/kubernetes/daemonset.yaml"))
+        .expect("the DaemonSet is YAML")
+        .remove(0);
+    let c = &ds["spec"]["template"]["spec"]["containers"][0];
+    let list = |y: &yaml_rust2::Yaml| -> Vec<String> {
+        y.as_vec()
+            .expect("a list")
+            .iter()
+            .map(|v| v.as_str().expect("a string").to_string())
+            .collect()
+    };
+    let caps = list(&c["securityContext"]["capabilities"]["add"]).join(",");
+    let args = list(&c["args"])
+        .into_iter()
+        .map(|a| {
+            if a == handshake_user::route::DEFAULT_ROUTE {
+                lab.server_if.clone()
+            } else {
+                a.replace("$(NODE_IP)", &Lab::SERVER_V4.to_string())
+            }
+        })
+        .collect();
+    (caps, args)
+}
+
 impl Pod {
     fn start(lab: &Lab, name: &str, config_dir: &Path) -> Pod {
         let net = format!("ns:/run/netns/{}", lab.server.name);
         let config = format!("{}:/etc/handshake-gate:ro", config_dir.display());
-        let (ok, out) = podman(&[
+        let (caps, args) = manifest_pod(lab);
+        let mut all: Vec<&str> = vec![
             "--runtime",
             "runc",
             "run",
@@ -105,25 +137,26 @@ impl Pod {
             "--cap-drop",
             "all",
             "--cap-add",
-            "BPF,NET_ADMIN,PERFMON",
+            &caps,
             "--security-opt",
             "seccomp=unconfined",
+            "--read-only",
             "--network",
             &net,
             "-v",
             "/sys/fs/bpf:/sys/fs/bpf",
             "-v",
             &config,
+            "--env",
+            "RUST_LOG=info",
             "--ulimit",
             "nofile=1024:1024",
             "--ulimit",
             "nproc=1024:1024",
             IMAGE,
-            &lab.server_if,
-            "--config",
-            "/etc/handshake-gate/gate.toml",
-            "--keep",
-        ]);
+        ];
+        all.extend(args.iter().map(String::as_str));
+        let (ok, out) = podman(&all);
         assert!(ok, "podman run: {out}");
         Pod { name: name.into() }
     }
@@ -241,12 +274,68 @@ fn the_image_runs_as_a_daemonset_pod_would() {
     });
     pod.wait_for_log("the config file changed: reloaded");
 
+    // A rolling update (SIGTERM, then a new pod) under a flood from a new
+    // source: every SYN over its cap of 25 is dropped all through it, none
+    // passes unprotected.
+    let before = status(&lab)["drops"]["per_source"].as_u64().unwrap();
+    let sent = std::thread::scope(|scope| {
+        let flooding = scope.spawn(|| {
+            handshake_lab::Flood {
+                segments: handshake_lab::Segments::Syn,
+                target: addr,
+                sources: Sources::One("198.18.0.68".parse().unwrap()),
+                // 2.5 s: shorter than the half-open timeout (5 s), so the
+                // source's 25 admitted attempts all still count at its end.
+                count: 2_000,
+                max_time: Duration::from_secs(20),
+                rate: Some(800),
+                threads: 1,
+            }
+            .run(&lab.client)
+            .expect("flood")
+            .sent
+        });
+        std::thread::sleep(Duration::from_millis(200));
+        let swap = Instant::now();
+        let (ok, out) = podman(&["stop", "-t", "10", &name]);
+        assert!(ok, "{out}");
+        assert!(
+            pod.logs().contains("left the gate attached"),
+            "{}",
+            pod.logs()
+        );
+        drop(pod);
+        let pod = Pod::start(&lab, &name, &cm.root);
+        pod.wait_for_log("adopted the gate");
+        let swapped_in = swap.elapsed();
+        let sent = flooding.join().expect("the flood");
+        println!("the pods swapped in {:.2} s", swapped_in.as_secs_f64());
+        (sent, pod)
+    });
+    let (sent, pod) = sent;
+    let dropped = status(&lab)["drops"]["per_source"].as_u64().unwrap() - before;
+    println!(
+        "rolling update under a flood: {sent} SYNs, {dropped} dropped, {} admitted",
+        sent - dropped
+    );
+    assert_eq!(
+        dropped,
+        sent - 25,
+        "SYNs passed unprotected during the rolling update"
+    );
+    let before = status(&lab)["drops"]["per_source"].as_u64().unwrap();
+
     // Killed, the container leaves the gate protecting.
     let (ok, out) = podman(&["kill", &name]);
     assert!(ok, "{out}");
     drop(pod);
     flood("198.18.0.67");
-    assert_eq!(status(&lab)["drops"]["per_source"], 90 + 75);
+    let after_kill = status(&lab)["drops"]["per_source"].as_u64().unwrap();
+    assert_eq!(
+        after_kill - before,
+        75,
+        "the gate stopped protecting with no pod"
+    );
 
     // A new container adopts it, counts and all.
     let pod = Pod::start(&lab, &name, &cm.root);
@@ -256,7 +345,9 @@ fn the_image_runs_as_a_daemonset_pod_would() {
     });
     let (_, metrics) = get(&lab, "/metrics").expect("metrics");
     assert!(
-        metrics.contains("handshake_gate_dropped_total{reason=\"per_source\"} 165"),
+        metrics.contains(&format!(
+            "handshake_gate_dropped_total{{reason=\"per_source\"}} {after_kill}"
+        )),
         "{metrics}"
     );
     // Stopped (a rolling update's SIGTERM), an adopting daemon leaves it attached.
