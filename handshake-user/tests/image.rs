@@ -23,10 +23,16 @@ use serde_json::Value;
 const IMAGE: &str = concat!("localhost/handshake-gate:", env!("CARGO_PKG_VERSION"));
 
 fn podman(args: &[&str]) -> (bool, String) {
-    let out = Command::new("podman")
-        .args(args)
-        .output()
-        .expect("run podman (installed by `cargo xtask setup`)");
+    said(
+        Command::new("podman")
+            .args(args)
+            .output()
+            .expect("run podman (installed by `cargo xtask setup`)"),
+    )
+}
+
+/// Whether a command succeeded, and what it printed on both streams.
+fn said(out: std::process::Output) -> (bool, String) {
     (
         out.status.success(),
         format!(
@@ -40,19 +46,13 @@ fn podman(args: &[&str]) -> (bool, String) {
 /// The controller in the lab's server namespace, as a pod's own
 /// `handshake-gate` would be (no `--netns`: the pins of the host's view).
 fn gate(lab: &Lab, args: &[&str]) -> (bool, String) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.server.name))
-        .arg(GATE)
-        .args(args)
-        .output()
-        .expect("run nsenter");
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
+    said(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lab.server.name))
+            .arg(GATE)
+            .args(args)
+            .output()
+            .expect("run nsenter"),
     )
 }
 

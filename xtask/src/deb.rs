@@ -9,6 +9,8 @@ use std::process::Command;
 
 use anyhow::{Context as _, bail};
 
+use crate::cargo;
+
 /// The cargo-deb release setup installs.
 pub const CARGO_DEB_VERSION: &str = "3.8.0";
 
@@ -140,16 +142,5 @@ pub fn check(deb: &Path) -> anyhow::Result<()> {
         bail!("the packaged unit does not start the packaged binary with the packaged config");
     }
     println!("package checked: {}", deb.display());
-    Ok(())
-}
-
-fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo {} failed", args.join(" "));
-    }
     Ok(())
 }

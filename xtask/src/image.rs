@@ -32,21 +32,20 @@ pub fn run(o: Options) -> anyhow::Result<()> {
 pub fn build() -> anyhow::Result<()> {
     let root = crate::workspace_root();
     let version = env!("CARGO_PKG_VERSION");
-    let status = Command::new(env!("CARGO"))
-        .args([
+    crate::cargo(
+        &root,
+        &[
             "build",
             "--release",
             "-p",
             "handshake-user",
             "--bin",
             "handshake-gate",
-        ])
-        .args(["--target", TARGET])
-        .current_dir(&root)
-        .status()?;
-    if !status.success() {
-        bail!("the static build for {TARGET} failed");
-    }
+            "--target",
+            TARGET,
+        ],
+    )
+    .with_context(|| format!("the static build for {TARGET}"))?;
     let stage = root.join("target/image");
     std::fs::create_dir_all(&stage)?;
     let bin = root.join(format!("target/{TARGET}/release/handshake-gate"));

@@ -56,6 +56,18 @@ fn main() -> anyhow::Result<()> {
     }
 }
 
+/// Runs cargo (the one running this task) in `root` with `args`.
+pub fn cargo(root: &std::path::Path, args: &[&str]) -> anyhow::Result<()> {
+    let status = std::process::Command::new(env!("CARGO"))
+        .args(args)
+        .current_dir(root)
+        .status()?;
+    if !status.success() {
+        anyhow::bail!("cargo {} failed", args.join(" "));
+    }
+    Ok(())
+}
+
 /// The workspace root (the parent of this crate's directory).
 pub fn workspace_root() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR"))

@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
 
-use crate::vm;
+use crate::{cargo, vm};
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -126,17 +126,6 @@ fn manifests(root: &Path) -> anyhow::Result<()> {
         bail!("kubernetes-validate refused a manifest");
     }
     println!("{} manifests valid", files.len());
-    Ok(())
-}
-
-fn cargo(root: &Path, args: &[&str]) -> anyhow::Result<()> {
-    let status = Command::new(env!("CARGO"))
-        .args(args)
-        .current_dir(root)
-        .status()?;
-    if !status.success() {
-        bail!("cargo {} failed", args.join(" "));
-    }
     Ok(())
 }
 
