@@ -21,6 +21,16 @@ impl Netns {
             name: name.to_string(),
         };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // A new namespace copies the host's IPv4 settings, forwarding
+        // among them (a container runtime turns it on): off, so packets
+        // for addresses no one here has (a spoofed flood's SYN-ACKs) are
+        // dropped and counted (`IpInAddrErrors`), never sent on.
+        ns.run(|| {
+            for f in ["ipv4/conf/all/forwarding", "ipv4/conf/default/forwarding"] {
+                std::fs::write(format!("/proc/sys/net/{f}"), "0")?;
+            }
+            Ok(())
+        })?;
         Ok(ns)
     }
 
