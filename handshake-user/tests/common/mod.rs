@@ -7,6 +7,7 @@
 )]
 
 pub mod cli;
+pub mod daemon;
 pub use cli::{Attached, GATE, ack_flood, cli, cli_with, flood, pin_dir, spoofed_flood};
 
 pub use handshake_lab::packet::*;
