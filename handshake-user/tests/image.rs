@@ -161,6 +161,18 @@ impl Pod {
         Pod { name: name.into() }
     }
 
+    /// A pod's SIGTERM (`podman stop`): the daemon must leave the gate
+    /// attached.
+    fn stop_leaving_the_gate(&self) {
+        let (ok, out) = podman(&["stop", "-t", "10", &self.name]);
+        assert!(ok, "{out}");
+        assert!(
+            self.logs().contains("left the gate attached"),
+            "{}",
+            self.logs()
+        );
+    }
+
     fn logs(&self) -> String {
         podman(&["logs", &self.name]).1
     }
@@ -297,13 +309,7 @@ fn the_image_runs_as_a_daemonset_pod_would() {
         });
         std::thread::sleep(Duration::from_millis(200));
         let swap = Instant::now();
-        let (ok, out) = podman(&["stop", "-t", "10", &name]);
-        assert!(ok, "{out}");
-        assert!(
-            pod.logs().contains("left the gate attached"),
-            "{}",
-            pod.logs()
-        );
+        pod.stop_leaving_the_gate();
         drop(pod);
         let pod = Pod::start(&lab, &name, &cm.root);
         pod.wait_for_log("adopted the gate");
@@ -351,12 +357,6 @@ fn the_image_runs_as_a_daemonset_pod_would() {
         "{metrics}"
     );
     // Stopped (a rolling update's SIGTERM), an adopting daemon leaves it attached.
-    let (ok, out) = podman(&["stop", "-t", "10", &name]);
-    assert!(ok, "{out}");
-    assert!(
-        pod.logs().contains("left the gate attached"),
-        "{}",
-        pod.logs()
-    );
+    pod.stop_leaving_the_gate();
     assert_eq!(status(&lab)["mode"], "enforce");
 }
