@@ -25,6 +25,11 @@ pub struct Options {
     /// per-packet costs: about a minute.
     #[arg(long)]
     profile: bool,
+    /// Only the control plane with 1M connections (`status`, a metrics
+    /// scrape, `conns`), next to the same commands on an empty gate: about
+    /// a minute.
+    #[arg(long)]
+    control: bool,
 }
 
 #[derive(clap::Args)]
@@ -102,6 +107,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     if o.profile {
         cmd.arg("--profile");
+    }
+    if o.control {
+        cmd.arg("--control");
     }
     if !cmd.status()?.success() {
         bail!("the benchmark failed");
