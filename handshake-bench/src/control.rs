@@ -1,6 +1,12 @@
 //! The control plane with the maps full: `status`, a metrics scrape and
 //! `conns`, each with 1M tracked connections beside the same command on
-//! the same gate while it was empty, in the same run.
+//! the same gate while it was empty, in the same run; and one sweep of the
+//! 1M in the kernel beside one from the controller.
+//!
+//! `status` and the scrape are timed with the daemon running, as it runs
+//! in production (sweeping every 5 s, the default): on the full gate they
+//! take the count its sweep keeps. `status --fresh` is the count made for
+//! the look, as on a gate with no daemon.
 
 use std::io::{BufRead as _, BufReader, Read as _};
 use std::path::Path;
@@ -21,7 +27,11 @@ pub struct Control {
     pub runs: usize,
     /// Medians, ms: (empty gate, full gate).
     pub status_ms: (f64, f64),
+    /// `status --fresh`: the maps counted for the look.
+    pub status_fresh_ms: (f64, f64),
     pub scrape_ms: (f64, f64),
+    /// One sweep (nothing expired): in the kernel, from the controller.
+    pub sweep_ms: (f64, f64),
     /// `conns --json` of every connection to /dev/null.
     pub conns_json_ms: (f64, f64),
     /// From starting `conns` to its first row on stdout.
@@ -102,8 +112,7 @@ impl Daemon {
         let listen = format!("127.0.0.1:{port}");
         let child = Command::new(gate)
             .args(["--netns", &a.lab.server.name, "run", &a.lab.server_if])
-            // No sweep while it is timed: a sweep reads the whole table.
-            .args(["--sweep-interval", "3600", "--metrics", &listen])
+            .args(["--metrics", &listen])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()?;
@@ -149,16 +158,25 @@ impl Drop for Daemon {
 /// One figure of each row on the gate as it is.
 struct Figures {
     status: f64,
+    fresh: f64,
     scrape: f64,
     conns: f64,
     first: f64,
     rss: f64,
 }
 
-fn measure(gate: &Path, a: &Attached, runs: usize) -> anyhow::Result<Figures> {
+fn measure(gate: &Path, a: &Attached, runs: usize, kept: bool) -> anyhow::Result<Figures> {
     let iface = a.lab.server_if.clone();
-    let status = timed(runs, || Ok(run_cli(gate, a, &["status", &iface])?.0))?;
     let d = Daemon::start(gate, a)?;
+    if kept {
+        wait_for_kept(a)?;
+    }
+    // Past the daemon's start-up (and its first sweep), on both gates.
+    std::thread::sleep(Duration::from_secs(1));
+    let status = timed(runs, || Ok(run_cli(gate, a, &["status", &iface])?.0))?;
+    let fresh = timed(runs, || {
+        Ok(run_cli(gate, a, &["status", &iface, "--fresh"])?.0)
+    })?;
     let scrape = timed(runs, || d.scrape())?;
     drop(d);
     let mut rss = Vec::new();
@@ -170,11 +188,48 @@ fn measure(gate: &Path, a: &Attached, runs: usize) -> anyhow::Result<Figures> {
     let first = timed(runs, || first_row(gate, a))?;
     Ok(Figures {
         status,
+        fresh,
         scrape,
         conns,
         first,
         rss: rss.into_iter().fold(0.0, f64::max),
     })
+}
+
+/// Waits (30 s at most) until the daemon's first sweep has left its count.
+fn wait_for_kept(a: &Attached) -> anyhow::Result<()> {
+    let g = handshake_user::gate::Gate::open_dir(a.dir())?;
+    let start = Instant::now();
+    while g.kept(handshake_user::monotonic_ns())?.is_none() {
+        anyhow::ensure!(
+            start.elapsed() < Duration::from_secs(30),
+            "the daemon's sweep never left a count"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}
+
+/// Medians of `runs` sweeps of the gate (nothing to delete): in the kernel,
+/// then from the controller, ms.
+fn sweeps(a: &Attached, runs: usize) -> anyhow::Result<(f64, f64)> {
+    let mut g = handshake_user::gate::Gate::open_dir(a.dir())?;
+    let cfg = g.config()?;
+    let mut once = |here: bool| -> anyhow::Result<Duration> {
+        let t = Instant::now();
+        let now = handshake_user::monotonic_ns();
+        let swept = if here {
+            g.sweep_here(&cfg, now)?
+        } else {
+            g.sweep(&cfg, now, 0)?
+        };
+        let took = t.elapsed();
+        anyhow::ensure!(swept == (0, 0), "the bench's entries expired: {swept:?}");
+        Ok(took)
+    };
+    let kernel = timed(runs, || once(false))?;
+    let here = timed(runs, || once(true))?;
+    Ok((kernel, here))
 }
 
 pub fn run(gate: &Path, runs: usize) -> anyhow::Result<Control> {
@@ -186,16 +241,20 @@ pub fn run(gate: &Path, runs: usize) -> anyhow::Result<Control> {
     // One connection, so `conns` has a first row to time.
     fill(&mut est, 0, 1)?;
     eprintln!("bench: control plane, empty gate");
-    let empty = measure(gate, &a, runs)?;
+    let empty = measure(gate, &a, runs, false)?;
     eprintln!("bench: storing {MILLION} connections");
     fill(&mut est, 1, MILLION)?;
     eprintln!("bench: control plane with {MILLION} connections");
-    let full = measure(gate, &a, runs)?;
+    let full = measure(gate, &a, runs, true)?;
+    eprintln!("bench: sweeps of {MILLION} connections");
+    let sweep_ms = sweeps(&a, runs)?;
     Ok(Control {
         connections: MILLION,
         runs,
         status_ms: (empty.status, full.status),
+        status_fresh_ms: (empty.fresh, full.fresh),
         scrape_ms: (empty.scrape, full.scrape),
+        sweep_ms,
         conns_json_ms: (empty.conns, full.conns),
         first_row_ms: (empty.first, full.first),
         conns_rss_mib: (empty.rss, full.rss),

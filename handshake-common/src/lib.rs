@@ -89,6 +89,9 @@ pub mod maps {
     /// replace or remove the egress filter (see [`crate::meta`]). The
     /// programs never read it.
     pub const META: &str = "META";
+    /// One-entry array holding the [`crate::tally::Counted`] the last
+    /// in-kernel sweep left; the packet programs never read it.
+    pub const COUNTED: &str = "COUNTED";
     /// Ring buffer of sampled [`crate::DropEvent`]s (`event-sample`).
     pub const EVENTS: &str = "EVENTS";
     /// aya-log's ring buffer of the programs' log records (defined by

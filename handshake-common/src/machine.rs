@@ -342,6 +342,17 @@ impl Expiry {
     pub fn finished(&self, e: &FlowEntry) -> bool {
         finished(e) && self.now_ns.saturating_sub(e.changed_ns) >= self.time_wait_ns
     }
+
+    /// Whether an entry of the half-open map (`half_open`) or of the
+    /// established map has expired: what the sweep deletes.
+    #[inline(always)]
+    pub fn expired(&self, e: &FlowEntry, half_open: bool) -> bool {
+        if half_open {
+            self.half_open(e)
+        } else {
+            self.finished(e)
+        }
+    }
 }
 
 /// Whether both ends are done: each in TIME_WAIT or CLOSED.

@@ -13,9 +13,10 @@ use alloc::collections::BTreeMap;
 use crate::admit::{self, Admission, Occupancy, SynFacts};
 use crate::config::Config;
 use crate::flow::{Endpoint, FlowEntry, FlowKey, SourceKey, SourceState, flags};
-use crate::machine::{self, Segment, Step, Untracked};
+use crate::machine::{self, Expiry, Segment, Step, Untracked};
 pub use crate::machine::{Lookup, Side};
 use crate::reason::Reason;
+use crate::tally::Tally;
 use crate::window::{self, WindowCounter};
 
 /// A parsed TCP packet.
@@ -120,6 +121,24 @@ impl Model {
         self.half_open
             .get(&key)
             .map(|e| (e.client_state, e.server_state, true))
+    }
+
+    /// The daemon's sweep at `now_ns` under `cfg`, as the counting program
+    /// makes it: every entry [`Tally::sweep`] finds expired goes (the
+    /// half-open counts are left to age out with their time bucket); the
+    /// count of the rest, and how many went from each map.
+    pub fn sweep(&mut self, cfg: &Config, now_ns: u64) -> (Tally, [u64; 2]) {
+        let x = Expiry::of(cfg, now_ns);
+        let mut t = Tally::default();
+        let mut swept = [0u64; 2];
+        for (map, half_open) in [(&mut self.half_open, true), (&mut self.established, false)] {
+            map.retain(|_, e| {
+                let gone = t.sweep(e, half_open, &x, || true);
+                swept[!half_open as usize] += gone as u64;
+                !gone
+            });
+        }
+        (t, swept)
     }
 
     fn established_step(

@@ -27,8 +27,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::warn;
 use core::ffi::c_void;
+use core::sync::atomic::{Ordering, compiler_fence};
 use handshake_common::machine::Expiry;
-use handshake_common::tally::{Tally, TallyPacket};
+use handshake_common::tally::{Counted, Tally, TallyPacket};
 use handshake_common::{
     Config, DropEvent, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, Mode,
     PORT_COUNT, PORT_WORDS, Reason, SOURCES_CAPACITY, SourceKey, SourceState, VERIFIED_CAPACITY,
@@ -96,6 +97,11 @@ static VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(VERIF
 /// pinned with the rest.
 #[map(name = "META")]
 static META: Array<u64> = Array::with_max_entries(meta::LEN, 0);
+
+/// The count the last sweep of `tally_conns` left, for `status` and the
+/// metrics; never read by the packet programs.
+#[map(name = "COUNTED")]
+static COUNTED: Array<Counted> = Array::with_max_entries(1, 0);
 
 /// Sampled drop events for `handshake-gate events`. 256 KiB: about 4,600
 /// events waiting; when it is full, further events are lost, never packets.
@@ -204,6 +210,8 @@ pub fn noop_tc(_ctx: TcContext) -> i32 {
 /// kernel, for `status` and the metrics. Never attached: the controller
 /// runs it through `BPF_PROG_TEST_RUN` with a [`TallyPacket`] holding the
 /// moment to judge expiry by, and reads the counts back from the packet.
+/// With `sweep` set it also deletes the expired entries it meets (the
+/// daemon's sweep) and, with `keep_ns`, leaves the count in `COUNTED`.
 #[xdp]
 pub fn tally_conns(ctx: XdpContext) -> u32 {
     let start = ctx.data();
@@ -214,9 +222,12 @@ pub fn tally_conns(ctx: XdpContext) -> u32 {
         return xdp_action::XDP_ABORTED;
     };
     let p = start as *mut TallyPacket;
+    let (now_ns, sweep, keep_ns) = unsafe { ((*p).now_ns, (*p).sweep != 0, (*p).keep_ns) };
     let mut t = Counting {
-        expiry: Expiry::of(cfg, unsafe { (*p).now_ns }),
+        expiry: Expiry::of(cfg, now_ns),
         tally: Tally::default(),
+        sweep,
+        swept: [0; 2],
     };
     let ctx_ptr = (&raw mut t).cast::<c_void>();
     unsafe {
@@ -233,6 +244,23 @@ pub fn tally_conns(ctx: XdpContext) -> u32 {
             0,
         );
         (*p).tally = t.tally;
+        if sweep {
+            (*p).swept = t.swept;
+            (*p).sweep_done = 1;
+            if keep_ns != 0
+                && let Some(c) = COUNTED.get_ptr_mut(0)
+            {
+                // Written while a reader may be copying it: `until_ns` to
+                // 0 (not current) first and to its value last, so a reader
+                // that copies it twice alike and current has a whole one.
+                core::ptr::write_volatile(&raw mut (*c).until_ns, 0);
+                compiler_fence(Ordering::SeqCst);
+                (*c).taken_ns = now_ns;
+                (*c).tally = t.tally;
+                compiler_fence(Ordering::SeqCst);
+                core::ptr::write_volatile(&raw mut (*c).until_ns, now_ns.saturating_add(keep_ns));
+            }
+        }
     }
     xdp_action::XDP_PASS
 }
@@ -241,17 +269,36 @@ pub fn tally_conns(ctx: XdpContext) -> u32 {
 struct Counting {
     expiry: Expiry,
     tally: Tally,
+    /// Delete the expired entries.
+    sweep: bool,
+    /// How many were deleted from each map.
+    swept: [u64; 2],
+}
+
+impl Counting {
+    /// Counts one entry or, when sweeping and it has expired, deletes it
+    /// with `delete`.
+    #[inline(always)]
+    fn visit(&mut self, e: &FlowEntry, half_open: bool, delete: impl FnOnce() -> bool) {
+        if self.sweep {
+            if self.tally.sweep(e, half_open, &self.expiry, delete) {
+                self.swept[!half_open as usize] += 1;
+            }
+        } else {
+            self.tally.add(e, half_open, &self.expiry);
+        }
+    }
 }
 
 /// `bpf_for_each_map_elem`'s callback over the half-open map: 0 goes on.
 #[inline(never)]
 extern "C" fn count_half_open(
     _map: *mut c_void,
-    _key: *mut c_void,
+    key: *mut FlowKey,
     e: *mut FlowEntry,
     t: *mut Counting,
 ) -> i64 {
-    unsafe { (*t).tally.add(&*e, true, &(*t).expiry) };
+    unsafe { (*t).visit(&*e, true, || HALF_OPEN.remove(&*key).is_ok()) };
     0
 }
 
@@ -259,11 +306,11 @@ extern "C" fn count_half_open(
 #[inline(never)]
 extern "C" fn count_established(
     _map: *mut c_void,
-    _key: *mut c_void,
+    key: *mut FlowKey,
     e: *mut FlowEntry,
     t: *mut Counting,
 ) -> i64 {
-    unsafe { (*t).tally.add(&*e, false, &(*t).expiry) };
+    unsafe { (*t).visit(&*e, false, || ESTABLISHED.remove(&*key).is_ok()) };
     0
 }
 

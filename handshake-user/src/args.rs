@@ -194,6 +194,10 @@ pub struct StatusArgs {
     /// With --watch: stop after this many refreshes.
     #[arg(long, value_name = "N", requires = "watch")]
     pub count: Option<u64>,
+    /// Count the connections by state now, even on a large table whose
+    /// count the daemon's last sweep left (see the counts' age).
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 #[derive(Debug, clap::Args)]

@@ -15,6 +15,7 @@
 //! | `overflow` | gauge | `action` (1 for the current one) |
 //! | `map_entries` | gauge | `map` (`half_open`, `established`) |
 //! | `map_capacity` | gauge | `map` |
+//! | `counts_age_seconds` | gauge | age of `connections` and `map_entries`: 0 when counted for the scrape, the time since the daemon's last sweep when kept from it (tables of 131,072 entries or more) |
 //! | `swept_total` | counter | `map`: entries the daemon's sweeper deleted |
 //! | `cookies_sent_total` | counter | SYN-ACKs with a SYN cookie sent from XDP (`overflow=cookie`) |
 
@@ -47,7 +48,7 @@ struct Scrape {
 /// The gate's metrics, as OpenMetrics text.
 pub fn render(gate: &Gate, swept: Swept) -> Result<String, GateError> {
     let scrape = Scrape {
-        snap: gate.snapshot(0)?,
+        snap: gate.snapshot(0, false)?,
         capacity: gate.map_capacity()?,
         swept,
     };
@@ -191,6 +192,13 @@ impl Collector for Scrape {
             "Entries in each connection map, expired ones not yet swept included.",
             maps(s.map_entries.0 as i64, s.map_entries.1 as i64),
         )?;
+        ConstGauge::new(s.counts_age_ns() as f64 / 1e9).encode(enc.encode_descriptor(
+            "handshake_gate_counts_age_seconds",
+            "How old the connection counts and map entries are: 0 when counted for this scrape, \
+             the time since the daemon's last sweep when a large table's count is kept from it.",
+            None,
+            MetricType::Gauge,
+        )?)?;
         gauge(
             &mut enc,
             "handshake_gate_map_capacity",

@@ -190,7 +190,9 @@ impl Harness {
         self.per_cpu_sum(maps::EGRESS, r)
     }
 
-    fn flows(&self, name: &str) -> Vec<(FlowKey, FlowEntry)> {
+    /// Every entry of the connection map `name` (`maps::HALF_OPEN` or
+    /// `maps::ESTABLISHED`), with its key.
+    pub fn flows(&self, name: &str) -> Vec<(FlowKey, FlowEntry)> {
         let m: HashMap<&MapData, FlowKey, FlowEntry> =
             HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
         m.iter().map(Result::unwrap).collect()
@@ -210,6 +212,25 @@ impl Harness {
     pub fn tally(&self, now_ns: u64) -> handshake_common::tally::Tally {
         crate::gate::run_tally(self.program(maps::TALLY_PROGRAM), now_ns)
             .expect("the counting program runs")
+    }
+
+    /// The counting program run as the daemon's sweep at `now_ns`, its
+    /// count kept for `keep_ns`: what it said, and the count it left in
+    /// the `COUNTED` map.
+    pub fn sweep(
+        &self,
+        now_ns: u64,
+        keep_ns: u64,
+    ) -> (
+        handshake_common::tally::TallyPacket,
+        handshake_common::tally::Counted,
+    ) {
+        let out = crate::gate::run_sweep(self.program(maps::TALLY_PROGRAM), now_ns, keep_ns)
+            .expect("the counting program runs")
+            .expect("the counting program sweeps");
+        let kept: Array<&MapData, handshake_common::tally::Counted> =
+            Array::try_from(self.ebpf.map(maps::COUNTED).unwrap()).unwrap();
+        (out, kept.get(&0, 0).unwrap())
     }
 
     pub fn half_open_entries(&self) -> Vec<FlowEntry> {

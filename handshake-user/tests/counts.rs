@@ -4,8 +4,9 @@
 //! programs' backs or in their own way: a real connection's RST, entries
 //! past their expiry, the LRU evicting entries from a full map, and
 //! `attach --replace` (and on a gate whose counting program is missing,
-//! as one attached by an older version). Needs root; `cargo xtask test`
-//! runs it.
+//! as one attached by an older version); and, on a table large enough for
+//! it, the count the daemon's in-kernel sweep keeps. Needs root; `cargo
+//! xtask test` runs it.
 
 mod common;
 
@@ -14,6 +15,7 @@ use std::path::Path;
 use std::time::Duration;
 
 use aya::maps::{HashMap, Map, MapData};
+use common::daemon::{Daemon, metric};
 use common::{Attached, cli, pin_dir};
 use handshake_common::flow::AF_INET;
 use handshake_common::machine::Expiry;
@@ -237,4 +239,119 @@ fn status_counts_exactly_after_rst_expiry_eviction_and_replace() {
     // is counted by the controller, to the same figures.
     std::fs::remove_file(dir.join(handshake_user::pins::TALLY_PROG)).unwrap();
     assert_eq!(check(&gate, "counted by the controller"), t);
+}
+
+/// What `status` says of the counts against the maps' count `t`: where
+/// they differ, if they do.
+fn status_differs(s: &Value, t: &Tally) -> Option<String> {
+    let shown = (
+        s["connections"].as_u64(),
+        s["map_entries"]["half_open"].as_u64(),
+        s["map_entries"]["established"].as_u64(),
+        s["states"]["server"][TcpState::Established.name()].as_u64(),
+    );
+    let want = (
+        Some(t.live),
+        Some(t.entries[0]),
+        Some(t.entries[1]),
+        Some(t.server[TcpState::Established as usize]),
+    );
+    (shown != want).then(|| format!("status {shown:?}, the maps {want:?}"))
+}
+
+/// Waits (60 s at most) until `status` takes its counts from the daemon's
+/// sweep; that status.
+fn until_kept(gate: &Attached, d: &Daemon) -> Value {
+    let start = std::time::Instant::now();
+    loop {
+        let s = gate.status();
+        if s["counts"]["kept"] == true {
+            return s;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "status never took the sweep's count: {}\nthe daemon's log:\n{}",
+            s["counts"],
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn a_large_tables_count_is_kept_by_the_daemons_in_kernel_sweep() {
+    let lab = Lab::new("cntk").expect("lab");
+    // TIME_WAIT lasts 2 s here.
+    let gate = Attached::new(&lab, &["msl-ms=1000"]);
+    let dir = pin_dir(&lab);
+    let n = handshake_user::gate::KEPT_FROM as u32 + 8_928;
+    let live = (TcpState::Established, TcpState::Established);
+    let done = (TcpState::TimeWait, TcpState::Closed);
+    store(&dir, 0, n, live, 0);
+    store(&dir, n, 500, done, -3);
+    // No daemon: counted for each look, the expired entries included.
+    let s = gate.status();
+    assert_eq!(s["counts"]["kept"], false, "{}", s["counts"]);
+    let t = count_maps(&dir);
+    assert_eq!((t.live, t.entries[1]), (u64::from(n), u64::from(n) + 500));
+    assert_eq!(status_differs(&s, &t), None);
+
+    // The daemon's sweep (every second, vouched for two) deletes the
+    // expired entries in the kernel and leaves its count, which `status`
+    // and the metrics take.
+    let d = Daemon::start(&lab, "cntk", &[]);
+    let s = until_kept(&gate, &d);
+    let t = count_maps(&dir);
+    assert_eq!(
+        (t.live, t.entries[1]),
+        (u64::from(n), u64::from(n)),
+        "the sweep deleted the 500 expired entries"
+    );
+    assert_eq!(status_differs(&s, &t), None, "the kept count is the maps'");
+    assert!(
+        s["counts"]["age_ms"].as_u64().unwrap() < 2_000,
+        "{}",
+        s["counts"]
+    );
+    let m = d.scrape();
+    assert_eq!(
+        metric(&m, "handshake_gate_swept_total", &[("map", "established")]),
+        500.0
+    );
+    let age = metric(&m, "handshake_gate_counts_age_seconds", &[]);
+    assert!((0.0..2.0).contains(&age), "counts_age_seconds {age}");
+    assert_eq!(
+        metric(
+            &m,
+            "handshake_gate_connections",
+            &[("side", "server"), ("state", "ESTABLISHED")]
+        ),
+        f64::from(n)
+    );
+
+    // `--fresh` counts now: ten more stored show at once.
+    store(&dir, n + 500, 10, live, 0);
+    let fresh: Value =
+        serde_json::from_str(&gate.run("status", &["--json", "--fresh"])).expect("JSON");
+    assert_eq!(fresh["counts"]["kept"], false);
+    assert_eq!(status_differs(&fresh, &count_maps(&dir)), None);
+
+    // A daemon that stops withdraws its count: the next look counts.
+    d.signal(nix::sys::signal::Signal::SIGTERM);
+    let mut d = d;
+    assert!(d.wait(), "the daemon stopped cleanly:\n{}", d.log());
+    let s = gate.status();
+    assert_eq!(s["counts"]["kept"], false, "{}", s["counts"]);
+    assert_eq!(status_differs(&s, &count_maps(&dir)), None);
+
+    // One killed cannot: its count stands until two sweeps are missed,
+    // then the looks count again.
+    let d = Daemon::start(&lab, "cntk2", &[]);
+    until_kept(&gate, &d);
+    drop(d);
+    std::thread::sleep(Duration::from_millis(2_500));
+    let s = gate.status();
+    assert_eq!(s["counts"]["kept"], false, "{}", s["counts"]);
+    assert_eq!(status_differs(&s, &count_maps(&dir)), None);
 }

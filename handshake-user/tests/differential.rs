@@ -18,6 +18,8 @@
 //! model's input too.
 
 mod common;
+#[path = "differential/sweep.rs"]
+mod sweep;
 
 use std::net::IpAddr;
 
@@ -549,6 +551,9 @@ fn run(sequences: u64, from: u64, seed: u64) {
             "sequence {i}: the counts by state; replay: HANDSHAKE_FUZZ_SEED={seed} \
              HANDSHAKE_FUZZ_FROM={i} HANDSHAKE_FUZZ_SEQUENCES=1"
         );
+        if i + 1 == from + sequences {
+            sweep::check(&h, &cfg, now, i, seed);
+        }
     }
     println!(
         "differential: {sequences} sequences, {packets} packets, all agree ({:.1} s)\n  \

@@ -122,7 +122,7 @@ pub fn run(
         .enable_all()
         .build()
         .context("could not start the runtime")
-        .and_then(|rt| rt.block_on(serve(&a, shared, listener)));
+        .and_then(|rt| rt.block_on(serve(&a, shared.clone(), listener)));
     if let Err(e) = &served {
         error!("{e:#}");
     }
@@ -133,6 +133,10 @@ pub fn run(
             info!("{n}");
         }
     } else {
+        // No sweeper vouches for the last count any longer.
+        if let Err(e) = shared.gate.lock().expect("not poisoned").forget_kept() {
+            warn!("{e}");
+        }
         info!("left the gate attached to {}", a.iface);
     }
     served
@@ -154,6 +158,8 @@ async fn serve(
     let mut logger = program_log(&shared);
     let mut watch = a.config.as_deref().and_then(ConfigWatch::start);
     let mut sweep = tokio::time::interval(Duration::from_secs(a.sweep_interval));
+    // The count each sweep leaves stands until two sweeps are missed.
+    let keep_ns = 2 * a.sweep_interval * 1_000_000_000;
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     info!("running: SIGHUP reloads the config file, SIGTERM or SIGINT stops");
     loop {
@@ -166,7 +172,7 @@ async fn serve(
                     reload(&shared, a.config.as_deref(), "the config file changed");
                 }
             }
-            _ = sweep.tick() => sweep_once(&shared),
+            _ = sweep.tick() => sweep_once(&shared, keep_ns),
             ready = readable(&mut logger) => match ready {
                 Ok(mut guard) => {
                     guard.get_inner_mut().flush();
@@ -295,12 +301,9 @@ async fn changed(watch: &mut Option<ConfigWatch>) -> bool {
         }
     }
     // Let the rest of a swap land, and take its events with it.
-    loop {
-        match tokio::time::timeout(Duration::from_millis(200), w.events.next()).await {
-            Ok(Some(Ok(_))) => continue,
-            _ => break,
-        }
-    }
+    while let Ok(Some(Ok(_))) =
+        tokio::time::timeout(Duration::from_millis(200), w.events.next()).await
+    {}
     let now = std::fs::read(&w.path).ok();
     if now == w.seen {
         return false;
@@ -354,11 +357,11 @@ fn reload(shared: &Shared, path: Option<&Path>, why: &str) {
     }
 }
 
-fn sweep_once(shared: &Shared) {
+fn sweep_once(shared: &Shared, keep_ns: u64) {
     let mut gate = shared.gate.lock().expect("not poisoned");
     let swept = gate
         .config()
-        .and_then(|cfg| gate.sweep(&cfg, handshake_user::monotonic_ns()));
+        .and_then(|cfg| gate.sweep(&cfg, handshake_user::monotonic_ns(), keep_ns));
     match swept {
         Ok((h, e)) => {
             shared

@@ -3,7 +3,7 @@ use std::time::Duration;
 
 use comfy_table::{CellAlignment, Table, presets::NOTHING};
 use handshake_common::{Overflow, Reason, cookie};
-use handshake_user::gate::{Gate, Snapshot};
+use handshake_user::gate::{Counts, Gate, Snapshot};
 use handshake_user::settings::KEYS;
 use serde_json::{Map, Value, json};
 
@@ -17,7 +17,7 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
     if let Some(secs) = a.watch {
         return watch(&gate, &a, netns, secs);
     }
-    let snap = gate.snapshot(TOP)?;
+    let snap = gate.snapshot(TOP, a.fresh)?;
     if a.json {
         println!(
             "{}",
@@ -37,7 +37,7 @@ fn watch(gate: &Gate, a: &StatusArgs, netns: Option<&str>, secs: u64) -> anyhow:
     let mut prev: Option<Snapshot> = None;
     let mut shown = 0u64;
     loop {
-        let snap = gate.snapshot(TOP)?;
+        let snap = gate.snapshot(TOP, a.fresh)?;
         let page = text(&a.iface, netns, &snap, prev.as_ref());
         if clear {
             print!("\x1b[2J\x1b[H{page}");
@@ -79,6 +79,7 @@ fn json(iface: &str, netns: Option<&str>, s: &Snapshot) -> Value {
         "half_open": s.half_open,
         "states": { "client": client, "server": server },
         "connections": s.connections,
+        "counts": counts_json(s),
         "map_entries": { "half_open": s.map_entries.0, "established": s.map_entries.1 },
         "drops": drops,
         "dropped_packets": c.dropped.iter().sum::<u64>(),
@@ -132,10 +133,18 @@ fn text(iface: &str, netns: Option<&str>, s: &Snapshot, prev: Option<&Snapshot>)
         }
     }
     if s.connections == 0 {
-        let _ = writeln!(out, "no tracked connections\n");
+        let _ = writeln!(out, "no tracked connections");
     } else {
-        let _ = writeln!(out, "{t}\n");
+        let _ = writeln!(out, "{t}");
     }
+    if let Counts::Kept { .. } = s.counts {
+        let _ = writeln!(
+            out,
+            "(counted by the daemon's sweep {:.1} s ago; --fresh counts now)",
+            s.counts_age_ns() as f64 / 1e9
+        );
+    }
+    out.push('\n');
 
     let mut header = vec!["verdict", "arriving", "dropped", "leaving"];
     if prev.is_some() {
@@ -167,6 +176,14 @@ fn text(iface: &str, netns: Option<&str>, s: &Snapshot, prev: Option<&Snapshot>)
         let _ = writeln!(out, "\n{line}");
     }
     out
+}
+
+/// Where the counts by state came from, and how old they are.
+fn counts_json(s: &Snapshot) -> Value {
+    json!({
+        "kept": matches!(s.counts, Counts::Kept { .. }),
+        "age_ms": s.counts_age_ns() / 1_000_000,
+    })
 }
 
 /// What the SYN-ACKs of `overflow=cookie` carry now.

@@ -64,7 +64,7 @@ pub const MIN_CONNECTIONS: u32 = 1_024;
 pub const MAX_CONNECTIONS: u32 = 16 * 1_048_576;
 
 /// Every map the controller pins, by name.
-pub const MAP_NAMES: [&str; 14] = [
+pub const MAP_NAMES: [&str; 15] = [
     maps::CONFIG,
     maps::COUNTERS,
     maps::DROPPED,
@@ -79,7 +79,12 @@ pub const MAP_NAMES: [&str; 14] = [
     maps::META,
     maps::EVENTS,
     maps::AYA_LOGS,
+    maps::COUNTED,
 ];
+
+/// Maps a gate attached by an older version may lack: `attach --replace`
+/// creates them, and the controller does without them until it does.
+pub const OPTIONAL_MAPS: [&str; 1] = [maps::COUNTED];
 
 /// Undoes a half-done attach on drop unless [`Rollback::commit`] was
 /// called: removes the pin directory (links held only by this process then
@@ -385,9 +390,10 @@ fn swap_ingress(xdp: &mut Xdp, dir: &Path) -> Result<(), GateError> {
 }
 
 /// Checks that the maps pinned in `dir` are what this binary's programs
-/// expect: each present, of the same type, key and value sizes (and, but
-/// for the established map, which `--max-connections` sizes, capacity),
-/// and made under the same [`LAYOUT_VERSION`].
+/// expect: each present (but for the [`OPTIONAL_MAPS`]), of the same type,
+/// key and value sizes (and, but for the established map, which
+/// `--max-connections` sizes, capacity), and made under the same
+/// [`LAYOUT_VERSION`].
 pub fn check_layout(dir: &Path) -> Result<(), GateError> {
     let obj = aya_obj::Object::parse(crate::ebpf_object())
         .map_err(GateError::step("read this binary's BPF object"))?;
@@ -400,6 +406,9 @@ pub fn check_layout(dir: &Path) -> Result<(), GateError> {
             .maps
             .get(name)
             .ok_or_else(|| incompatible(name, "this binary does not define it".into()))?;
+        if OPTIONAL_MAPS.contains(&name) && !dir.join(name).exists() {
+            continue;
+        }
         let have = MapInfo::from_pin(dir.join(name))
             .map_err(|_| incompatible(name, "not pinned (made by an older version?)".into()))?;
         let have_type = have.map_type().map(|t| t as u32).unwrap_or(u32::MAX);

@@ -18,6 +18,7 @@ use std::path::{Path, PathBuf};
 
 use aya::maps::{Array, HashMap, Map, MapData, MapInfo, PerCpuArray, RingBuf};
 use aya::programs::ProgramInfo;
+use handshake_common::tally::Counted;
 use handshake_common::{
     Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter, maps,
 };
@@ -26,10 +27,10 @@ use crate::settings::Settings;
 use crate::{GateError, pins};
 
 pub use lifecycle::{
-    AttachMode, AttachOptions, MAP_NAMES, MAX_CONNECTIONS, MIN_CONNECTIONS, attach, check_layout,
-    detach, replace,
+    AttachMode, AttachOptions, MAP_NAMES, MAX_CONNECTIONS, MIN_CONNECTIONS, OPTIONAL_MAPS, attach,
+    check_layout, detach, replace,
 };
-pub use reads::{Conn, Snapshot, run_tally, state_counts};
+pub use reads::{Conn, Counts, KEPT_FROM, Snapshot, run_sweep, run_tally, state_counts};
 
 /// Packet counts per reason, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -63,6 +64,9 @@ pub struct Gate {
     ports: Array<MapData, WindowCounter>,
     allowed_ports: Array<MapData, u64>,
     meta: Array<MapData, u64>,
+    /// The count the last in-kernel sweep left; absent from gates attached
+    /// by older versions.
+    counted: Option<Array<MapData, Counted>>,
 }
 
 fn open_map<T>(dir: &Path, name: &str) -> Result<T, GateError>
@@ -95,6 +99,11 @@ impl Gate {
             ports: open_map(&dir, maps::PORTS)?,
             allowed_ports: open_map(&dir, maps::ALLOWED_PORTS)?,
             meta: open_map(&dir, maps::META)?,
+            counted: if dir.join(maps::COUNTED).exists() {
+                Some(open_map(&dir, maps::COUNTED)?)
+            } else {
+                None
+            },
             dir,
         })
     }

@@ -2,7 +2,8 @@
 //! state, the busiest sources and ports, and the sweep of expired entries.
 //!
 //! Nothing here holds a whole connection map in memory. The counts by state
-//! come from the kernel (the pinned counting program, [`Gate::tally`]); the
+//! come from the kernel (the pinned counting program, [`Gate::tally`], or
+//! the count its last sweep left, [`Gate::kept`]); the
 //! connections themselves are handed out a batch at a time as they are read
 //! ([`Gate::for_each_conn`]).
 
@@ -16,7 +17,7 @@ use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use aya_obj::programs::XdpAttachType;
 use handshake_common::flow::{AF_INET, Endpoint};
 use handshake_common::machine::Expiry;
-use handshake_common::tally::{STATES, Tally, TallyPacket};
+use handshake_common::tally::{Counted, STATES, Tally, TallyPacket};
 use handshake_common::{
     Config, FlowEntry, FlowKey, SourceKey, SourceState, TcpState, WindowCounter, window,
 };
@@ -153,9 +154,28 @@ pub fn run_tally(prog: &Xdp, now_ns: u64) -> Result<Tally, GateError> {
         now_ns,
         ..TallyPacket::default()
     };
+    Ok(run_counting(prog, &input)?.tally)
+}
+
+/// Runs the counting program once as a sweep at `now_ns`: the expired
+/// entries deleted, the count left in the `COUNTED` map vouched for
+/// `keep_ns` (none left if 0). `None` if the program cannot sweep (one
+/// pinned by an older version: it only counted).
+pub fn run_sweep(prog: &Xdp, now_ns: u64, keep_ns: u64) -> Result<Option<TallyPacket>, GateError> {
+    let input = TallyPacket {
+        now_ns,
+        sweep: 1,
+        keep_ns,
+        ..TallyPacket::default()
+    };
+    let out = run_counting(prog, &input)?;
+    Ok((out.sweep_done != 0).then_some(out))
+}
+
+fn run_counting(prog: &Xdp, input: &TallyPacket) -> Result<TallyPacket, GateError> {
     // SAFETY: `TallyPacket` is plain `repr(C)` integers with no padding.
     let bytes = unsafe {
-        std::slice::from_raw_parts((&raw const input).cast::<u8>(), size_of::<TallyPacket>())
+        std::slice::from_raw_parts((&raw const *input).cast::<u8>(), size_of::<TallyPacket>())
     };
     let mut out = vec![0u8; size_of::<TallyPacket>()];
     let r = prog
@@ -176,7 +196,23 @@ pub fn run_tally(prog: &Xdp, now_ns: u64) -> Result<Tally, GateError> {
         ));
     }
     // SAFETY: `out` holds a whole `TallyPacket`; any bytes make a valid one.
-    Ok(unsafe { out.as_ptr().cast::<TallyPacket>().read_unaligned() }.tally)
+    Ok(unsafe { out.as_ptr().cast::<TallyPacket>().read_unaligned() })
+}
+
+/// Entries below which `status` and the metrics count the maps afresh even
+/// when the sweeper has left a count: a walk of this many takes a few tens
+/// of milliseconds (about 220 ns an entry), and a small table's counts then
+/// move with every packet, as the tests see them. A full half-open map
+/// (65,536) alone stays below it.
+pub const KEPT_FROM: u64 = 131_072;
+
+/// How a [`Snapshot`]'s counts by state were come by.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counts {
+    /// Counted for it.
+    Fresh,
+    /// Left by the daemon's last sweep, at this moment (monotonic ns).
+    Kept { taken_ns: u64 },
 }
 
 /// Everything `status`, its `--watch` view and the metrics show, read at
@@ -198,17 +234,43 @@ pub struct Snapshot {
     pub top_ports: Vec<(u16, u32)>,
     /// When it was read (monotonic ns).
     pub taken_ns: u64,
+    /// Whether the counts by state (`states`, `connections`,
+    /// `map_entries`) were counted for it or kept by the sweeper.
+    pub counts: Counts,
+}
+
+impl Snapshot {
+    /// How old its counts by state were when it was read, ns.
+    pub fn counts_age_ns(&self) -> u64 {
+        match self.counts {
+            Counts::Fresh => 0,
+            Counts::Kept { taken_ns } => self.taken_ns.saturating_sub(taken_ns),
+        }
+    }
 }
 
 impl Gate {
     /// Reads a [`Snapshot`], with the `top` busiest sources and ports. It
-    /// copies no connection out of the kernel (see [`Gate::tally`]).
-    pub fn snapshot(&self, top: usize) -> Result<Snapshot, GateError> {
+    /// copies no connection out of the kernel (see [`Gate::tally`]); on a
+    /// table of [`KEPT_FROM`] entries or more it takes the counts the
+    /// daemon's last sweep left, while the daemon vouches for them, unless
+    /// `fresh`.
+    pub fn snapshot(&self, top: usize, fresh: bool) -> Result<Snapshot, GateError> {
         let settings = self.settings()?;
         let cfg = settings.config;
         let now = crate::monotonic_ns();
-        let tally = self.tally(&cfg, now)?;
+        let kept = if fresh { None } else { self.kept(now)? };
+        let (tally, counts) = match kept {
+            Some(c) => (
+                c.tally,
+                Counts::Kept {
+                    taken_ns: c.taken_ns,
+                },
+            ),
+            None => (self.tally(&cfg, now)?, Counts::Fresh),
+        };
         Ok(Snapshot {
+            counts,
             map_entries: (tally.entries[0] as usize, tally.entries[1] as usize),
             counters: self.counters()?,
             half_open: self.half_open_now(&cfg, now)?,
@@ -244,6 +306,40 @@ impl Gate {
         run_tally(&prog, now_ns)
     }
 
+    /// The count the daemon's last sweep left, if it still vouches for it
+    /// at `now_ns` and it covers [`KEPT_FROM`] entries or more.
+    pub fn kept(&self, now_ns: u64) -> Result<Option<Counted>, GateError> {
+        let Some(map) = &self.counted else {
+            return Ok(None);
+        };
+        let read = || {
+            map.get(&0, 0)
+                .map_err(GateError::step("read the kept count"))
+        };
+        // The sweeper may be writing it: two copies alike are a whole one
+        // (it is written `until_ns` first to 0 and last to its value).
+        for _ in 0..3 {
+            let (a, b) = (read()?, read()?);
+            if a != b {
+                continue;
+            }
+            let large = a.tally.entries.iter().sum::<u64>() >= KEPT_FROM;
+            return Ok((a.current(now_ns) && large).then_some(a));
+        }
+        Ok(None)
+    }
+
+    /// Withdraws the count the last sweep left (the sweeper is stopping):
+    /// counts are made afresh until a sweeper leaves one again.
+    pub fn forget_kept(&mut self) -> Result<(), GateError> {
+        match &mut self.counted {
+            Some(map) => map
+                .set(0, Counted::default(), 0)
+                .map_err(GateError::step("withdraw the kept count")),
+            None => Ok(()),
+        }
+    }
+
     /// [`Gate::tally`] from the maps read here, over the same
     /// [`Tally::add`] the kernel runs.
     fn tally_here(&self, cfg: &Config, now_ns: u64) -> Result<Tally, GateError> {
@@ -262,12 +358,35 @@ impl Gate {
 
     /// Deletes expired entries: half-open attempts past their timeout and
     /// connections 2·MSL after they finished. Their half-open counts need
-    /// nothing: they aged out with their time bucket. Each entry is looked
-    /// at again just before it goes, so one that a packet brought back to
-    /// life meanwhile stays (a packet landing between that look and the
-    /// delete loses its entry; the flow is picked up again as ESTABLISHED).
+    /// nothing: they aged out with their time bucket. The pinned counting
+    /// program does it in the kernel, in the walk that counts, and leaves
+    /// that count in the `COUNTED` map for `status` and the metrics,
+    /// vouched for `keep_ns` (see [`Gate::kept`]); a gate whose program
+    /// cannot (attached by an older version) is swept from here.
     /// Returns how many went from each map.
-    pub fn sweep(&mut self, cfg: &Config, now_ns: u64) -> Result<(usize, usize), GateError> {
+    pub fn sweep(
+        &mut self,
+        cfg: &Config,
+        now_ns: u64,
+        keep_ns: u64,
+    ) -> Result<(usize, usize), GateError> {
+        let pin = self.dir.join(pins::TALLY_PROG);
+        if pin.exists() {
+            let prog = Xdp::from_pin(&pin, XdpAttachType::Interface)
+                .map_err(GateError::step("open the pinned counting program"))?;
+            let keep = if self.counted.is_some() { keep_ns } else { 0 };
+            if let Some(out) = run_sweep(&prog, now_ns, keep)? {
+                return Ok((out.swept[0] as usize, out.swept[1] as usize));
+            }
+        }
+        self.sweep_here(cfg, now_ns)
+    }
+
+    /// [`Gate::sweep`] from the maps read here. Each entry is looked at
+    /// again just before it goes, so one that a packet brought back to life
+    /// meanwhile stays (a packet landing between that look and the delete
+    /// loses its entry; the flow is picked up again as ESTABLISHED).
+    pub fn sweep_here(&mut self, cfg: &Config, now_ns: u64) -> Result<(usize, usize), GateError> {
         let x = Expiry::of(cfg, now_ns);
         let half_open = sweep_map(&mut self.half_open, |e| x.half_open(e))?;
         let established = sweep_map(&mut self.established, |e| x.finished(e))?;
@@ -355,12 +474,7 @@ impl Gate {
             }
             for_each_batch(map, "connection maps", |batch| {
                 for (k, e) in batch {
-                    let expired = if half_open {
-                        x.half_open(e)
-                    } else {
-                        x.finished(e)
-                    };
-                    if !expired && each(&Conn::of(k, e, half_open)).is_break() {
+                    if !x.expired(e, half_open) && each(&Conn::of(k, e, half_open)).is_break() {
                         stopped = true;
                         return ControlFlow::Break(());
                     }
