@@ -113,6 +113,9 @@ pub mod meta {
     pub const SAVED_SYNCOOKIES: u32 = 3;
     /// `net.ipv4.tcp_timestamps` likewise.
     pub const SAVED_TIMESTAMPS: u32 = 4;
+    /// The XDP program's run priority plus one where it sits in libxdp's
+    /// multi-program dispatcher (0: it holds the hook alone, by its link).
+    pub const DISPATCHER_PRIORITY: u32 = 5;
     /// Slots in all (room to grow without changing the map's size).
     pub const LEN: u32 = 8;
 }

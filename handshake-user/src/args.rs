@@ -106,8 +106,33 @@ pub struct AttachArgs {
     /// atomically, over the pinned maps (tracked connections, counts and
     /// settings stay; --config and --set, if given, are applied after).
     /// Refuses when the pinned maps' layout differs from this version's.
-    #[arg(long, conflicts_with_all = ["mode", "max_connections"])]
+    #[arg(long, conflicts_with_all = ["mode", "max_connections", "multiprog"])]
     pub replace: bool,
+    #[command(flatten)]
+    pub multiprog: MultiprogArgs,
+}
+
+/// Sharing the XDP hook with other programs through libxdp's dispatcher.
+#[derive(Debug, clap::Args)]
+pub struct MultiprogArgs {
+    /// Run the XDP program as one of libxdp's multi-program dispatcher
+    /// (as xdp-loader and xdp-filter do), beside the programs already in it;
+    /// on an empty hook, make the dispatcher. Needs libxdp's dispatcher
+    /// object (`apt install libxdp1`) and a kernel with the BPF trampoline.
+    #[arg(long)]
+    pub multiprog: bool,
+    /// With --multiprog: the run priority, lowest first. The default runs
+    /// the gate after xdp-filter (10) and libxdp's default (50), so it sees
+    /// what reaches the TCP stack.
+    #[arg(long, value_name = "N", requires = "multiprog",
+          default_value_t = handshake_user::gate::multiprog::DEFAULT_PRIORITY)]
+    pub priority: u32,
+}
+
+impl MultiprogArgs {
+    pub fn priority(&self) -> Option<u32> {
+        self.multiprog.then_some(self.priority)
+    }
 }
 
 #[derive(Debug, clap::Args)]
@@ -140,6 +165,9 @@ pub struct RunArgs {
     /// Connections tracked past their handshake, when the daemon attaches.
     #[arg(long, value_name = "N", default_value_t = handshake_common::ESTABLISHED_CAPACITY)]
     pub max_connections: u32,
+    /// When the daemon attaches.
+    #[command(flatten)]
+    pub multiprog: MultiprogArgs,
 }
 
 /// Where `run` serves its metrics.

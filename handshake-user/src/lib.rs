@@ -3,6 +3,7 @@
 //! reads back their state.
 
 pub mod batch;
+pub mod dispatcher;
 pub mod error;
 pub mod gate;
 pub mod hook;

@@ -7,46 +7,9 @@
 
 mod common;
 
-use std::process::Command;
-
+use common::xdptools::{Filter, hook_id, tool};
 use common::{Attached, cli, pin_dir};
 use handshake_lab::Lab;
-
-/// Runs one of xdp-tools in the lab's server namespace (the mount
-/// namespace, and so bpffs, stays the host's); (success, stdout, stderr).
-fn tool(lab: &Lab, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.server.name))
-        .args(args)
-        .output()
-        .expect("run nsenter");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
-/// The id of the program on the server interface's XDP hook, as `ip`
-/// shows it.
-fn hook_id(lab: &Lab) -> Option<u32> {
-    let link = lab
-        .server
-        .ip(&["-d", "link", "show", &lab.server_if])
-        .unwrap();
-    let rest = link.split("prog/xdp id ").nth(1)?;
-    rest.split_whitespace().next()?.parse().ok()
-}
-
-/// xdp-filter on the server interface; unloaded on drop, also when the
-/// test panics.
-struct Filter<'a>(&'a Lab);
-
-impl Drop for Filter<'_> {
-    fn drop(&mut self) {
-        let _ = tool(self.0, &["xdp-filter", "unload", &self.0.server_if]);
-    }
-}
 
 #[test]
 #[ignore = "privileged: needs root, netns, XDP and xdp-tools; run by `cargo xtask test`"]
@@ -55,9 +18,7 @@ fn the_gate_and_xdp_tools_each_refuse_a_hook_the_other_holds() {
     let iface = lab.server_if.clone();
 
     // xdp-filter first: the gate refuses, by the holder's name and id.
-    let (ok, _, err) = tool(&lab, &["xdp-filter", "load", &iface]);
-    assert!(ok, "xdp-filter load: {err}");
-    let filter = Filter(&lab);
+    let filter = Filter::load(&lab, &[]).expect("xdp-filter load");
     let (_, status, _) = tool(&lab, &["xdp-loader", "status", &iface]);
     let id = hook_id(&lab).expect("xdp-filter put a program on the hook");
     let (ok, _, err) = cli(&["--netns", &lab.server.name, "attach", &iface]);
@@ -73,7 +34,7 @@ fn the_gate_and_xdp_tools_each_refuse_a_hook_the_other_holds() {
         assert!(
             err.contains("\"xdp_dispatcher\"")
                 && err.contains("libxdp's multi-program dispatcher")
-                && err.contains(&format!("xdp-loader unload {iface} --all")),
+                && err.contains("--multiprog"),
             "{err}"
         );
     }

@@ -13,13 +13,18 @@ pub fn run(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let options = AttachOptions {
         mode: attach_mode(a.mode),
         max_connections: a.max_connections,
+        multiprog: a.multiprog.priority(),
     };
     let (dir, notes) = gate::attach(&a.iface, netns, options, &s)?;
     println!(
-        "attached to {} ({} mode, {}), pinned in {}",
+        "attached to {} ({} mode, {}){}, pinned in {}",
         a.iface,
         settings::mode_name(&s.config),
         describe_caps(&s.config),
+        options
+            .multiprog
+            .map(|p| format!(" in libxdp's dispatcher at priority {p}"))
+            .unwrap_or_default(),
         dir.display()
     );
     super::print_notes(&notes);

@@ -103,6 +103,7 @@ pub fn run(
         let options = AttachOptions {
             mode: attach_mode(a.mode),
             max_connections: a.max_connections,
+            multiprog: a.multiprog.priority(),
         };
         let s = file.clone().unwrap_or_default();
         let (_, notes) = gate::attach(&a.iface, netns, options, &s)?;
@@ -378,7 +379,8 @@ fn sweep_once(shared: &Shared, keep_ns: u64) {
     }
 }
 
-/// Whether the gate's own XDP program is on the interface's hook; why not.
+/// Whether the gate's own XDP program is on the interface's hook (or in the
+/// dispatcher there); why not.
 fn ready(shared: &Shared) -> Result<(), String> {
     let ours = shared
         .gate
@@ -388,6 +390,17 @@ fn ready(shared: &Shared) -> Result<(), String> {
         .map_err(|e| format!("not ready: {e}"))?;
     let ifindex = nix::net::if_::if_nametoindex(shared.iface.as_str())
         .map_err(|e| format!("not ready: no interface {}: {e}", shared.iface))?;
+    let in_dispatcher = shared
+        .gate
+        .lock()
+        .expect("not poisoned")
+        .meta(handshake_common::meta::DISPATCHER_PRIORITY)
+        .is_ok_and(|p| p != 0);
+    if in_dispatcher {
+        return gate::multiprog::placement(ifindex, ours)
+            .map(drop)
+            .map_err(|why| format!("not ready: {why}"));
+    }
     match handshake_user::hook::xdp_program(ifindex) {
         Ok(Some(p)) if p.id == ours => Ok(()),
         Ok(Some(p)) => Err(format!(

@@ -3,7 +3,8 @@ use std::time::Duration;
 
 use comfy_table::{CellAlignment, Table, presets::NOTHING};
 use handshake_common::{Overflow, Reason, cookie};
-use handshake_user::gate::{Counts, Gate, Snapshot};
+use handshake_user::dispatcher::Dispatcher;
+use handshake_user::gate::{Counts, Gate, Snapshot, multiprog};
 use handshake_user::settings::KEYS;
 use serde_json::{Map, Value, json};
 
@@ -18,15 +19,71 @@ pub fn run(a: StatusArgs, netns: Option<&str>) -> anyhow::Result<()> {
         return watch(&gate, &a, netns, secs);
     }
     let snap = gate.snapshot(TOP, a.fresh)?;
+    let hook = hook(&gate, &a.iface);
     if a.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json(&a.iface, netns, &snap))?
-        );
+        let mut v = json(&a.iface, netns, &snap);
+        v["xdp"] = hook_json(&hook);
+        println!("{}", serde_json::to_string_pretty(&v)?);
     } else {
         print!("{}", text(&a.iface, netns, &snap, None));
+        print!("{}", hook_text(&hook));
     }
     Ok(())
+}
+
+/// Where the gate's XDP program runs: alone on the hook (`None`), or in
+/// libxdp's dispatcher (its programs, or why the gate is not among them).
+type Placement = Option<Result<Dispatcher, String>>;
+
+fn hook(gate: &Gate, iface: &str) -> Placement {
+    let priority = gate
+        .meta(handshake_common::meta::DISPATCHER_PRIORITY)
+        .unwrap_or(0);
+    if priority == 0 {
+        return None;
+    }
+    let placed = (|| {
+        let id = gate.xdp_program_id().map_err(|e| e.to_string())?;
+        let ifindex = nix::net::if_::if_nametoindex(iface).map_err(|e| e.to_string())?;
+        multiprog::placement(ifindex, id)
+    })();
+    Some(placed)
+}
+
+fn hook_json(p: &Placement) -> Value {
+    match p {
+        None => json!({ "dispatcher": null }),
+        Some(Err(why)) => json!({ "dispatcher": null, "problem": why }),
+        Some(Ok(d)) => json!({
+            "dispatcher": {
+                "id": d.id,
+                "programs": d.slots.iter().map(|s| json!({
+                    "name": s.name, "id": s.id, "priority": s.priority,
+                })).collect::<Vec<_>>(),
+            }
+        }),
+    }
+}
+
+fn hook_text(p: &Placement) -> String {
+    match p {
+        None => String::new(),
+        Some(Err(why)) => format!("\nXDP: in libxdp's dispatcher, but {why}\n"),
+        Some(Ok(d)) => {
+            let mut t = table(&["dispatcher program", "id", "priority"], 1);
+            for s in &d.slots {
+                t.add_row(vec![
+                    s.name.clone(),
+                    s.id.to_string(),
+                    s.priority.to_string(),
+                ]);
+            }
+            format!(
+                "\nXDP: in libxdp's dispatcher (id {}), in this order:\n{t}\n",
+                d.id
+            )
+        }
+    }
 }
 
 /// `--watch`: the status again every `secs` seconds, with each verdict's

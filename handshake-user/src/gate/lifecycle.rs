@@ -46,6 +46,9 @@ pub struct AttachOptions {
     /// Capacity of the established map: connections tracked past their
     /// handshake before the least recently seen are evicted.
     pub max_connections: u32,
+    /// Join libxdp's multi-program dispatcher at this run priority instead
+    /// of taking the XDP hook alone.
+    pub multiprog: Option<u32>,
 }
 
 impl Default for AttachOptions {
@@ -53,6 +56,7 @@ impl Default for AttachOptions {
         AttachOptions {
             mode: AttachMode::Auto,
             max_connections: handshake_common::ESTABLISHED_CAPACITY,
+            multiprog: None,
         }
     }
 }
@@ -165,7 +169,10 @@ pub fn attach(
             dir,
         });
     }
-    hook_is_free(iface, ifindex)?;
+    match options.multiprog {
+        Some(_) => super::multiprog::check_hook(iface, ifindex)?,
+        None => hook_is_free(iface, ifindex)?,
+    }
 
     pins::create_dir(&dir)?;
     let mut rollback = Rollback {
@@ -175,15 +182,18 @@ pub fn attach(
         done: false,
     };
     // Loading creates every map and pins it in `dir`.
-    let mut ebpf = load(&dir, Some(options.max_connections))?;
-    load_programs(&mut ebpf)?;
+    let multiprog = options.multiprog.is_some();
+    let mut ebpf = load(&dir, Some(options.max_connections), multiprog)?;
+    load_programs(&mut ebpf, multiprog)?;
     // Through the pins, as every later command does.
     let mut gate = Gate::open_dir(dir.clone())?;
     gate.set_meta(meta::LAYOUT, LAYOUT_VERSION)?;
     let notes = gate.set_settings(settings)?;
-    xdp_program(&mut ebpf)
-        .pin(dir.join(pins::XDP_PROG))
-        .map_err(GateError::step("pin the XDP program"))?;
+    if !multiprog {
+        xdp_program(&mut ebpf)
+            .pin(dir.join(pins::XDP_PROG))
+            .map_err(GateError::step("pin the XDP program"))?;
+    }
     tc_program(&mut ebpf)
         .pin(dir.join(pins::TC_PROG))
         .map_err(GateError::step("pin the TC egress program"))?;
@@ -202,6 +212,12 @@ pub fn attach(
     }
     fail_point("xdp")?;
 
+    if let Some(priority) = options.multiprog {
+        gate.set_meta(meta::DISPATCHER_PRIORITY, u64::from(priority) + 1)?;
+        super::multiprog::join(&mut ebpf, &dir, iface, ifindex, mode, priority)?;
+        rollback.commit();
+        return Ok((dir, notes));
+    }
     let xdp = xdp_program(&mut ebpf);
     let link_id = xdp
         .attach_to_if_index(ifindex, mode.xdp())
@@ -234,10 +250,9 @@ pub fn attach(
 }
 
 /// Refuses, before anything is made, an interface whose XDP hook holds a
-/// program already: by its name and id, and how to free the hook. (The
-/// gate takes the hook for itself; joining libxdp's dispatcher is not
-/// built yet.) A hook that cannot be asked about is left to the attach
-/// itself to find out.
+/// program already: by its name and id, and how to free the hook (or, for
+/// libxdp's dispatcher, to join it with `--multiprog`). A hook that cannot
+/// be asked about is left to the attach itself to find out.
 fn hook_is_free(iface: &str, ifindex: u32) -> Result<(), GateError> {
     let holder = match crate::hook::xdp_program(ifindex) {
         Ok(Some(p)) => p,
@@ -249,9 +264,9 @@ fn hook_is_free(iface: &str, ifindex: u32) -> Result<(), GateError> {
     };
     let what_to_do = if holder.is_dispatcher() {
         format!(
-            "it is libxdp's multi-program dispatcher (xdp-loader, xdp-filter), which the gate \
-             cannot join yet: `xdp-loader status {iface}` lists its programs, \
-             `xdp-loader unload {iface} --all` removes them, then attach again"
+            "it is libxdp's multi-program dispatcher (xdp-loader, xdp-filter): add \
+             --multiprog to run the gate as one of its programs (`xdp-loader status {iface}` \
+             lists them)"
         )
     } else if holder.name.as_deref() == Some(maps::XDP_PROGRAM) {
         format!(
@@ -311,8 +326,12 @@ fn tc_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
 /// Loads the object with every map pinned in `dir`: a map already pinned
 /// there is reused as it is (`attach --replace`), a missing one is created
 /// and pinned. `max_connections` sizes a new established map.
-fn load(dir: &Path, max_connections: Option<u32>) -> Result<Ebpf, GateError> {
+fn load(dir: &Path, max_connections: Option<u32>, extension: bool) -> Result<Ebpf, GateError> {
     let mut loader = EbpfLoader::new();
+    if extension {
+        // Loaded later, as an extension of a dispatcher's slot.
+        loader.extension(maps::XDP_PROGRAM);
+    }
     for name in MAP_NAMES {
         loader.map_pin_path(name, dir.join(name));
     }
@@ -348,8 +367,12 @@ pub(super) fn attached_dir(iface: &str, netns: Option<&str>) -> Result<PathBuf, 
 pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
     let dir = attached_dir(iface, netns)?;
     check_layout(&dir)?;
-    let mut ebpf = load(&dir, None)?;
-    load_programs(&mut ebpf)?;
+    let priority = Gate::open_dir(dir.clone())?.meta(meta::DISPATCHER_PRIORITY)?;
+    if priority != 0 {
+        return replace_in_dispatcher(iface, &dir, priority as u32 - 1);
+    }
+    let mut ebpf = load(&dir, None, false)?;
+    load_programs(&mut ebpf, false)?;
 
     swap_egress(tc_program(&mut ebpf), &dir, iface)?;
     let ingress =
@@ -373,6 +396,31 @@ pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
         .map_err(GateError::step("pin the new TC egress program"))?;
     pin_tally(&mut ebpf, &dir)?;
     Ok(dir)
+}
+
+/// [`replace`] for a gate in libxdp's dispatcher: the new XDP program takes
+/// the old one's slot in a new dispatcher that keeps every neighbour, swapped
+/// onto the hook at once, so none of them stops for a packet.
+fn replace_in_dispatcher(iface: &str, dir: &Path, priority: u32) -> Result<PathBuf, GateError> {
+    let mut ebpf = load(dir, None, true)?;
+    load_programs(&mut ebpf, true)?;
+    swap_egress(tc_program(&mut ebpf), dir, iface)?;
+    let swapped = fail_point("replace-xdp")
+        .and_then(|()| super::multiprog::swap(&mut ebpf, dir, iface, priority));
+    if let Err(e) = swapped {
+        let mut old = SchedClassifier::from_pin(dir.join(pins::TC_PROG)).map_err(
+            GateError::step("open the old TC egress program to put it back"),
+        )?;
+        swap_egress(&mut old, dir, iface)?;
+        return Err(e);
+    }
+    std::fs::remove_file(dir.join(pins::TC_PROG))
+        .map_err(GateError::step("unpin the old TC egress program"))?;
+    tc_program(&mut ebpf)
+        .pin(dir.join(pins::TC_PROG))
+        .map_err(GateError::step("pin the new TC egress program"))?;
+    pin_tally(&mut ebpf, dir)?;
+    Ok(dir.to_path_buf())
 }
 
 /// Puts `xdp` in the pinned XDP link's place.
@@ -454,9 +502,12 @@ pub fn check_layout(dir: &Path) -> Result<(), GateError> {
     Ok(())
 }
 
-/// Loads both programs into the kernel (through the verifier).
-fn load_programs(ebpf: &mut Ebpf) -> Result<(), GateError> {
-    xdp_program(ebpf).load().map_err(|e| verifier("XDP", e))?;
+/// Loads the programs into the kernel (through the verifier); the XDP
+/// program, an extension for a dispatcher, only later and there.
+fn load_programs(ebpf: &mut Ebpf, extension: bool) -> Result<(), GateError> {
+    if !extension {
+        xdp_program(ebpf).load().map_err(|e| verifier("XDP", e))?;
+    }
     tc_program(ebpf)
         .load()
         .map_err(|e| verifier("TC egress", e))?;
@@ -500,7 +551,11 @@ pub fn detach(iface: &str, netns: Option<&str>) -> Result<Vec<String>, GateError
     let dir = attached_dir(iface, netns)?;
     let mut notes = Vec::new();
     // Ingress first, so no SYN is admitted whose SYN-ACK goes unseen.
-    unpin_link(&dir.join(pins::XDP_LINK), "XDP")?;
+    if Gate::open_dir(dir.clone())?.meta(meta::DISPATCHER_PRIORITY)? != 0 {
+        notes.extend(super::multiprog::leave(&dir, iface)?);
+    } else {
+        unpin_link(&dir.join(pins::XDP_LINK), "XDP")?;
+    }
     let tc_link = dir.join(pins::TC_LINK);
     if tc_link.exists() {
         unpin_link(&tc_link, "TC egress")?;

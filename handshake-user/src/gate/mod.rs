@@ -4,6 +4,7 @@
 //! - [`lifecycle`]: `attach`, `attach --replace`, `detach`, the rollback of
 //!   a failed attach and the pinned maps' layout check;
 //! - [`egress`]: the TC egress program's link (TCX) or netlink filter;
+//! - [`multiprog`]: the XDP program as one of libxdp's dispatcher's;
 //! - this file: [`Gate`], the maps opened from the pins, and its plain reads;
 //! - [`write`]: new settings into the maps (and the TCP settings cookies need);
 //! - [`reads`]: the connections, the counts by state, the busiest sources and
@@ -11,6 +12,7 @@
 
 mod egress;
 mod lifecycle;
+pub mod multiprog;
 mod reads;
 mod write;
 

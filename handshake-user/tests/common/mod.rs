@@ -8,6 +8,7 @@
 
 pub mod cli;
 pub mod daemon;
+pub mod xdptools;
 pub use cli::{Attached, GATE, ack_flood, cli, cli_with, flood, pin_dir, spoofed_flood};
 
 pub use handshake_lab::packet::*;
