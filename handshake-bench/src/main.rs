@@ -7,6 +7,7 @@
 
 mod clients;
 mod control;
+mod dispatch;
 mod flood;
 mod memory;
 mod packets;
@@ -48,6 +49,11 @@ struct Args {
     /// scrape, `conns`), next to the same on an empty gate: a minute.
     #[arg(long)]
     control: bool,
+    /// Only the gate's per-packet cost inside libxdp's dispatcher next to
+    /// its cost alone (needs the BPF trampoline: `cargo xtask bench
+    /// --dispatcher` runs it in the VM).
+    #[arg(long)]
+    dispatcher: bool,
 }
 
 /// The middle value (the upper one of an even count); `v` is not empty.
@@ -71,6 +77,12 @@ fn main() -> anyhow::Result<()> {
     }
     let mut r = report::Report::new(a.full);
 
+    if a.dispatcher {
+        r.dispatcher = dispatch::run(if a.full { 1_000_000 } else { 100_000 }, 5)?;
+        r.write(&a.out)?;
+        print!("{}", r.markdown());
+        return Ok(());
+    }
     if a.control {
         r.control = Some(control::run(&a.gate, 5)?);
         r.write(&a.out)?;

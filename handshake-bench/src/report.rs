@@ -32,6 +32,7 @@ pub struct Report {
     pub clients: Vec<ClientRow>,
     pub memory: Option<Memory>,
     pub control: Option<Control>,
+    pub dispatcher: Vec<crate::dispatch::Row>,
 }
 
 /// Where the figures came from.
@@ -93,6 +94,7 @@ impl Report {
             clients: Vec::new(),
             memory: None,
             control: None,
+            dispatcher: Vec::new(),
         }
     }
 
@@ -108,6 +110,7 @@ impl Report {
         self.profiles_md(&mut s);
         if self.packets.is_empty() {
             self.control_md(&mut s);
+            self.dispatcher_md(&mut s);
             return s;
         }
         let _ = writeln!(
@@ -369,6 +372,27 @@ impl Report {
         );
         for (n, bytes, per) in &m.at {
             let _ = writeln!(s, "| {n} | {bytes} | {per:.0} |");
+        }
+    }
+
+    fn dispatcher_md(&self, s: &mut String) {
+        if self.dispatcher.is_empty() {
+            return;
+        }
+        let _ = writeln!(
+            s,
+            "\n## Inside libxdp's dispatcher\n\nThe same packet through the gate's XDP program alone \
+             and through libxdp's dispatcher holding it in its one slot (an `freplace` extension), \
+             beside the no-op, in the same run (medians of BPF_PROG_TEST_RUN calls).\n\n\
+             | class | gate alone ns | in the dispatcher ns | no-op ns | ratio | overhead ns |\n\
+             |---|---:|---:|---:|---:|---:|"
+        );
+        for r in &self.dispatcher {
+            let _ = writeln!(
+                s,
+                "| {} | {:.1} | {:.1} | {:.1} | {:.2}× | {:.1} |",
+                r.class, r.alone_ns, r.dispatched_ns, r.noop_ns, r.ratio, r.overhead_ns
+            );
         }
     }
 

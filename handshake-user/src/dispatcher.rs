@@ -364,9 +364,29 @@ fn build(ifindex: u32, members: &mut [Member<'_>]) -> Result<Built, GateError> {
         config.run_prios[i] = m.key().0;
         config.program_flags[i] = flags;
     }
+    let (ebpf, fd, id) = load_dispatcher(&config)?;
+    let dir = dir(ifindex, id);
+    std::fs::create_dir_all(&dir).map_err(GateError::step(format!("create {}", dir.display())))?;
+    for (i, m) in members.iter_mut().enumerate() {
+        if let Err(e) = attach_member(m, &fd, &dir, i) {
+            unpin(&dir, i + 1);
+            return Err(e);
+        }
+    }
+    Ok(Built {
+        _ebpf: ebpf,
+        fd,
+        id,
+        dir,
+    })
+}
+
+/// Loads libxdp's dispatcher with `config`: the loaded object, the
+/// program's descriptor and its kernel id.
+fn load_dispatcher(config: &Config) -> Result<(Ebpf, ProgramFd, u32), GateError> {
     let bytes = object()?;
     let mut ebpf = EbpfLoader::new()
-        .override_global("conf", &config, true)
+        .override_global("conf", config, true)
         .load(&bytes)
         .map_err(GateError::step("load libxdp's dispatcher"))?;
     let prog: &mut Xdp = ebpf
@@ -388,20 +408,7 @@ fn build(ifindex: u32, members: &mut [Member<'_>]) -> Result<Built, GateError> {
         .info()
         .map_err(GateError::step("read the dispatcher"))?
         .id();
-    let dir = dir(ifindex, id);
-    std::fs::create_dir_all(&dir).map_err(GateError::step(format!("create {}", dir.display())))?;
-    for (i, m) in members.iter_mut().enumerate() {
-        if let Err(e) = attach_member(m, &fd, &dir, i) {
-            unpin(&dir, i + 1);
-            return Err(e);
-        }
-    }
-    Ok(Built {
-        _ebpf: ebpf,
-        fd,
-        id,
-        dir,
-    })
+    Ok((ebpf, fd, id))
 }
 
 /// Attaches one member to stub `prog{i}` of the dispatcher `fd` and pins
@@ -451,6 +458,28 @@ fn attach_member(
     ext.pin(dir.join(format!("{stub}-prog")))
         .map_err(GateError::step("pin the dispatcher's program"))?;
     Ok(())
+}
+
+/// libxdp's dispatcher loaded with `ext` (an extension of an object loaded
+/// with [`EbpfLoader::extension`], not yet loaded itself) in its one slot,
+/// attached nowhere and pinned nowhere: for running packets through it with
+/// `BPF_PROG_TEST_RUN` (the benchmark of its cost). The dispatcher program
+/// is [`PROGRAM`] in what is returned; `ext` holds its link.
+pub fn unattached(ext: &mut Extension, chain_call_actions: u32) -> Result<Ebpf, GateError> {
+    let mut config = Config {
+        magic: MAGIC,
+        dispatcher_version: VERSION,
+        num_progs_enabled: 1,
+        ..Config::default()
+    };
+    config.chain_call_actions[0] = chain_call_actions | 1 << RETVAL;
+    config.run_prios[0] = LIBXDP_DEFAULT_PRIORITY;
+    let (ebpf, fd, _) = load_dispatcher(&config)?;
+    ext.load(fd, "prog0")
+        .map_err(GateError::step("load the extension into the dispatcher"))?;
+    ext.attach()
+        .map_err(GateError::step("attach the extension to the dispatcher"))?;
+    Ok(ebpf)
 }
 
 /// Removes the pins of a dispatcher's first `n` slots and its directory:

@@ -30,6 +30,11 @@ pub struct Options {
     /// a minute.
     #[arg(long)]
     control: bool,
+    /// Only the gate's per-packet cost inside libxdp's dispatcher next to
+    /// its cost alone, in the VM layer's guest (this host's kernel has no
+    /// BPF trampoline, which the dispatcher needs); the report is printed.
+    #[arg(long)]
+    dispatcher: bool,
 }
 
 #[derive(clap::Args)]
@@ -93,6 +98,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     let root = crate::workspace_root();
     build(&root)?;
+    if o.dispatcher {
+        return in_vm(&root, o.full);
+    }
     let mut cmd = Command::new(root.join("target/release/handshake-bench"));
     cmd.arg("--out")
         .arg(root.join("target/bench"))
@@ -115,5 +123,27 @@ pub fn run(o: Options) -> anyhow::Result<()> {
         bail!("the benchmark failed");
     }
     println!("\nbench: wrote target/bench/report.md, report.json and packets.svg");
+    Ok(())
+}
+
+/// `--dispatcher`: `handshake-bench --dispatcher` run in the VM layer's
+/// guest, which sees this host's files read-only: its report goes to the
+/// guest's /run/tmp and to the console, which is printed here.
+fn in_vm(root: &std::path::Path, full: bool) -> anyhow::Result<()> {
+    let kernel = crate::vm::fetch_kernel()?;
+    let script = crate::vm::dir().join("bench.sh");
+    std::fs::create_dir_all(crate::vm::dir())?;
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\n# Written by `cargo xtask bench --dispatcher`; run by the VM's init.\n\
+             echo \"vm: running on $(uname -r)\"\n\
+             exec {} --dispatcher --out /run/tmp/bench{}\n",
+            root.join("target/release/handshake-bench").display(),
+            if full { " --full" } else { "" }
+        ),
+    )?;
+    crate::vm::run_script(&kernel, &script, root)?;
+    println!("\nbench: the report is above, from the VM's console");
     Ok(())
 }

@@ -23,7 +23,7 @@ pub const DEFAULT_PRIORITY: u32 = 100;
 
 /// The XDP actions after which the dispatcher goes on to the next program:
 /// XDP_PASS only (a drop, and a cookie sent with XDP_TX, end the chain).
-const CHAIN_CALL_ACTIONS: u32 = 1 << crate::testrun::XDP_PASS;
+pub const CHAIN_CALL_ACTIONS: u32 = 1 << crate::testrun::XDP_PASS;
 
 fn netlink_mode(mode: AttachMode) -> u32 {
     match mode {
