@@ -131,15 +131,32 @@ pub fn dir(ifindex: u32, id: u32) -> PathBuf {
 /// dropped.
 pub struct Lock(#[allow(dead_code, reason = "held for its lock")] nix::fcntl::Flock<File>);
 
+/// How long [`Lock::take`] waits for another holder (libxdp's tools hold it
+/// for milliseconds).
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
 impl Lock {
     pub fn take() -> Result<Lock, GateError> {
         let dir = state_dir();
         std::fs::create_dir_all(&dir)
             .map_err(GateError::step(format!("create {}", dir.display())))?;
-        let f = File::open(&dir).map_err(GateError::step(format!("open {}", dir.display())))?;
-        let lock = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusive)
-            .map_err(|(_, e)| GateError::step(format!("lock {}", dir.display()))(e))?;
-        Ok(Lock(lock))
+        let start = std::time::Instant::now();
+        loop {
+            let f = File::open(&dir).map_err(GateError::step(format!("open {}", dir.display())))?;
+            match nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) {
+                Ok(lock) => return Ok(Lock(lock)),
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) if start.elapsed() < LOCK_WAIT => {
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                Err((_, e)) => {
+                    return Err(GateError::step(format!(
+                        "take libxdp's lock on {} (another process has held it for {} s?)",
+                        dir.display(),
+                        LOCK_WAIT.as_secs()
+                    ))(e));
+                }
+            }
+        }
     }
 }
 
@@ -345,7 +362,13 @@ pub fn install(
 }
 
 /// Loads a dispatcher for `members` (in their order) and attaches and pins
-/// each of them in it; on failure nothing of it stays pinned.
+/// each of them in it; on failure nothing of it stays pinned. It is loaded
+/// without XDP frags (`BPF_F_XDP_HAS_FRAGS`), whatever the members: the
+/// gate's program does not handle multi-buffer packets, and the frags flag
+/// of a program loaded here comes only from its section's name, which
+/// libxdp's object does not give; so a dispatcher the gate leaves, whose
+/// other programs all handle frags, stays without them until libxdp
+/// rebuilds it.
 fn build(ifindex: u32, members: &mut [Member<'_>]) -> Result<Built, GateError> {
     let mut config = Config {
         magic: MAGIC,
@@ -367,8 +390,9 @@ fn build(ifindex: u32, members: &mut [Member<'_>]) -> Result<Built, GateError> {
     let (ebpf, fd, id) = load_dispatcher(&config)?;
     let dir = dir(ifindex, id);
     std::fs::create_dir_all(&dir).map_err(GateError::step(format!("create {}", dir.display())))?;
+    let alone = members.len() == 1;
     for (i, m) in members.iter_mut().enumerate() {
-        if let Err(e) = attach_member(m, &fd, &dir, i) {
+        if let Err(e) = attach_member(m, &fd, &dir, i, alone) {
             unpin(&dir, i + 1);
             return Err(e);
         }
@@ -418,8 +442,17 @@ fn attach_member(
     fd: &ProgramFd,
     dir: &Path,
     i: usize,
+    alone: bool,
 ) -> Result<(), GateError> {
-    let stub = format!("prog{i}");
+    let slot = format!("prog{i}");
+    // A lone program replaces the dispatcher's own function, as libxdp
+    // does, so that it costs no more than the trampoline's jump; the pins
+    // are named after slot 0 all the same.
+    let stub = if alone {
+        PROGRAM.to_string()
+    } else {
+        slot.clone()
+    };
     let mut kept;
     let (ext, link) = match m {
         Member::Kept { pin, slot } => {
@@ -453,9 +486,9 @@ fn attach_member(
         .take_link(link)
         .map_err(GateError::step("take the dispatcher link"))?
         .into();
-    link.pin(dir.join(format!("{stub}-link")))
+    link.pin(dir.join(format!("{slot}-link")))
         .map_err(GateError::step("pin the dispatcher link"))?;
-    ext.pin(dir.join(format!("{stub}-prog")))
+    ext.pin(dir.join(format!("{slot}-prog")))
         .map_err(GateError::step("pin the dispatcher's program"))?;
     Ok(())
 }

@@ -11,13 +11,14 @@ mod common;
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
+use common::cli::flood_of;
 use common::daemon::Daemon;
-use common::xdptools::{Filter, hook_id, loader_status};
+use common::xdptools::{Filter, hook_id, loader_status, port_hits};
 use common::{Attached, cli, pin_dir, spoofed_flood};
-use handshake_lab::{EchoServer, Lab};
+use handshake_lab::{EchoServer, Lab, Segments, Sources};
 use serde_json::Value;
 
 /// The port the gate guards (an echo server listens).
@@ -110,6 +111,28 @@ fn both_work(gate: &Attached, what: &str) {
     );
 }
 
+/// Sets its flag when dropped.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// The TCP segments the gate's XDP program has seen (every reason but
+/// `not_tcp`).
+fn tcp_packets(gate: &Attached) -> u64 {
+    let s = gate.status();
+    s["packets"]
+        .as_object()
+        .expect("packets by reason")
+        .iter()
+        .filter(|(r, _)| r.as_str() != "not_tcp")
+        .map(|(_, n)| n.as_u64().unwrap())
+        .sum()
+}
+
 /// The dispatcher's programs, as the gate's `status --json` lists them.
 fn neighbours(gate: &Attached) -> Vec<(String, u64)> {
     let s = gate.status();
@@ -197,8 +220,8 @@ fn the_gate_joins_xdp_filters_dispatcher_and_leaves_it_working() {
         "xdp-loader does not list both:\n{status}"
     );
     println!("xdp-loader status with both:\n{status}");
-    let mut listed = neighbours(&gate);
-    listed.sort_by_key(|p| p.1);
+    // In run order: the filter (10), then the gate (100).
+    let listed = neighbours(&gate);
     assert_eq!(listed.len(), 2, "{listed:?}");
     assert!(
         listed[0].0.starts_with("xdpfilt") && listed[0].1 == 10,
@@ -206,6 +229,59 @@ fn the_gate_joins_xdp_filters_dispatcher_and_leaves_it_working() {
     );
     assert_eq!(listed[1], ("handshake_in".to_string(), 100));
     both_work(&gate, "the gate after xdp-filter");
+
+    // `attach --replace` under a flood to the filtered port: the filter runs
+    // first, so the gate sees a segment of it only if the filter was off
+    // the hook for a moment. Not one gets past it, while it drops them.
+    // (A second for the last connection's closing segments to arrive.)
+    std::thread::sleep(Duration::from_secs(1));
+    let hits = port_hits(lab, BLOCKED);
+    let seen = tcp_packets(&gate);
+    let stop = AtomicBool::new(false);
+    let sent = AtomicU64::new(0);
+    let before = gate.status()["xdp"].clone();
+    std::thread::scope(|t| {
+        t.spawn(|| {
+            // Gently (2,000 a second): an emulated guest's two CPUs must
+            // still load the new programs meanwhile.
+            let blocked = SocketAddr::new(Lab::SERVER_V4.into(), BLOCKED);
+            let mut first = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                let sources = Sources::Range {
+                    first: std::net::Ipv4Addr::from(0xc613_0000 + first).into(),
+                    count: 200,
+                };
+                first = (first + 200) % 60_000;
+                let n = flood_of(Segments::Syn, lab, blocked, sources, 200, Some(2_000));
+                sent.fetch_add(n, Ordering::Relaxed);
+            }
+        });
+        // Stops the flood however this ends (a failed assert included).
+        let _stop = StopOnDrop(&stop);
+        std::thread::sleep(Duration::from_millis(300));
+        let out = gate.run("attach", &["--replace"]);
+        assert!(out.contains("replaced"), "{out}");
+        std::thread::sleep(Duration::from_millis(300));
+    });
+    let sent = sent.load(Ordering::Relaxed);
+    println!("attach --replace under a flood of {sent} SYNs to the filtered port");
+    assert_eq!(
+        tcp_packets(&gate),
+        seen,
+        "segments to the filtered port got past xdp-filter during --replace"
+    );
+    let dropped = port_hits(lab, BLOCKED) - hits;
+    assert!(
+        dropped >= sent * 9 / 10,
+        "xdp-filter did not drop the flood: {dropped} hits of {sent} sent"
+    );
+    assert_ne!(
+        gate.status()["xdp"],
+        before,
+        "the gate's program was not swapped"
+    );
+    assert_eq!(neighbours(&gate).len(), 2);
+    both_work(&gate, "after --replace");
 
     // The gate still caps a spoofed SYN flood (64 half-open at most).
     let addr = SocketAddr::new(Lab::SERVER_V4.into(), GUARDED);
@@ -271,33 +347,12 @@ fn xdp_filter_joins_the_gates_dispatcher_through_replace_and_a_killed_daemon() {
     both_work(&gate, "xdp-filter after the gate");
 
     // `attach --replace` swaps the gate's program in a new dispatcher that
-    // keeps the filter: no segment to the blocked port gets through
-    // meanwhile (each connect a probe).
+    // keeps the filter, in its order.
     let before: Value = gate.status();
-    let stop = AtomicBool::new(false);
-    let through = AtomicU32::new(0);
-    let probes = AtomicU32::new(0);
-    std::thread::scope(|t| {
-        t.spawn(|| {
-            while !stop.load(Ordering::Relaxed) {
-                if connect(lab, BLOCKED).is_some() {
-                    through.fetch_add(1, Ordering::Relaxed);
-                }
-                probes.fetch_add(1, Ordering::Relaxed);
-            }
-        });
-        let out = gate.run("attach", &["--replace"]);
-        assert!(out.contains("replaced"), "{out}");
-        std::thread::sleep(Duration::from_millis(800));
-        stop.store(true, Ordering::Relaxed);
-    });
-    assert_eq!(
-        through.load(Ordering::Relaxed),
-        0,
-        "the filter let segments through"
-    );
-    assert!(probes.load(Ordering::Relaxed) > 0);
-    assert_eq!(neighbours(&gate).len(), 2);
+    let out = gate.run("attach", &["--replace"]);
+    assert!(out.contains("replaced"), "{out}");
+    let names: Vec<String> = neighbours(&gate).into_iter().map(|p| p.0).collect();
+    assert!(names.len() == 2 && names[0] == "handshake_in", "{names:?}");
     assert_ne!(
         gate.status()["xdp"],
         before["xdp"],

@@ -369,7 +369,7 @@ pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
     check_layout(&dir)?;
     let priority = Gate::open_dir(dir.clone())?.meta(meta::DISPATCHER_PRIORITY)?;
     if priority != 0 {
-        return replace_in_dispatcher(iface, &dir, priority as u32 - 1);
+        return replace_in_dispatcher(iface, &dir, (priority - 1) as u32);
     }
     let mut ebpf = load(&dir, None, false)?;
     load_programs(&mut ebpf, false)?;

@@ -101,7 +101,7 @@ pub(super) fn join(
     });
     dispatcher::install(&lock, ifindex, netlink_mode(mode), members, old.as_ref())?;
     if let Err(e) = ext.pin(dir.join(pins::XDP_PROG)) {
-        let id = ext.info().map(|i| i.id()).unwrap_or(0);
+        let id = ext.info().map(|i| i.id()).ok();
         drop(lock);
         let _ = leave_by_id(ifindex, id);
         return Err(GateError::step("pin the XDP program")(e));
@@ -148,9 +148,13 @@ pub(super) fn swap(
         chain_call_actions: CHAIN_CALL_ACTIONS,
     });
     dispatcher::install(&lock, ifindex, d.mode, members, Some(&d))?;
-    std::fs::remove_file(&pin).map_err(GateError::step("unpin the old XDP program"))?;
-    ext.pin(&pin)
-        .map_err(GateError::step("pin the new XDP program"))
+    // Pinned beside the old one (bpffs takes no dot in a name), then
+    // renamed over it: the pin is never
+    // missing (without it the gate could not find its slot to leave).
+    let new = dir.join(format!("{}_new", pins::XDP_PROG));
+    ext.pin(&new)
+        .map_err(GateError::step("pin the new XDP program"))?;
+    std::fs::rename(&new, &pin).map_err(GateError::step("pin the new XDP program"))
 }
 
 fn ifindex(iface: &str) -> Result<u32, GateError> {
@@ -163,22 +167,35 @@ fn ifindex(iface: &str) -> Result<u32, GateError> {
 /// `iface`, and the dispatcher off the hook if it was the last program;
 /// what it found, for the operator.
 pub(super) fn leave(dir: &Path, iface: &str) -> Result<Vec<String>, GateError> {
-    let ifindex = ifindex(iface)?;
+    let Ok(ifindex) = ifindex(iface) else {
+        // Its dispatcher went with it.
+        return Ok(vec![format!("{iface} is gone, and its dispatcher with it")]);
+    };
+    // Without its pin (a replace cut short), the gate's slot is found by
+    // its program's name: one gate per interface.
     let id = ProgramInfo::from_pin(dir.join(pins::XDP_PROG))
-        .map_err(GateError::step("read the pinned XDP program"))?
-        .id();
+        .map(|p| p.id())
+        .ok();
     leave_by_id(ifindex, id)
 }
 
-fn leave_by_id(ifindex: u32, id: u32) -> Result<Vec<String>, GateError> {
+fn leave_by_id(ifindex: u32, id: Option<u32>) -> Result<Vec<String>, GateError> {
     let lock = Lock::take()?;
-    let d = match dispatcher::read(ifindex)? {
-        Hook::Dispatcher(d) if dispatcher::find(&d, id).is_some() => d,
-        _ => {
-            return Ok(vec![
-                "the gate's XDP program was no longer in the interface's dispatcher".into(),
-            ]);
+    let found = match dispatcher::read(ifindex)? {
+        Hook::Dispatcher(d) => {
+            let slot = d
+                .slots
+                .iter()
+                .find(|s| id.map_or(s.name == maps::XDP_PROGRAM, |id| s.id == id))
+                .map(|s| s.id);
+            slot.map(|id| (d, id))
         }
+        _ => None,
+    };
+    let Some((d, id)) = found else {
+        return Ok(vec![
+            "the gate's XDP program was no longer in the interface's dispatcher".into(),
+        ]);
     };
     let rest = dispatcher::kept(&d, Some(id));
     let note = if rest.is_empty() {

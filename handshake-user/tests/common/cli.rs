@@ -146,7 +146,9 @@ pub fn ack_flood(lab: &Lab, addr: std::net::SocketAddr, count: u32) -> u64 {
     )
 }
 
-fn flood_of(
+/// A flood of `count` `segments` to `addr` from `sources`, paced at `rate`
+/// a second (or as fast as it goes); how many were sent.
+pub fn flood_of(
     segments: handshake_lab::Segments,
     lab: &Lab,
     addr: std::net::SocketAddr,

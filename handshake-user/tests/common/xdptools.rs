@@ -67,3 +67,15 @@ impl Drop for Filter<'_> {
         let _ = tool(self.0, &["xdp-filter", "unload", &self.0.server_if]);
     }
 }
+
+/// xdp-filter's hit counter for `port` (`xdp-filter status`: the packets
+/// it dropped for that port on every interface).
+pub fn port_hits(lab: &Lab, port: u16) -> u64 {
+    let (ok, out, err) = tool(lab, &["xdp-filter", "status"]);
+    assert!(ok, "xdp-filter status: {err}");
+    out.lines()
+        .skip_while(|l| !l.starts_with("Filtered ports:"))
+        .find(|l| l.split_whitespace().next() == Some(&port.to_string()))
+        .and_then(|l| l.split_whitespace().last()?.parse().ok())
+        .unwrap_or_else(|| panic!("xdp-filter status lists no port {port}:\n{out}"))
+}
