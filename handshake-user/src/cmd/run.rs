@@ -167,13 +167,26 @@ async fn serve(
         tokio::select! {
             _ = term.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
             _ = int.recv() => { info!("SIGINT: stopping"); return Ok(()); }
-            _ = hup.recv() => reload(&shared, a.config.as_deref(), "SIGHUP"),
+            _ = hup.recv() => {
+                // Read whole now: the watch need not read it again.
+                if let Some(w) = watch.as_mut() {
+                    w.moved();
+                }
+                reload(&shared, a.config.as_deref(), "SIGHUP");
+            }
             changed = changed(&mut watch) => {
                 if changed {
                     reload(&shared, a.config.as_deref(), "the config file changed");
                 }
             }
-            _ = sweep.tick() => sweep_once(&shared, keep_ns),
+            _ = sweep.tick() => {
+                sweep_once(&shared, keep_ns);
+                // A change whose events another branch cut short (the
+                // wait in `changed` is dropped when one wins) shows here.
+                if watch.as_mut().is_some_and(ConfigWatch::moved) {
+                    reload(&shared, a.config.as_deref(), "the config file changed");
+                }
+            }
             ready = readable(&mut logger) => match ready {
                 Ok(mut guard) => {
                     guard.get_inner_mut().flush();
@@ -281,6 +294,19 @@ impl ConfigWatch {
 /// Waits for the watched file to have changed: after events in its
 /// directory, a short quiet spell (a swap is several renames), then its
 /// bytes compared with the last look. Never returns without a watch.
+impl ConfigWatch {
+    /// Whether the file's bytes differ from those last looked at (and
+    /// takes the new ones as seen).
+    fn moved(&mut self) -> bool {
+        let now = std::fs::read(&self.path).ok();
+        if now == self.seen {
+            return false;
+        }
+        self.seen = now;
+        true
+    }
+}
+
 async fn changed(watch: &mut Option<ConfigWatch>) -> bool {
     use futures_util::StreamExt as _;
     let Some(w) = watch else {
@@ -305,12 +331,7 @@ async fn changed(watch: &mut Option<ConfigWatch>) -> bool {
     while let Ok(Some(Ok(_))) =
         tokio::time::timeout(Duration::from_millis(200), w.events.next()).await
     {}
-    let now = std::fs::read(&w.path).ok();
-    if now == w.seen {
-        return false;
-    }
-    w.seen = now;
-    true
+    w.moved()
 }
 
 /// SIGHUP, or a change of the file: the config file again, whole, over the

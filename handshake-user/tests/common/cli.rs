@@ -15,11 +15,14 @@ pub fn cli(args: &[&str]) -> (bool, String, String) {
 
 /// Runs the CLI with extra environment variables; returns (success, stdout, stderr).
 pub fn cli_with(args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new(GATE)
-        .args(args)
-        .envs(env.iter().copied())
+    outcome(Command::new(GATE).args(args).envs(env.iter().copied()))
+}
+
+/// Runs `cmd` to its end; (success, stdout, stderr).
+pub fn outcome(cmd: &mut Command) -> (bool, String, String) {
+    let out = cmd
         .output()
-        .expect("run handshake-gate");
+        .unwrap_or_else(|e| panic!("run {:?}: {e}", cmd.get_program()));
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).into_owned(),

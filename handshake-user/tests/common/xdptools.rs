@@ -13,16 +13,11 @@ pub fn tool(lab: &Lab, args: &[&str]) -> (bool, String, String) {
 
 /// [`tool`] with environment variables set.
 pub fn tool_with(lab: &Lab, args: &[&str], env: &[(&str, &str)]) -> (bool, String, String) {
-    let out = Command::new("nsenter")
-        .arg(format!("--net=/run/netns/{}", lab.server.name))
-        .args(args)
-        .envs(env.iter().copied())
-        .output()
-        .expect("run nsenter");
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
+    super::cli::outcome(
+        Command::new("nsenter")
+            .arg(format!("--net=/run/netns/{}", lab.server.name))
+            .args(args)
+            .envs(env.iter().copied()),
     )
 }
 
