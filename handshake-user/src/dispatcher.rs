@@ -27,7 +27,7 @@ use aya::programs::{Extension, ProgramFd, ProgramInfo, Xdp, links::FdLink};
 use aya::{Ebpf, EbpfLoader};
 
 use crate::GateError;
-use crate::hook;
+use crate::hook::{self, program_info};
 
 /// Component slots of a dispatcher.
 pub const MAX_PROGS: usize = 10;
@@ -158,12 +158,6 @@ impl Lock {
             }
         }
     }
-}
-
-fn program_info(id: u32) -> Option<ProgramInfo> {
-    aya::programs::loaded_programs()
-        .filter_map(Result::ok)
-        .find(|p| p.id() == id)
 }
 
 /// Reads what the hook of `ifindex` holds; a dispatcher with its slots

@@ -31,10 +31,14 @@ impl HookProgram {
 
 /// The name of the loaded program with kernel id `id`.
 fn program_name(id: u32) -> Option<String> {
+    program_info(id).and_then(|p| p.name_as_str().map(str::to_string))
+}
+
+/// The loaded program with kernel id `id`, if there is one.
+pub fn program_info(id: u32) -> Option<aya::programs::ProgramInfo> {
     aya::programs::loaded_programs()
         .filter_map(Result::ok)
         .find(|p| p.id() == id)
-        .and_then(|p| p.name_as_str().map(str::to_string))
 }
 
 /// `IFLA_XDP_FLAGS` bits (`linux/if_link.h`).

@@ -84,21 +84,12 @@ pub(super) fn join(
         Hook::Dispatcher(d) => Some(d),
         Hook::Other { id, name, why } => return Err(refusal(iface, id, name, &why)),
     };
-    let ext: &mut Extension = ebpf
-        .program_mut(maps::XDP_PROGRAM)
-        .expect("the object defines the XDP program")
-        .try_into()
-        .expect("loaded as an extension");
+    let ext = gate_extension(ebpf);
     let mut members = old
         .as_ref()
         .map(|d| dispatcher::kept(d, None))
         .unwrap_or_default();
-    members.push(Member::New {
-        ext: &mut *ext,
-        name: maps::XDP_PROGRAM.to_string(),
-        priority,
-        chain_call_actions: CHAIN_CALL_ACTIONS,
-    });
+    members.push(gate_member(ext, priority));
     dispatcher::install(&lock, ifindex, netlink_mode(mode), members, old.as_ref())?;
     if let Err(e) = ext.pin(dir.join(pins::XDP_PROG)) {
         let id = ext.info().map(|i| i.id()).ok();
@@ -135,18 +126,9 @@ pub(super) fn swap(
             )));
         }
     };
-    let ext: &mut Extension = ebpf
-        .program_mut(maps::XDP_PROGRAM)
-        .expect("the object defines the XDP program")
-        .try_into()
-        .expect("loaded as an extension");
+    let ext = gate_extension(ebpf);
     let mut members = dispatcher::kept(&d, Some(old_id));
-    members.push(Member::New {
-        ext: &mut *ext,
-        name: maps::XDP_PROGRAM.to_string(),
-        priority,
-        chain_call_actions: CHAIN_CALL_ACTIONS,
-    });
+    members.push(gate_member(ext, priority));
     dispatcher::install(&lock, ifindex, d.mode, members, Some(&d))?;
     // Pinned beside the old one (bpffs takes no dot in a name), then
     // renamed over it: the pin is never
@@ -155,6 +137,24 @@ pub(super) fn swap(
     ext.pin(&new)
         .map_err(GateError::step("pin the new XDP program"))?;
     std::fs::rename(&new, &pin).map_err(GateError::step("pin the new XDP program"))
+}
+
+/// The gate's XDP program in `ebpf`, loaded as an extension.
+fn gate_extension(ebpf: &mut Ebpf) -> &mut Extension {
+    ebpf.program_mut(maps::XDP_PROGRAM)
+        .expect("the object defines the XDP program")
+        .try_into()
+        .expect("loaded as an extension")
+}
+
+/// The gate's program as a new member of a dispatcher, at `priority`.
+fn gate_member(ext: &mut Extension, priority: u32) -> Member<'_> {
+    Member::New {
+        ext,
+        name: maps::XDP_PROGRAM.to_string(),
+        priority,
+        chain_call_actions: CHAIN_CALL_ACTIONS,
+    }
 }
 
 fn ifindex(iface: &str) -> Result<u32, GateError> {

@@ -297,13 +297,22 @@ impl Gate {
     /// about 10 ns an entry); a gate attached by a version without that
     /// program is counted here, from the maps read in batches.
     pub fn tally(&self, cfg: &Config, now_ns: u64) -> Result<Tally, GateError> {
+        match self.counting_program()? {
+            Some(prog) => run_tally(&prog, now_ns),
+            None => self.tally_here(cfg, now_ns),
+        }
+    }
+
+    /// The pinned counting program, if this gate has one (one attached by
+    /// an older version may not).
+    fn counting_program(&self) -> Result<Option<Xdp>, GateError> {
         let pin = self.dir.join(pins::TALLY_PROG);
         if !pin.exists() {
-            return self.tally_here(cfg, now_ns);
+            return Ok(None);
         }
-        let prog = Xdp::from_pin(&pin, XdpAttachType::Interface)
-            .map_err(GateError::step("open the pinned counting program"))?;
-        run_tally(&prog, now_ns)
+        Xdp::from_pin(&pin, XdpAttachType::Interface)
+            .map(Some)
+            .map_err(GateError::step("open the pinned counting program"))
     }
 
     /// The count the daemon's last sweep left, if it still vouches for it
@@ -370,10 +379,7 @@ impl Gate {
         now_ns: u64,
         keep_ns: u64,
     ) -> Result<(usize, usize), GateError> {
-        let pin = self.dir.join(pins::TALLY_PROG);
-        if pin.exists() {
-            let prog = Xdp::from_pin(&pin, XdpAttachType::Interface)
-                .map_err(GateError::step("open the pinned counting program"))?;
+        if let Some(prog) = self.counting_program()? {
             let keep = if self.counted.is_some() { keep_ns } else { 0 };
             if let Some(out) = run_sweep(&prog, now_ns, keep)? {
                 return Ok((out.swept[0] as usize, out.swept[1] as usize));
