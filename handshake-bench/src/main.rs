@@ -49,6 +49,9 @@ struct Args {
     /// scrape, `conns`), next to the same on an empty gate: a minute.
     #[arg(long)]
     control: bool,
+    /// Only the line-rate flood table (the live-frames meter): a few minutes.
+    #[arg(long)]
+    flood: bool,
     /// Only the gate's per-packet cost inside libxdp's dispatcher next to
     /// its cost alone (needs the BPF trampoline: `cargo xtask bench
     /// --dispatcher` runs it in the VM).
@@ -60,6 +63,19 @@ struct Args {
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     v[v.len() / 2]
+}
+
+/// The line-rate flood table.
+fn line_rate(a: &Args) -> anyhow::Result<flood::Meter> {
+    eprintln!("bench: flood frames at line rate (live frames)");
+    flood::run(
+        &a.gate,
+        &flood::Options {
+            frames: 3_000_000,
+            seconds: 2.0,
+            runs: if a.full { 5 } else { 3 },
+        },
+    )
 }
 
 fn main() -> anyhow::Result<()> {
@@ -85,6 +101,12 @@ fn main() -> anyhow::Result<()> {
     }
     if a.control {
         r.control = Some(control::run(&a.gate, 5)?);
+        r.write(&a.out)?;
+        print!("{}", r.markdown());
+        return Ok(());
+    }
+    if a.flood {
+        r.line_rate = Some(line_rate(&a)?);
         r.write(&a.out)?;
         print!("{}", r.markdown());
         return Ok(());
@@ -134,23 +156,7 @@ fn main() -> anyhow::Result<()> {
         return Ok(());
     }
 
-    let flood = if a.full {
-        flood::Options {
-            rate: 200_000,
-            seconds: 10,
-            runs: 7,
-        }
-    } else {
-        flood::Options {
-            rate: 200_000,
-            seconds: 3,
-            runs: 5,
-        }
-    };
-    r.flood_rate = flood.rate;
-    r.flood_seconds = flood.seconds;
-    r.flood_runs = flood.runs;
-    r.flood = flood::run(&a.gate, &flood)?;
+    r.line_rate = Some(line_rate(&a)?);
 
     eprintln!("bench: legitimate clients under flood");
     r.clients_load = handshake_lab::scenario::Load {

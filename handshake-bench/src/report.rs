@@ -7,7 +7,7 @@ use plotters::prelude::*;
 
 use crate::clients::ClientRow;
 use crate::control::Control;
-use crate::flood::{Config, FloodCost};
+use crate::flood::{Config, Meter};
 use crate::memory::Memory;
 use crate::packets::Cost;
 use crate::profile::ClassProfile;
@@ -23,10 +23,8 @@ pub struct Report {
     pub packets: Vec<Cost>,
     pub growth: Vec<Growth>,
     pub parallel: Option<Parallel>,
-    pub flood_rate: u64,
-    pub flood_seconds: u64,
-    pub flood_runs: usize,
-    pub flood: Vec<FloodCost>,
+    /// The flood table at line rate (the live-frames meter).
+    pub line_rate: Option<Meter>,
     #[serde(skip)]
     pub clients_load: handshake_lab::scenario::Load,
     pub clients: Vec<ClientRow>,
@@ -82,10 +80,7 @@ impl Report {
             packets: Vec::new(),
             growth: Vec::new(),
             parallel: None,
-            flood_rate: 0,
-            flood_seconds: 0,
-            flood_runs: 0,
-            flood: Vec::new(),
+            line_rate: None,
             clients_load: handshake_lab::scenario::Load {
                 rate: 0,
                 seconds: 0,
@@ -109,6 +104,7 @@ impl Report {
         self.programs_md(&mut s);
         self.profiles_md(&mut s);
         if self.packets.is_empty() {
+            self.flood_md(&mut s);
             self.control_md(&mut s);
             self.dispatcher_md(&mut s);
             return s;
@@ -182,80 +178,117 @@ impl Report {
     }
 
     fn flood_md(&self, s: &mut String) {
-        if self.flood.is_empty() {
+        let Some(m) = &self.line_rate else {
             return;
-        }
-        let _ = writeln!(
-            s,
-            "\n## CPU per flood SYN\n\nA spoofed flood (60,000 sources whose SYN-ACKs go to nobody) \
-             against a real listening server, each run in a fresh lab.\n\n\
-             **Saturated:** the sender unpaced for {secs} s; the machine's time per SYN is \
-             1 ÷ the rate it reaches (one sender thread, and on veth the receive work runs in \
-             its context too).\n\n\
-             **Paced:** {rate} SYN/s for {secs} s (the same for every configuration), busy CPU of \
-             the whole machine from /proc/stat, median of {runs} runs. On this VM /proc/stat is \
-             coarse and bimodal from run to run (see `cpu_runs` in report.json), so the saturated \
-             figures are the ones to compare.\n\n\
-             | configuration | highest sender rate | of the floor's | µs / SYN saturated | extra over the floor | paced: CPU µs / SYN | paced: extra | backscatter (paced) |\n\
-             |---|---:|---:|---:|---:|---:|---:|---:|",
-            rate = self.flood_rate,
-            secs = self.flood_seconds,
-            runs = self.flood_runs
-        );
-        let floor_rate = self.flood.first().map_or(1.0, |f| f.max_rate);
-        let ack_floor_rate = self
-            .flood
-            .iter()
-            .find(|f| f.config == Config::AckFloor)
-            .map_or(1.0, |f| f.max_rate);
-        for f in &self.flood {
-            let floor_rate = match f.config.segments() {
-                handshake_lab::Segments::Syn => floor_rate,
-                handshake_lab::Segments::Ack => ack_floor_rate,
-            };
-            let _ = writeln!(
-                s,
-                "| {} | {:.0}/s | {:.0}% | {:.2} | {:.2} | {:.2} | {:.2} | {} |",
-                f.config.name(),
-                f.max_rate,
-                f.max_rate / floor_rate * 100.0,
-                f.saturated_us_per_syn,
-                f.saturated_extra_us,
-                f.cpu_us_per_syn,
-                f.extra_us_per_syn,
-                f.backscatter
-            );
-        }
-        let get = |c: Config| self.flood.iter().find(|f| f.config == c);
-        let ratio = |a: Config, b: Config| match (get(a), get(b)) {
-            (Some(a), Some(b)) => a.saturated_extra_us / b.saturated_extra_us,
-            _ => f64::NAN,
         };
         let _ = writeln!(
             s,
-            "\nExtra time per flood SYN (saturated), kernel alone ÷ the gate: **{:.1}×** with the \
-             defaults, **{:.1}×** with max-half-open=1024, **{:.1}×** with that and \
-             overflow=cookie (goal ≥ 10×). The gate's share of the floor's rate: {:.0}% (goal ≥ 95%).",
-            ratio(Config::Kernel, Config::Gate),
-            ratio(Config::Kernel, Config::GateSmall),
-            ratio(Config::Kernel, Config::GateCookie),
-            get(Config::GateSmall).map_or(f64::NAN, |g| g.max_rate / floor_rate * 100.0)
+            "\n## Floods at line rate\n\n\
+             The meter: the lab's live-frames sender (an XDP program run with `BPF_PROG_RUN` and \
+             `BPF_F_TEST_XDP_LIVE_FRAMES` in the client namespace, its `XDP_TX` sent out of the \
+             client's veth), unpaced, pinned to CPU {cpu}, at most {frames} frames or {secs} s \
+             per run, 50,000 spoofed sources and random ports, each run in a fresh lab, {runs} runs \
+             per row. On veth the receiving side's work runs on the sending CPU when each batch \
+             of 64 frames is flushed, so that one CPU does all of it: the absorbed rate is what \
+             the server's XDP program saw (`ethtool -S`) over the run's wall time, ns per frame \
+             its inverse, and the floor's ns (the sender, veth and an `XDP_DROP`) subtracted gives \
+             what the receiving side costs. Rows without an XDP program of their own carry the \
+             no-op one (veth needs one to take XDP frames; it counts them). The client's veth \
+             drops the backscatter with `XDP_DROP` and counts it. `spread`: (max − min) ÷ median \
+             of the runs; `other CPU`: the busy share of the CPU not pinned, work that spilled \
+             there and is not in the ns column.\n\n\
+             | flood | configuration | Mpps absorbed | of the floor | ns / frame | ns over the floor | spread | backscatter / frame | other CPU |\n\
+             |---|---|---:|---:|---:|---:|---:|---:|---:|",
+            cpu = m.cpu,
+            frames = m.frames,
+            secs = m.seconds,
+            runs = m.runs
         );
-        if get(Config::AckGate).is_some() {
+        let floor = |r: &crate::flood::Row| {
+            m.rows.iter().find(|f| {
+                f.config == Config::Floor && f.segments == r.segments && f.family == r.family
+            })
+        };
+        for r in &m.rows {
+            let of_floor = floor(r).map_or(f64::NAN, |f| r.mpps / f.mpps * 100.0);
             let _ = writeln!(
                 s,
-                "\nACK flood (ACKs of no connection; the gate drops each as `no_conn` after a \
-                 socket lookup, the kernel alone answers each with a reset): extra time per ACK \
-                 (saturated), kernel alone ÷ the gate: **{:.1}×**; paced: **{:.1}×**; resets \
-                 reaching the spoofed sources: {} with the gate, {} with the kernel alone.",
-                ratio(Config::AckKernel, Config::AckGate),
-                get(Config::AckKernel)
-                    .zip(get(Config::AckGate))
-                    .map_or(f64::NAN, |(k, g)| k.extra_us_per_syn / g.extra_us_per_syn),
-                get(Config::AckGate).map_or(0, |g| g.backscatter),
-                get(Config::AckKernel).map_or(0, |k| k.backscatter),
+                "| {} {} | {} | {:.2} | {:.0}% | {:.0} | {:.0} | {:.0}% | {:.2} | {:.0}% |",
+                r.family,
+                r.segments,
+                r.config_name,
+                r.mpps,
+                of_floor,
+                r.ns,
+                r.ns_over_floor,
+                r.spread * 100.0,
+                r.backscatter as f64 / r.received.max(1) as f64,
+                r.other_cpu_pct
             );
         }
+        let get = |c: Config, seg: &str, fam: &str| {
+            m.rows
+                .iter()
+                .find(|r| r.config == c && r.segments == seg && r.family == fam)
+        };
+        let ratio =
+            |a: Config, b: Config, seg: &str, fam: &str| match (get(a, seg, fam), get(b, seg, fam))
+            {
+                (Some(a), Some(b)) => a.ns_over_floor / b.ns_over_floor,
+                _ => f64::NAN,
+            };
+        let _ = writeln!(s, "\nns over the floor, divided (IPv4 / IPv6):\n");
+        for (what, a, b, seg) in [
+            (
+                "kernel alone ÷ the gate, defaults, SYN",
+                Config::Kernel,
+                Config::Gate,
+                "SYN",
+            ),
+            (
+                "kernel alone ÷ the gate, max-half-open=1024, SYN",
+                Config::Kernel,
+                Config::GateSmall,
+                "SYN",
+            ),
+            (
+                "kernel alone ÷ the gate, overflow=cookie, SYN",
+                Config::Kernel,
+                Config::GateCookie,
+                "SYN",
+            ),
+            (
+                "SYNPROXY ÷ the gate, defaults, SYN",
+                Config::Synproxy,
+                Config::Gate,
+                "SYN",
+            ),
+            (
+                "kernel alone ÷ the gate, ACK",
+                Config::Kernel,
+                Config::Gate,
+                "ACK",
+            ),
+            (
+                "SYNPROXY ÷ the gate, ACK",
+                Config::Synproxy,
+                Config::Gate,
+                "ACK",
+            ),
+        ] {
+            let _ = writeln!(
+                s,
+                "- {what}: **{:.1}×** / **{:.1}×**",
+                ratio(a, b, seg, "IPv4"),
+                ratio(a, b, seg, "IPv6")
+            );
+        }
+        let _ = writeln!(
+            s,
+            "\nThe raw-socket sender (`handshake_lab::Flood`, one thread, `sendmmsg`) delivered \
+             {:.2} Mpps into the same floor; the live-frames sender {:.1}× that.",
+            m.raw_floor_mpps, m.live_over_raw
+        );
     }
 
     fn programs_md(&self, s: &mut String) {

@@ -20,6 +20,7 @@ pub mod admit;
 pub mod config;
 pub mod cookie;
 pub mod event;
+pub mod flood;
 pub mod flow;
 #[cfg(feature = "model")]
 pub mod fuzz;

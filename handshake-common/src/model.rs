@@ -222,7 +222,8 @@ impl Model {
         let ep = window::epoch(now, window::bucket_width_ns(cfg.half_open_timeout_ms));
         let skey = cfg.source_key(p.family, &p.src.addr);
         // A source with no entry is within its cap with a full bucket; its
-        // entry is made only when one of its SYNs is let through.
+        // entry is made only when one of its SYNs is tracked. A known
+        // source's token is taken for every SYN it sends, tracked or not.
         let mut fresh = SourceState::default();
         let known = self.sources.contains_key(&skey);
         let src = self.sources.get_mut(&skey).unwrap_or(&mut fresh);
@@ -247,27 +248,26 @@ impl Model {
             within_rate,
             verified,
         };
-        let admission = admit::admit_syn(cfg, &occ, &facts);
-        if let Admission::Refuse(r) = admission {
-            return r;
-        }
-        if !known {
-            admit::take_token(
-                &mut fresh.syn_tokens,
-                now,
-                cfg.syn_rate_per_source,
-                cfg.syn_burst,
-            );
-            self.sources.insert(skey, fresh);
-        }
-        let src = self.sources.entry(skey).or_default();
-        match admission {
+        match admit::admit_syn(cfg, &occ, &facts) {
             Admission::Refuse(r) => r,
+            // A SYN the gate does not track makes no per-source entry: a
+            // spoofed flood answered with cookies (or passed to the
+            // kernel's) must not evict real sources' counts and tokens.
             Admission::PassUntracked => Reason::OverflowPass,
             // The model has no sockets: it says what the gate decides, the
             // cookie path (XDP only) then sends one or fails.
             Admission::Cookie => Reason::Cookie,
             Admission::Track => {
+                if !known {
+                    admit::take_token(
+                        &mut fresh.syn_tokens,
+                        now,
+                        cfg.syn_rate_per_source,
+                        cfg.syn_burst,
+                    );
+                    self.sources.insert(skey, fresh);
+                }
+                let src = self.sources.entry(skey).or_default();
                 if !self.half_open.contains_key(key) {
                     self.half_open
                         .insert(*key, machine::open(&p.seg, src_is_lo, now, ep, true));
@@ -296,5 +296,82 @@ impl Model {
             c.sub(epoch);
         }
         self.global.sub(epoch);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Overflow;
+    use crate::flow::{AF_INET, Endpoint, NO_WSCALE};
+    use crate::machine::tcp;
+
+    fn syn(src: [u8; 4], sport: u16) -> Packet {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&src);
+        let mut server = [0; 16];
+        server[..4].copy_from_slice(&[198, 18, 0, 1]);
+        Packet {
+            family: AF_INET,
+            src: Endpoint {
+                addr,
+                port: sport.to_be(),
+            },
+            dst: Endpoint {
+                addr: server,
+                port: 80u16.to_be(),
+            },
+            seg: Segment {
+                flags: tcp::SYN,
+                seq: 1000,
+                ack: 0,
+                payload_len: 0,
+                window: 64_240,
+                wscale: NO_WSCALE,
+                side: Side::Ingress,
+            },
+        }
+    }
+
+    /// Over the global budget, a SYN passed untracked or answered with a
+    /// cookie makes no per-source entry, while a tracked one does, and a
+    /// source at its cap stays refused under its own reason.
+    #[test]
+    fn untracked_syns_make_no_source_entry() {
+        for (overflow, over) in [
+            (Overflow::Pass, Reason::OverflowPass),
+            (Overflow::Cookie, Reason::Cookie),
+        ] {
+            let cfg = Config {
+                mode: crate::Mode::Enforce as u32,
+                overflow: overflow as u32,
+                max_half_open: 2,
+                max_half_open_per_source: 1,
+                verified_reserve_pct: 0,
+                ..Config::DEFAULT
+            };
+            let mut m = Model::default();
+            let now = 1_000_000_000;
+            let attacker = [198, 18, 0, 66];
+            let step =
+                |m: &mut Model, p: &Packet| m.packet(Side::Ingress, p, &cfg, now, Lookup::Nothing);
+            assert_eq!(step(&mut m, &syn(attacker, 1000)), Reason::Pass);
+            assert_eq!(step(&mut m, &syn([198, 19, 0, 1], 1000)), Reason::Pass);
+            assert_eq!(m.sources.len(), 2, "tracked SYNs make entries");
+            for i in 0..100u16 {
+                let spoofed = [198, 19, 1 + (i >> 8) as u8, i as u8];
+                assert_eq!(step(&mut m, &syn(spoofed, 2000 + i)), over);
+            }
+            assert_eq!(
+                m.sources.len(),
+                2,
+                "{overflow:?}: untracked SYNs made entries"
+            );
+            assert_eq!(
+                step(&mut m, &syn(attacker, 1001)),
+                Reason::PerSource,
+                "{overflow:?}: the attacker's cap held"
+            );
+        }
     }
 }

@@ -345,8 +345,8 @@ pub fn states_of(key: &FlowKey) -> (u8, u8) {
 /// SYN its source's budget refuses reads no shared counter; the verified
 /// map is read only where the answer depends on it. A source with no entry
 /// is within its cap with a full bucket: its entry is made only when one of
-/// its SYNs is let through, so a refused spoofed flood leaves the
-/// per-source map alone.
+/// its SYNs is tracked, so a refused spoofed flood, or one answered with
+/// cookies or passed to the kernel's, leaves the per-source map alone.
 #[inline(always)]
 fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Reason {
     let port = u16::from_be(f.dst.port) as u32;
@@ -378,22 +378,21 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
     let (port_live, global_live) = unsafe { ((*port_count).live(ep), (*global).live(ep)) };
     let verified = admit::needs_verified(cfg, port_live, global_live)
         && unsafe { VERIFIED.get(&skey) }.is_some_and(|t| admit::still_verified(*t, now, cfg));
-    let admission = admit::by_shared(cfg, port_live, global_live, verified);
-    if let Admission::Refuse(r) = admission {
-        return r;
-    }
-    let src = match known {
-        Some(p) => p,
-        None => match new_source(&skey, cfg, now) {
-            Some(p) => p,
-            None => return Reason::FailOpen,
-        },
-    };
-    match admission {
+    match admit::by_shared(cfg, port_live, global_live, verified) {
         Admission::Refuse(r) => r,
+        // Untracked SYNs make no per-source entry: a spoofed flood answered
+        // with cookies (or passed to the kernel's) must not evict real
+        // sources' counts and tokens from the LRU map.
         Admission::PassUntracked => Reason::OverflowPass,
         Admission::Cookie => Reason::Cookie,
         Admission::Track => {
+            let src = match known {
+                Some(p) => p,
+                None => match new_source(&skey, cfg, now) {
+                    Some(p) => p,
+                    None => return Reason::FailOpen,
+                },
+            };
             let e = machine::open(&f.seg, src_is_lo, now, ep, true);
             if HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64).is_ok() {
                 add(unsafe { &raw mut (*src).half_open }, ep);
@@ -406,7 +405,7 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
     }
 }
 
-/// The entry of a source whose first SYN is let through, with that SYN's
+/// The entry of a source whose first SYN is tracked, with that SYN's
 /// token taken from its full bucket.
 #[inline(always)]
 fn new_source(skey: &SourceKey, cfg: &Config, now: u64) -> Option<*mut SourceState> {

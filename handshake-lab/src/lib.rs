@@ -1,6 +1,7 @@
 //! A lab for the gate's end-to-end tests, demo and benchmarks: two network
 //! namespaces joined by a veth pair, real TCP servers and clients inside them,
-//! and a bounded SYN flood sender.
+//! and bounded flood senders: raw sockets ([`Flood`]) and live frames at
+//! line rate ([`LiveFlood`]).
 //!
 //! Traffic never leaves the namespaces the lab creates: addresses come from
 //! 198.18.0.0/15 and 2001:db8::/32, there is no default route, and every flood
@@ -9,6 +10,7 @@
 
 pub mod flood;
 pub mod hold;
+pub mod live;
 pub mod netns;
 pub mod packet;
 pub mod scenario;
@@ -16,6 +18,7 @@ pub mod tcp;
 
 pub use flood::{Flood, FloodReport, Segments, Sources};
 pub use hold::{Hold, Hook, kernel_state, listening};
+pub use live::LiveFlood;
 pub use netns::{Lab, Netns};
 pub use tcp::{ConnectReport, EchoServer, connect_each, connect_many};
 

@@ -22,6 +22,12 @@ pub fn ebpf_object() -> &'static [u8] {
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/handshake"))
 }
 
+/// The lab's line-rate flood sender (`handshake_lab::live`), built with
+/// the gate's programs but never attached by the controller.
+pub fn flood_object() -> &'static [u8] {
+    aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/flood"))
+}
+
 /// The kernel's monotonic clock (the programs read its coarse variant,
 /// `bpf_ktime_get_coarse_ns`, which lags it by at most a tick).
 pub fn monotonic_ns() -> u64 {

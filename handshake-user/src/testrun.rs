@@ -328,6 +328,16 @@ pub struct PeerXdp {
 
 impl PeerXdp {
     pub fn attach(netns: &str, iface: &str) -> anyhow::Result<PeerXdp> {
+        PeerXdp::attach_program(netns, iface, maps::NOOP_XDP)
+    }
+
+    /// The baseline `program` of the object (`maps::NOOP_XDP` or
+    /// `maps::DROP_XDP`) on `iface` in `netns`, native mode.
+    pub fn attach_program(
+        netns: &str,
+        iface: &str,
+        program: &'static str,
+    ) -> anyhow::Result<PeerXdp> {
         let (netns, iface) = (netns.to_string(), iface.to_string());
         // In a thread of its own that enters the namespace, where the
         // interface's name means that interface.
@@ -335,8 +345,8 @@ impl PeerXdp {
             crate::netns::enter(&netns)?;
             let mut ebpf = EbpfLoader::new().load(crate::ebpf_object())?;
             let xdp: &mut Xdp = ebpf
-                .program_mut(maps::NOOP_XDP)
-                .ok_or_else(|| anyhow::anyhow!("no {} program", maps::NOOP_XDP))?
+                .program_mut(program)
+                .ok_or_else(|| anyhow::anyhow!("no {program} program"))?
                 .try_into()?;
             xdp.load()?;
             xdp.attach(&iface, aya::programs::XdpMode::Driver)?;

@@ -531,3 +531,115 @@ fn four_ways_against_one_spoofed_flood() {
     assert!(kernel.syn_recv > 0);
     assert_eq!(drop.new.succeeded, 0, "overflow=drop let new clients in");
 }
+
+/// A spoofed flood answered with cookies makes no per-source entries, so
+/// it cannot evict a real-address attacker's count from the LRU map: the
+/// attacker, at its cap before the flood, is still refused under its own
+/// reason after some 90,000 new spoofed sources (more than the map's
+/// 65,536 entries) were answered with cookies.
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn a_real_address_flood_stays_capped_beside_a_spoofed_cookie_flood() {
+    let lab = Lab::new("ckc").expect("lab");
+    // The cookie SYN-ACKs arrive on the client side only with an XDP program there.
+    let _peer = PeerXdp::attach(&lab.client.name, &lab.client_if).expect("the client's XDP");
+    let addr = SocketAddr::new(Lab::SERVER_V4.into(), PORT);
+    let _srv = EchoServer::start(&lab.server, addr, 128).expect("server");
+    // The neighbours resolved, so the attacker's first SYNs go out at once.
+    let warm = handshake_lab::connect_many(&lab.client, addr, 1, Duration::from_secs(2)).unwrap();
+    assert_eq!(warm.succeeded, 1);
+    let gate = Attached::new(
+        &lab,
+        &[
+            "max-half-open=1024",
+            "max-half-open-per-source=20",
+            "verified-reserve-pct=0",
+            "half-open-timeout-ms=120000",
+            "overflow=cookie",
+        ],
+    );
+    let attacker = || handshake_lab::flood::Sources::One(IpAddr::from([198, 18, 0, 66]));
+    let sent = common::cli::flood_of(
+        handshake_lab::Segments::Syn,
+        &lab,
+        addr,
+        attacker(),
+        40,
+        Some(10_000),
+    );
+    assert_eq!(sent, 40);
+    settle(&lab);
+    let s = gate.status();
+    assert_eq!(s["drops"]["per_source"], 20, "{s:#}");
+    assert_eq!(s["half_open"], 20, "{s:#}");
+
+    // SYNs from 100,000 spoofed sources of 198.18.64.0 onwards, paced so
+    // that the veth's queue keeps up, until 150,000 were answered with
+    // cookies (some 78,000 distinct sources, more than the per-source
+    // map holds): the first fill the budget, the rest get cookies.
+    let mut spoofed = handshake_lab::LiveFlood::new(
+        handshake_lab::Segments::Syn,
+        addr,
+        handshake_lab::flood::Sources::Range {
+            first: IpAddr::from([198, 18, 64, 0]),
+            count: 100_000,
+        },
+        50_000,
+        Duration::from_secs(10),
+    );
+    spoofed.rate = Some(200_000);
+    let started = std::time::Instant::now();
+    let cookies = loop {
+        spoofed
+            .run(&lab, handshake_user::flood_object())
+            .expect("the spoofed flood");
+        settle(&lab);
+        let s = gate.status();
+        let cookies = s["cookies_sent"].as_u64().unwrap();
+        if cookies >= 150_000 {
+            assert_eq!(s["half_open"], 1024, "{s:#}");
+            break cookies;
+        }
+        assert!(started.elapsed() < Duration::from_secs(120), "{s:#}");
+    };
+
+    let sent = common::cli::flood_of(
+        handshake_lab::Segments::Syn,
+        &lab,
+        addr,
+        attacker(),
+        40,
+        Some(10_000),
+    );
+    assert_eq!(sent, 40);
+    settle(&lab);
+    let s = gate.status();
+    // The sender's ports follow the packet's index: the first 20 repeat
+    // the first round's tracked tuples (retransmissions, which pass and
+    // are not counted twice), the other 20 are new and over the cap.
+    assert_eq!(
+        s["drops"]["per_source"], 40,
+        "the attacker's count was lost to the spoofed flood: {s:#}"
+    );
+    assert_eq!(
+        s["cookies_sent"], cookies,
+        "the attacker got cookies: {s:#}"
+    );
+}
+
+/// Waits until the server's XDP program has seen every frame on its way
+/// (a flood's last batches may still be in the veth's queue when the
+/// sender returns): its count unchanged for 200 ms.
+fn settle(lab: &Lab) {
+    let seen = || handshake_lab::live::xdp_packets(&lab.server, &lab.server_if).unwrap();
+    let mut last = seen();
+    for _ in 0..100 {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = seen();
+        if now == last {
+            return;
+        }
+        last = now;
+    }
+    panic!("the server's XDP program kept receiving for 20 s");
+}

@@ -1,0 +1,62 @@
+//! The lab's line-rate flood sender (never attached; the lab runs it with
+//! `BPF_PROG_RUN` and `BPF_F_TEST_XDP_LIVE_FRAMES` in the client namespace,
+//! where the kernel turns its `XDP_TX` into a transmit out of the client's
+//! veth). Every frame is written whole from the spec's template
+//! (`handshake_common::flood`), with a random source, port and sequence
+//! number and fresh checksums: live frames recycle pages without restoring
+//! them, and a receiver may have rewritten one in place.
+#![no_std]
+#![no_main]
+
+use aya_ebpf::{
+    bindings::xdp_action,
+    helpers::bpf_get_prandom_u32,
+    macros::{map, xdp},
+    maps::Array,
+    programs::XdpContext,
+};
+use handshake_common::flood::{FloodSpec, V4_LEN, V6_LEN};
+use handshake_common::flow::AF_INET;
+
+/// The flood, written by the lab before it runs the program.
+#[map(name = "FLOOD_SPEC")]
+static FLOOD_SPEC: Array<FloodSpec> = Array::with_max_entries(1, 0);
+
+#[xdp]
+pub fn flood_tx(ctx: XdpContext) -> u32 {
+    let Some(spec) = FLOOD_SPEC.get(0) else {
+        return xdp_action::XDP_ABORTED;
+    };
+    let (start, end) = (ctx.data(), ctx.data_end());
+    let r = unsafe {
+        [
+            bpf_get_prandom_u32(),
+            bpf_get_prandom_u32(),
+            bpf_get_prandom_u32(),
+        ]
+    };
+    // SAFETY: each family's length is checked before its write; live
+    // frames' data is aligned.
+    if spec.family == AF_INET as u32 {
+        if start + V4_LEN > end {
+            return xdp_action::XDP_ABORTED;
+        }
+        unsafe { spec.write_v4(start as *mut u8, r) };
+    } else {
+        if start + V6_LEN > end {
+            return xdp_action::XDP_ABORTED;
+        }
+        unsafe { spec.write_v6(start as *mut u8, r) };
+    }
+    xdp_action::XDP_TX
+}
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 4] = *b"GPL\0";
