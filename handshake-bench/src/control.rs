@@ -49,33 +49,45 @@ fn timed(n: usize, mut f: impl FnMut() -> anyhow::Result<Duration>) -> anyhow::R
     Ok(crate::median(v))
 }
 
-/// Runs the controller to the end, its output thrown away; how long it
-/// took and its peak resident memory in MiB (from `wait4`'s rusage).
-fn run_cli(gate: &Path, a: &Attached, args: &[&str]) -> anyhow::Result<(Duration, f64)> {
+/// Runs the controller to the end, its output thrown away; how long it took.
+fn run_cli(gate: &Path, a: &Attached, args: &[&str]) -> anyhow::Result<Duration> {
     let t = Instant::now();
     let child = Command::new(gate)
         .args(["--netns", &a.lab.server.name])
         .args(args)
         .stdout(Stdio::null())
         .spawn()?;
-    let (ok, rss) = wait4(child)?;
+    let status = child.wait_with_output()?.status;
     let took = t.elapsed();
-    anyhow::ensure!(ok, "handshake-gate {} failed", args.join(" "));
-    Ok((took, rss))
+    anyhow::ensure!(status.success(), "handshake-gate {} failed", args.join(" "));
+    Ok(took)
 }
 
-fn wait4(child: Child) -> anyhow::Result<(bool, f64)> {
-    let pid = child.id() as i32;
-    let mut status = 0;
-    // SAFETY: a zeroed rusage is a valid out-parameter.
-    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: `pid` is our own child, not yet waited for.
-    let rc = unsafe { nix::libc::wait4(pid, &mut status, 0, &mut usage) };
-    anyhow::ensure!(rc == pid, "wait4: {}", std::io::Error::last_os_error());
-    std::mem::forget(child);
-    let ok = nix::libc::WIFEXITED(status) && nix::libc::WEXITSTATUS(status) == 0;
-    // ru_maxrss is in KiB on Linux.
-    Ok((ok, usage.ru_maxrss as f64 / 1024.0))
+/// The command's own peak resident memory in MiB, as GNU time reports it
+/// (`%M`). Not `wait4`'s rusage of our own child: a child's `ru_maxrss`
+/// keeps the high-water mark of the memory it was forked with, so it would
+/// report this benchmark's pages, not the command's. GNU time's own are a
+/// megabyte or two.
+fn peak_rss(gate: &Path, a: &Attached, args: &[&str]) -> anyhow::Result<f64> {
+    let out = Command::new("/usr/bin/time")
+        .args(["-f", "%M"])
+        .arg(gate)
+        .args(["--netns", &a.lab.server.name])
+        .args(args)
+        .stdout(Stdio::null())
+        .output()?;
+    anyhow::ensure!(
+        out.status.success(),
+        "time handshake-gate {} failed",
+        args.join(" ")
+    );
+    let kib: f64 = String::from_utf8_lossy(&out.stderr)
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .trim()
+        .parse()?;
+    Ok(kib / 1024.0)
 }
 
 /// From starting `conns` to its first row (the line after the header).
@@ -173,18 +185,12 @@ fn measure(gate: &Path, a: &Attached, runs: usize, kept: bool) -> anyhow::Result
     }
     // Past the daemon's start-up (and its first sweep), on both gates.
     std::thread::sleep(Duration::from_secs(1));
-    let status = timed(runs, || Ok(run_cli(gate, a, &["status", &iface])?.0))?;
-    let fresh = timed(runs, || {
-        Ok(run_cli(gate, a, &["status", &iface, "--fresh"])?.0)
-    })?;
+    let status = timed(runs, || run_cli(gate, a, &["status", &iface]))?;
+    let fresh = timed(runs, || run_cli(gate, a, &["status", &iface, "--fresh"]))?;
     let scrape = timed(runs, || d.scrape())?;
     drop(d);
-    let mut rss = Vec::new();
-    let conns = timed(runs, || {
-        let (t, r) = run_cli(gate, a, &["conns", &iface, "--json"])?;
-        rss.push(r);
-        Ok(t)
-    })?;
+    let conns = timed(runs, || run_cli(gate, a, &["conns", &iface, "--json"]))?;
+    let rss = peak_rss(gate, a, &["conns", &iface, "--json"])?;
     let first = timed(runs, || first_row(gate, a))?;
     Ok(Figures {
         status,
@@ -192,7 +198,7 @@ fn measure(gate: &Path, a: &Attached, runs: usize, kept: bool) -> anyhow::Result
         scrape,
         conns,
         first,
-        rss: rss.into_iter().fold(0.0, f64::max),
+        rss,
     })
 }
 

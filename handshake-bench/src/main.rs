@@ -7,6 +7,7 @@
 
 mod clients;
 mod control;
+mod demo;
 mod dispatch;
 mod flood;
 mod memory;
@@ -49,6 +50,19 @@ struct Args {
     /// scrape, `conns`), next to the same on an empty gate: a minute.
     #[arg(long)]
     control: bool,
+    /// Instead of the benchmarks, the demo (`cargo xtask demo`): the lab's
+    /// phases at line rate, and the meter's cost per flood SYN beside them.
+    #[arg(long)]
+    demo: bool,
+    /// The demo's flood rate, SYNs per second.
+    #[arg(long, default_value_t = demo::RATE)]
+    rate: u64,
+    /// The demo's flood duration, seconds.
+    #[arg(long, default_value_t = 4)]
+    seconds: u64,
+    /// The demo's returning and new clients per phase (each).
+    #[arg(long, default_value_t = 20)]
+    clients: usize,
     /// Only the line-rate flood table (the live-frames meter): a few minutes.
     #[arg(long)]
     flood: bool,
@@ -90,6 +104,9 @@ fn main() -> anyhow::Result<()> {
         print!("{md}");
         anyhow::ensure!(r.ok(), "the soak run failed a requirement (see the table)");
         return Ok(());
+    }
+    if a.demo {
+        return demo::run(&a.gate, a.rate, a.seconds, a.clients);
     }
     let mut r = report::Report::new(a.full);
 
@@ -160,9 +177,10 @@ fn main() -> anyhow::Result<()> {
 
     eprintln!("bench: legitimate clients under flood");
     r.clients_load = handshake_lab::scenario::Load {
-        rate: 20_000,
+        rate: demo::RATE,
         seconds: if a.full { 8 } else { 4 },
         clients: 100,
+        live: Some(handshake_user::flood_object()),
     };
     r.clients = clients::run(&a.gate, &r.clients_load)?;
 

@@ -85,6 +85,7 @@ impl Report {
                 rate: 0,
                 seconds: 0,
                 clients: 0,
+                live: None,
             },
             clients: Vec::new(),
             memory: None,

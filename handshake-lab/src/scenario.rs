@@ -49,6 +49,10 @@ pub struct Load {
     pub seconds: u64,
     /// Returning and new clients per phase (each).
     pub clients: usize,
+    /// The flood sender: the object holding the live-frames sender
+    /// ([`crate::LiveFlood`], line rate), or None for the raw-socket one
+    /// ([`crate::Flood`], below a million packets a second).
+    pub live: Option<&'static [u8]>,
 }
 
 pub const GATE_SETTINGS: &[&str] = &["max-half-open=1024", "max-half-open-per-source=20"];
@@ -277,13 +281,24 @@ fn run_phase(
     lab.server
         .sysctl(&format!("net.ipv4.tcp_syncookies={cookies}"))?;
     eprintln!("scenario: {}", plan.name);
-    if let Defence::Gate(extra) = plan.defence {
-        let mut args = vec!["attach", &lab.server_if];
-        for s in GATE_SETTINGS.iter().chain(extra) {
-            args.extend(["--set", s]);
+    let server_xdp = match plan.defence {
+        Defence::Gate(extra) => {
+            let mut args = vec!["attach", &lab.server_if];
+            for s in GATE_SETTINGS.iter().chain(extra) {
+                args.extend(["--set", s]);
+            }
+            gate.run(&args)?;
+            true
         }
-        gate.run(&args)?;
-    }
+        // Live frames reach a veth only through an XDP program (it takes
+        // XDP frames only then): the gate in mode `off`, which passes
+        // everything and tracks nothing, stands in for the no-op.
+        Defence::Kernel(_) if o.live.is_some() => {
+            gate.run(&["attach", &lab.server_if, "--set", "mode=off"])?;
+            true
+        }
+        Defence::Kernel(_) => false,
+    };
     let result = (|| {
         // The returning client has been here before the flood.
         let returning = [IpAddr::V4(Lab::CLIENT_V4)];
@@ -328,7 +343,7 @@ fn run_phase(
             flood_s,
         })
     })();
-    if let Defence::Gate(_) = plan.defence {
+    if server_xdp {
         gate.run(&["detach", &lab.server_if])?;
     }
     result
@@ -361,8 +376,19 @@ fn clients_under_flood(
     let started = std::time::Instant::now();
     std::thread::scope(|s| {
         let flood = sources.map(|sources| {
-            s.spawn(move || {
-                Flood {
+            s.spawn(move || match o.live {
+                Some(object) => {
+                    let mut f = crate::LiveFlood::new(
+                        crate::Segments::Syn,
+                        addr,
+                        sources,
+                        o.rate * o.seconds,
+                        Duration::from_secs(o.seconds),
+                    );
+                    f.rate = Some(o.rate);
+                    f.run(lab, object)
+                }
+                None => Flood {
                     segments: crate::Segments::Syn,
                     target: addr,
                     sources,
@@ -371,7 +397,7 @@ fn clients_under_flood(
                     rate: Some(o.rate),
                     threads: 1,
                 }
-                .run(&lab.client)
+                .run(&lab.client),
             })
         });
         if flood.is_some() {

@@ -473,6 +473,7 @@ fn four_ways_against_one_spoofed_flood() {
         rate: 5_000,
         seconds: 2,
         clients: 100,
+        live: None,
     };
     let only = [
         "spoofed, kernel alone",

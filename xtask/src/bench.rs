@@ -74,7 +74,7 @@ soak: wrote target/soak/soak.md and soak.json"
     Ok(())
 }
 
-fn build(root: &std::path::Path) -> anyhow::Result<()> {
+pub fn build(root: &std::path::Path) -> anyhow::Result<()> {
     let status = Command::new(env!("CARGO"))
         .args([
             "build",

@@ -6,7 +6,8 @@
 //!   state tests hold back chosen segments to freeze a connection in a state),
 //!   kmod and qemu-system-x86 (the VM layer), linux-perf (the bench's profile),
 //!   xdp-tools (libxdp's xdp-filter and xdp-loader, which the tests put on
-//!   the hook beside the gate), podman with runc (the OCI image and its test).
+//!   the hook beside the gate), podman with runc (the OCI image and its test),
+//!   GNU time (the bench's peak memory of a command).
 //! - The musl target for stable (the image's static binary).
 //! - cargo-deb (the Debian package, `cargo xtask deb`).
 //! - kubernetes-validate (PyPI), which checks the manifests under
@@ -37,6 +38,7 @@ const APT_PACKAGES: &[&str] = &[
     "runc",
     "netavark",
     "aardvark-dns",
+    "time",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";
