@@ -21,7 +21,6 @@ pub struct ClientRow {
     pub server_syn_recv: usize,
     pub xdp_dropped: Option<u64>,
     pub spoofed_replies: u64,
-    pub busy_cpu_s: f64,
 }
 
 fn ms(d: Option<Duration>) -> Option<f64> {
@@ -45,7 +44,6 @@ pub fn run(gate: &Path, load: &Load) -> anyhow::Result<Vec<ClientRow>> {
             server_syn_recv: p.syn_recv,
             xdp_dropped: p.xdp_dropped,
             spoofed_replies: p.spoofed_replies,
-            busy_cpu_s: p.busy_cpu_s,
         })
         .collect())
 }

@@ -17,8 +17,9 @@
 //! The rows without an XDP program of their own (the kernel alone,
 //! SYNPROXY) carry the no-op XDP program on the server's veth: veth hands
 //! XDP frames only to a peer with NAPI on, and it counts what arrived. The
-//! client's veth carries `drop_xdp`, which drops the backscatter (SYN-ACKs,
-//! resets) at the cost of an XDP drop and counts it.
+//! client's veth carries the lab's sink (`handshake_lab::live::Sink`), which
+//! drops the backscatter (SYN-ACKs, resets to the spoofed ranges) at the
+//! cost of an XDP drop and counts it, as the demo's does.
 //!
 //! `other CPU %` is the busy share of the CPUs the meter did not pin, over
 //! the run: work that spilled there (ksoftirqd, a deferred timer) is not in
@@ -33,7 +34,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use handshake_common::maps;
-use handshake_lab::live::xdp_packets;
+use handshake_lab::live::{Sink, xdp_drops, xdp_packets};
 use handshake_lab::{EchoServer, Flood, Lab, LiveFlood, Segments, Sources, connect_many};
 use handshake_user::testrun::PeerXdp;
 
@@ -191,6 +192,7 @@ pub fn meter_cpu() -> usize {
 pub struct Bed {
     pub lab: Lab,
     _server: EchoServer,
+    _sink: Sink,
     _programs: Vec<PeerXdp>,
     gate: Option<(std::path::PathBuf, String, String)>,
 }
@@ -218,11 +220,8 @@ impl Bed {
         );
         lab.server.sysctl("net.ipv4.tcp_syncookies=1")?;
         // The backscatter: dropped and counted where it arrives.
-        let mut programs = vec![PeerXdp::attach_program(
-            &lab.client.name,
-            &lab.client_if,
-            maps::DROP_XDP,
-        )?];
+        let sink = Sink::attach(&lab, handshake_user::flood_object())?;
+        let mut programs = Vec::new();
         let mut gate = None;
         match config {
             Config::Floor => programs.push(PeerXdp::attach_program(
@@ -263,6 +262,7 @@ impl Bed {
         Ok(Bed {
             lab,
             _server: server,
+            _sink: sink,
             _programs: programs,
             gate,
         })
@@ -335,7 +335,7 @@ impl Measured {
 pub fn measure(bed: &Bed, flood: &LiveFlood, raw: bool) -> anyhow::Result<Measured> {
     let lab = &bed.lab;
     let seen = || xdp_packets(&lab.server, &lab.server_if);
-    let back = || xdp_packets(&lab.client, &lab.client_if);
+    let back = || xdp_drops(&lab.client, &lab.client_if);
     let cpu = flood.cpu.unwrap_or_else(meter_cpu);
     let (x0, b0, j0) = (seen()?, back()?, per_cpu_jiffies()?);
     let report = if raw {

@@ -312,6 +312,24 @@ impl FloodSpec {
     }
 }
 
+/// The lab's spoofed ranges, where floods' sources come from and their
+/// replies go: 198.19.0.0/16 and 2001:db8:1::/48 (`handshake_lab::Lab`
+/// routes them to the client side).
+pub const SPOOFED_V4: (u32, u32) = (0xc613_0000, 16);
+pub const SPOOFED_V6: (u64, u32) = (0x2001_0db8_0001_0000, 48);
+
+/// Whether a frame of this ethertype, with this IPv4 destination (its bytes
+/// 30–33) or IPv6 destination's first 8 bytes (38–45), is addressed to a
+/// spoofed range.
+#[inline(always)]
+pub const fn spoofed(ethertype: u16, v4_dst: u32, v6_dst_hi: u64) -> bool {
+    match ethertype {
+        0x0800 => v4_dst >> (32 - SPOOFED_V4.1) == SPOOFED_V4.0 >> (32 - SPOOFED_V4.1),
+        0x86dd => v6_dst_hi >> (64 - SPOOFED_V6.1) == SPOOFED_V6.0 >> (64 - SPOOFED_V6.1),
+        _ => false,
+    }
+}
+
 /// Writes `v` big-endian at `p + at` (an even offset of an aligned frame).
 #[inline(always)]
 unsafe fn put16(p: *mut u8, at: usize, v: u16) {
@@ -426,6 +444,21 @@ mod tests {
                 "the fixed part of the source"
             );
         }
+    }
+
+    #[test]
+    fn only_the_spoofed_ranges_are_sunk() {
+        assert!(spoofed(0x0800, 0xc613_0102, 0));
+        assert!(
+            !spoofed(0x0800, 0xc612_0002, 0),
+            "198.18.0.2: a real client"
+        );
+        assert!(spoofed(0x86dd, 0, 0x2001_0db8_0001_0000));
+        assert!(
+            !spoofed(0x86dd, 0, 0x2001_0db8_0000_0000),
+            "2001:db8::/64: the lab's link"
+        );
+        assert!(!spoofed(0x0806, 0xc613_0102, 0), "ARP passes");
     }
 
     /// A frame a receiver rewrote in place (a cookie SYN-ACK) is whole again.

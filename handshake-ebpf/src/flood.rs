@@ -51,6 +51,43 @@ pub fn flood_tx(ctx: XdpContext) -> u32 {
     xdp_action::XDP_TX
 }
 
+/// The lab's client side, where the spoofed sources' replies arrive: drops
+/// what is addressed to the spoofed ranges (`handshake_common::flood::
+/// SPOOFED_V4`, `SPOOFED_V6`), passes the rest to the real clients. The
+/// SYN-ACKs and resets of a spoofed flood go out to the internet from a real
+/// host, where they cost it nothing more; here they would queue in front of
+/// the real clients' replies in the client namespace's stack.
+#[xdp]
+pub fn spoofed_sink(ctx: XdpContext) -> u32 {
+    let (start, end) = (ctx.data(), ctx.data_end());
+    if start + 14 + 40 > end {
+        return xdp_action::XDP_PASS;
+    }
+    let p = start as *const u8;
+    // SAFETY: 54 bytes checked above.
+    let (ethertype, v4_dst, v6_dst) = unsafe {
+        (
+            u16::from_be_bytes([*p.add(12), *p.add(13)]),
+            u32::from_be_bytes([*p.add(30), *p.add(31), *p.add(32), *p.add(33)]),
+            u64::from_be_bytes([
+                *p.add(38),
+                *p.add(39),
+                *p.add(40),
+                *p.add(41),
+                *p.add(42),
+                *p.add(43),
+                *p.add(44),
+                *p.add(45),
+            ]),
+        )
+    };
+    if handshake_common::flood::spoofed(ethertype, v4_dst, v6_dst) {
+        xdp_action::XDP_DROP
+    } else {
+        xdp_action::XDP_PASS
+    }
+}
+
 #[cfg(not(test))]
 #[panic_handler]
 fn panic(_info: &core::panic::PanicInfo) -> ! {

@@ -252,6 +252,37 @@ impl Drop for Holder {
     }
 }
 
+/// `spoofed_sink` (in the sender's object) on the lab's client veth, for as
+/// long as the value lives: what is addressed to the spoofed ranges (a
+/// spoofed flood's SYN-ACKs and resets) is dropped on arrival and counted
+/// ([`xdp_packets`] of the client's veth), the real clients' packets pass.
+/// A real host sends such replies off to the internet; without the sink
+/// they would queue in the client namespace's stack in front of the real
+/// clients' replies. With an XDP program there, the veth also takes the
+/// frames a server-side `XDP_TX` sends back (cookie SYN-ACKs).
+pub struct Sink {
+    _ebpf: aya::Ebpf,
+}
+
+impl Sink {
+    pub fn attach(lab: &Lab, object: &'static [u8]) -> anyhow::Result<Sink> {
+        let iface = lab.client_if.clone();
+        lab.client.run(move || {
+            let mut ebpf = aya::EbpfLoader::new().load(object)?;
+            let prog: &mut Xdp = ebpf
+                .program_mut(SINK)
+                .ok_or_else(|| anyhow::anyhow!("no {SINK} program in the flood object"))?
+                .try_into()?;
+            prog.load()?;
+            prog.attach(&iface, aya::programs::XdpMode::Driver)?;
+            Ok(Sink { _ebpf: ebpf })
+        })
+    }
+}
+
+/// The client side's program of the sender's object.
+const SINK: &str = "spoofed_sink";
+
 /// An interface's index and MAC address in `ns` (`ip -j link show`).
 pub fn link(ns: &Netns, iface: &str) -> anyhow::Result<(u32, [u8; 6])> {
     let out = ns.ip(&["-j", "link", "show", "dev", iface])?;
@@ -273,6 +304,17 @@ pub fn link(ns: &Netns, iface: &str) -> anyhow::Result<(u32, [u8; 6])> {
 /// Frames the XDP program on `iface` (in `ns`) has seen, over all its
 /// receive queues (`ethtool -S`: veth's `rx_queue_N_xdp_packets`).
 pub fn xdp_packets(ns: &Netns, iface: &str) -> anyhow::Result<u64> {
+    xdp_stat(ns, iface, "xdp_packets")
+}
+
+/// Frames the XDP program on `iface` (in `ns`) dropped
+/// (`rx_queue_N_xdp_drops`).
+pub fn xdp_drops(ns: &Netns, iface: &str) -> anyhow::Result<u64> {
+    xdp_stat(ns, iface, "xdp_drops")
+}
+
+/// A veth receive-queue statistic, summed over the queues.
+fn xdp_stat(ns: &Netns, iface: &str, stat: &str) -> anyhow::Result<u64> {
     let out = ns.exec("ethtool", &["-S", iface])?;
     let mut found = false;
     let mut total = 0;
@@ -280,11 +322,11 @@ pub fn xdp_packets(ns: &Netns, iface: &str) -> anyhow::Result<u64> {
         let Some((k, v)) = l.trim().split_once(':') else {
             continue;
         };
-        if k.starts_with("rx_queue_") && k.ends_with("_xdp_packets") {
+        if k.starts_with("rx_queue_") && k.strip_suffix(stat).is_some_and(|q| q.ends_with('_')) {
             total += v.trim().parse::<u64>()?;
             found = true;
         }
     }
-    anyhow::ensure!(found, "{iface} reports no XDP packet counts: {out}");
+    anyhow::ensure!(found, "{iface} reports no {stat} counts: {out}");
     Ok(total)
 }

@@ -29,7 +29,8 @@
 //!
 //! Each phase also counts the SYN-ACKs sent toward the spoofed addresses
 //! (they reach the client namespace, which does not forward them:
-//! `IpInAddrErrors` there) and the machine's busy CPU while the flood runs.
+//! `IpInAddrErrors` there, or with the live-frames sender the sink's drops,
+//! see `live::Sink`) and the machine's busy CPU while the flood runs.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -177,8 +178,17 @@ pub fn run_some(
         &Lab::CLIENT_V4.to_string(),
     ])?;
     let gate = Gate { bin: gate_bin, lab };
-    let peer = ["attach", &lab.client_if, "--set", "mode=off"];
-    gate.run_in(&lab.client, &peer)?;
+    // With live frames, the sink drops the spoofed sources' replies as
+    // they arrive; with raw sockets, the gate in mode off passes them to
+    // the client namespace's stack, which drops them (`IpInAddrErrors`).
+    let sink = match load.live {
+        Some(object) => Some(crate::live::Sink::attach(lab, object)?),
+        None => {
+            let peer = ["attach", &lab.client_if, "--set", "mode=off"];
+            gate.run_in(&lab.client, &peer)?;
+            None
+        }
+    };
     let mut phases = Vec::new();
     let mut result = Ok(());
     for (i, plan) in PLAN.iter().enumerate() {
@@ -197,7 +207,12 @@ pub fn run_some(
             }
         }
     }
-    gate.run_in(&lab.client, &["detach", &lab.client_if])?;
+    match sink {
+        Some(sink) => drop(sink),
+        None => {
+            gate.run_in(&lab.client, &["detach", &lab.client_if])?;
+        }
+    }
     result.map(|()| phases)
 }
 
@@ -304,7 +319,10 @@ fn run_phase(
         let returning = [IpAddr::V4(Lab::CLIENT_V4)];
         connect_each(&lab.client, &returning, addr, client_timeout)?;
         let returning = vec![returning[0]; o.clients];
-        let replies = || lab.client.nstat("IpInAddrErrors");
+        let replies = || match o.live {
+            Some(_) => crate::live::xdp_drops(&lab.client, &lab.client_if),
+            None => lab.client.nstat("IpInAddrErrors"),
+        };
         let replies_before = replies()?;
         let (returning, new, sent, busy_cpu_s, flood_s) = clients_under_flood(
             lab,
