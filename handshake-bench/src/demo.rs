@@ -36,14 +36,7 @@ pub fn run(gate_bin: &Path, rate: u64, seconds: u64, clients: usize) -> anyhow::
     let phases = scenario::run_all(&lab, gate_bin, &load)?;
     drop(lab);
     println!("demo: the flood meter (the bench's), on the same configurations");
-    let meter = flood::demo(
-        gate_bin,
-        &flood::Options {
-            frames: 3_000_000,
-            seconds: 2.0,
-            runs: 3,
-        },
-    )?;
+    let meter = flood::demo(gate_bin, &flood::Options::STANDARD)?;
     if let Some(status) = phases.iter().rev().find_map(|p| p.gate_status.as_ref()) {
         println!("\n{status}");
     }
@@ -95,7 +88,7 @@ fn report(phases: &[Phase], o: &Load, meter: &flood::Meter) {
         "server SYN_RECV",
         "dropped in XDP",
         "SYN-ACKs to spoofed",
-        "ns / flood SYN (spread)",
+        "ns / flood SYN (spread), vs the kernel alone",
     ]);
     for p in phases {
         let mut row = vec![p.name.to_string()];
@@ -109,10 +102,19 @@ fn report(phases: &[Phase], o: &Load, meter: &flood::Meter) {
                 .unwrap_or_else(|| "-".into()),
         );
         row.push(p.spoofed_replies.to_string());
+        let kernel = meter.rows.iter().find(|r| r.config == Config::Kernel);
         row.push(
             metered(p.name)
                 .and_then(|c| meter.rows.iter().find(|r| r.config == c))
-                .map(|r| format!("{:.0} (±{:.0}%)", r.ns_over_floor, r.spread * 50.0))
+                .map(|r| match kernel {
+                    Some(k) if r.config != Config::Kernel => format!(
+                        "{:.0} (±{:.0}%), {:.1}× less",
+                        r.ns_over_floor,
+                        r.spread * 50.0,
+                        k.ns_over_floor / r.ns_over_floor
+                    ),
+                    _ => format!("{:.0} (±{:.0}%)", r.ns_over_floor, r.spread * 50.0),
+                })
                 .unwrap_or_else(|| "-".into()),
         );
         t.add_row(row);
@@ -136,7 +138,7 @@ fn report(phases: &[Phase], o: &Load, meter: &flood::Meter) {
          replies that reached the spoofed addresses (from the kernel, or from XDP with \
          overflow=cookie).\nns / flood SYN: the receiving side's CPU time per spoofed SYN at line \
          rate, over an XDP_DROP's, from `cargo xtask bench`'s\nflood meter run just now on the same \
-         configuration (median of {} runs; ± half the spread between runs).",
+         configuration (median of {} rounds of a second; ± half the spread between runs), and how many\ntimes less than the kernel alone's in the same run: this machine's speed drifts between runs, the ratio far less.",
         CLIENT_TIMEOUT.as_secs(),
         meter.runs
     );

@@ -160,6 +160,17 @@ pub struct Options {
     pub runs: usize,
 }
 
+impl Options {
+    /// What the bench and the demo both measure with: runs of a second
+    /// (at most 10M frames), the median of five, so that the figures of
+    /// two runs of the meter can be compared on a noisy machine.
+    pub const STANDARD: Options = Options {
+        frames: 10_000_000,
+        seconds: 1.0,
+        runs: 5,
+    };
+}
+
 const PORT: u16 = 8080;
 
 fn target(v6: bool) -> SocketAddr {
@@ -396,60 +407,87 @@ pub fn meter_flood(segments: Segments, v6: bool, config: Config, o: &Options) ->
     f
 }
 
-/// One row: `config` under `segments`, `o.runs` runs, each in a fresh lab.
-pub fn row(
+/// One measured run of `config` under `segments`, in a fresh lab.
+fn one_run(
     config: Config,
     segments: Segments,
     v6: bool,
     gate_bin: &Path,
     o: &Options,
-) -> anyhow::Result<Row> {
-    let mut runs = Vec::new();
-    for run in 0..o.runs {
-        let bed = Bed::new(config, gate_bin, v6)?;
-        let m = measure(&bed, &meter_flood(segments, v6, config, o), false)?;
-        eprintln!(
-            "bench: line rate, {:?} {} {}, run {}: {:.2} Mpps seen, {:.0} ns/frame, {} sent, {} back, other CPU {:.0}%",
-            segments,
-            if v6 { "IPv6" } else { "IPv4" },
-            config.name(),
-            run + 1,
-            m.received as f64 / m.elapsed.as_secs_f64() / 1e6,
-            m.ns(),
-            m.sent,
-            m.backscatter,
-            m.other_cpu_pct
-        );
-        runs.push(m);
+    run: usize,
+) -> anyhow::Result<Measured> {
+    let bed = Bed::new(config, gate_bin, v6)?;
+    let m = measure(&bed, &meter_flood(segments, v6, config, o), false)?;
+    eprintln!(
+        "bench: line rate, {:?} {} {}, run {}: {:.2} Mpps seen, {:.0} ns/frame, {} sent, {} back, other CPU {:.0}%",
+        segments,
+        if v6 { "IPv6" } else { "IPv4" },
+        config.name(),
+        run + 1,
+        m.received as f64 / m.elapsed.as_secs_f64() / 1e6,
+        m.ns(),
+        m.sent,
+        m.backscatter,
+        m.other_cpu_pct
+    );
+    Ok(m)
+}
+
+/// The rows of one flood (`segments`, one family) against `configs`, the
+/// first of which is the floor. The runs go round by round (each
+/// configuration once per round), so that a slow spell of this shared
+/// machine falls on every row alike, and a row's time over the floor is
+/// the median of its rounds' differences from the floor's run of the same
+/// round.
+fn rows(
+    configs: &[Config],
+    segments: Segments,
+    v6: bool,
+    gate_bin: &Path,
+    o: &Options,
+) -> anyhow::Result<Vec<Row>> {
+    let mut runs: Vec<Vec<Measured>> = vec![Vec::new(); configs.len()];
+    for round in 0..o.runs {
+        for (i, &config) in configs.iter().enumerate() {
+            runs[i].push(one_run(config, segments, v6, gate_bin, o, round)?);
+        }
     }
-    let ns: Vec<f64> = runs.iter().map(Measured::ns).collect();
-    let mid = median(ns.clone());
-    let m = runs
+    let floor: Vec<f64> = runs[0].iter().map(Measured::ns).collect();
+    Ok(configs
         .iter()
-        .find(|m| m.ns() == mid)
-        .copied()
-        .unwrap_or(runs[0]);
-    let max = ns.iter().copied().fold(f64::MIN, f64::max);
-    let min = ns.iter().copied().fold(f64::MAX, f64::min);
-    Ok(Row {
-        config,
-        config_name: config.name(),
-        segments: match segments {
-            Segments::Syn => "SYN",
-            Segments::Ack => "ACK",
-            Segments::Mixed => "mixed",
-        },
-        family: if v6 { "IPv6" } else { "IPv4" },
-        mpps: 1e3 / mid,
-        ns: mid,
-        ns_over_floor: 0.0,
-        spread: (max - min) / mid,
-        runs_ns: ns,
-        sent: m.sent,
-        received: m.received,
-        backscatter: m.backscatter,
-        other_cpu_pct: median(runs.iter().map(|m| m.other_cpu_pct).collect()),
-    })
+        .zip(&runs)
+        .map(|(&config, runs)| {
+            let ns: Vec<f64> = runs.iter().map(Measured::ns).collect();
+            let mid = median(ns.clone());
+            let m = runs
+                .iter()
+                .find(|m| m.ns() == mid)
+                .copied()
+                .unwrap_or(runs[0]);
+            let max = ns.iter().copied().fold(f64::MIN, f64::max);
+            let min = ns.iter().copied().fold(f64::MAX, f64::min);
+            let over: Vec<f64> = ns.iter().zip(&floor).map(|(n, f)| n - f).collect();
+            Row {
+                config,
+                config_name: config.name(),
+                segments: match segments {
+                    Segments::Syn => "SYN",
+                    Segments::Ack => "ACK",
+                    Segments::Mixed => "mixed",
+                },
+                family: if v6 { "IPv6" } else { "IPv4" },
+                mpps: 1e3 / mid,
+                ns: mid,
+                ns_over_floor: median(over),
+                spread: (max - min) / mid,
+                runs_ns: ns,
+                sent: m.sent,
+                received: m.received,
+                backscatter: m.backscatter,
+                other_cpu_pct: median(runs.iter().map(|m| m.other_cpu_pct).collect()),
+            }
+        })
+        .collect())
 }
 
 pub fn run(gate_bin: &Path, o: &Options) -> anyhow::Result<Meter> {
@@ -489,17 +527,10 @@ fn run_rows(
     floods: &[(Segments, &[Config])],
     raw_row: bool,
 ) -> anyhow::Result<Meter> {
-    let mut rows: Vec<Row> = Vec::new();
+    let mut all: Vec<Row> = Vec::new();
     for &v6 in families {
         for &(segments, configs) in floods {
-            let first = rows.len();
-            for &config in configs {
-                rows.push(row(config, segments, v6, gate_bin, o)?);
-            }
-            let floor = rows[first].ns;
-            for r in &mut rows[first..] {
-                r.ns_over_floor = r.ns - floor;
-            }
+            all.extend(rows(configs, segments, v6, gate_bin, o)?);
         }
     }
     let raw_floor_mpps = if raw_row {
@@ -514,13 +545,13 @@ fn run_rows(
     } else {
         f64::NAN
     };
-    let live_floor = rows.first().map_or(f64::NAN, |r| r.mpps);
+    let live_floor = all.first().map_or(f64::NAN, |r| r.mpps);
     Ok(Meter {
         frames: o.frames,
         seconds: o.seconds,
         runs: o.runs,
         cpu: meter_cpu(),
-        rows,
+        rows: all,
         raw_floor_mpps,
         live_over_raw: live_floor / raw_floor_mpps,
     })

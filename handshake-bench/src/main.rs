@@ -84,10 +84,13 @@ fn line_rate(a: &Args) -> anyhow::Result<flood::Meter> {
     eprintln!("bench: flood frames at line rate (live frames)");
     flood::run(
         &a.gate,
-        &flood::Options {
-            frames: 3_000_000,
-            seconds: 2.0,
-            runs: if a.full { 5 } else { 3 },
+        &if a.full {
+            flood::Options {
+                runs: 9,
+                ..flood::Options::STANDARD
+            }
+        } else {
+            flood::Options::STANDARD
         },
     )
 }

@@ -188,12 +188,14 @@ impl Report {
              The meter: the lab's live-frames sender (an XDP program run with `BPF_PROG_RUN` and \
              `BPF_F_TEST_XDP_LIVE_FRAMES` in the client namespace, its `XDP_TX` sent out of the \
              client's veth), unpaced, pinned to CPU {cpu}, at most {frames} frames or {secs} s \
-             per run, 50,000 spoofed sources and random ports, each run in a fresh lab, {runs} runs \
-             per row. On veth the receiving side's work runs on the sending CPU when each batch \
+             per run, 50,000 spoofed sources and random ports, each run in a fresh lab, {runs} rounds \
+             (each configuration of a flood once per round, so a slow spell of the machine falls on \
+             every row alike). On veth the receiving side's work runs on the sending CPU when each batch \
              of 64 frames is flushed, so that one CPU does all of it: the absorbed rate is what \
              the server's XDP program saw (`ethtool -S`) over the run's wall time, ns per frame \
-             its inverse, and the floor's ns (the sender, veth and an `XDP_DROP`) subtracted gives \
-             what the receiving side costs. Rows without an XDP program of their own carry the \
+             its inverse (median of the rounds), and the floor's ns (the sender, veth and an \
+             `XDP_DROP`) subtracted gives what the receiving side costs (the median of each \
+             round's difference from that round's floor). Rows without an XDP program of their own carry the \
              no-op one (veth needs one to take XDP frames; it counts them). The client's veth \
              drops the backscatter (what is addressed to the spoofed ranges) with `XDP_DROP` and counts it. `spread`: (max − min) ÷ median \
              of the runs; `other CPU`: the busy share of the CPU not pinned, work that spilled \

@@ -30,6 +30,10 @@ pub struct Options {
     /// a minute.
     #[arg(long)]
     control: bool,
+    /// Only the floods at line rate (the lab's live-frames sender against
+    /// the gate, the kernel alone and nftables SYNPROXY): about five minutes.
+    #[arg(long)]
+    flood: bool,
     /// Only the gate's per-packet cost inside libxdp's dispatcher next to
     /// its cost alone, in the VM layer's guest (this host's kernel has no
     /// BPF trampoline, which the dispatcher needs); the report is printed.
@@ -118,6 +122,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     if o.control {
         cmd.arg("--control");
+    }
+    if o.flood {
+        cmd.arg("--flood");
     }
     if !cmd.status()?.success() {
         bail!("the benchmark failed");
