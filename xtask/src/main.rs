@@ -25,15 +25,17 @@ enum Command {
     /// (BPF_PROG_TEST_RUN tables, network-namespace end to end) on this
     /// kernel, then the same privileged tests in a QEMU guest on a second kernel.
     Test(test::Options),
-    /// Set up, then measure: per-packet cost, CPU per flood SYN against the
-    /// kernel alone, clients under flood, memory, control plane.
+    /// Set up, then measure: per-packet cost, floods at line rate against
+    /// the kernel alone and nftables SYNPROXY, clients under flood, memory,
+    /// control plane.
     Bench(bench::Options),
     /// Set up, then a long run (10 minutes by default): clients echoing
     /// through the gate, floods on and off, limits changed mid-run; reports
     /// connections and bytes lost, half-open counts and map memory.
     Soak(bench::SoakOptions),
-    /// Set up, then run the lab: a real server, real clients and a SYN flood,
-    /// without and with the gate, and print a before/after report.
+    /// Set up, then run the lab: a real server, real clients and SYN floods
+    /// at line rate, without and with the gate, and print a before/after
+    /// report with the flood meter's cost per SYN.
     Demo(demo::Options),
     /// Set up, then build the OCI image (a static binary `FROM scratch`,
     /// with podman, no registry): `localhost/handshake-gate:VERSION`.
