@@ -218,6 +218,11 @@ pub mod flags {
     /// The server acknowledged something: `server.ack` and `server.edge`
     /// are known.
     pub const SERVER_ACKED: u16 = 1 << 11;
+    /// An arriving FIN from the client waits at `fin_pending` for this
+    /// host's acknowledgement.
+    pub const CLIENT_FIN_PENDING: u16 = 1 << 12;
+    /// Likewise from the server.
+    pub const SERVER_FIN_PENDING: u16 = 1 << 13;
 }
 
 /// What the gate has seen of one end's sequence space, from the segments
@@ -278,7 +283,12 @@ pub struct FlowEntry {
     pub client_wscale: u8,
     /// The server's window shift, likewise.
     pub server_wscale: u8,
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 1],
+    /// The sequence number of an arriving FIN the receiving kernel has not
+    /// acknowledged yet, if [`flags::CLIENT_FIN_PENDING`] or
+    /// [`flags::SERVER_FIN_PENDING`]: it moves the teardown once this
+    /// host's ACK covers it (the kernel took it: in order, checksum good).
+    pub fin_pending: u32,
 }
 
 const _: () = assert!(core::mem::size_of::<FlowEntry>() == 72);

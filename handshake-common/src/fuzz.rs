@@ -45,6 +45,37 @@ const V4_VLAN_SYNACK: [u8; 58] = [
     0, // TCP
 ];
 
+/// Facts for the parser to fill in.
+pub fn empty_facts() -> Facts {
+    Facts {
+        family: 0,
+        src: crate::flow::Endpoint {
+            addr: [0; 16],
+            port: 0,
+        },
+        dst: crate::flow::Endpoint {
+            addr: [0; 16],
+            port: 0,
+        },
+        seg: crate::machine::Segment {
+            flags: 0,
+            seq: 0,
+            ack: 0,
+            payload_len: 0,
+            window: 0,
+            wscale: 0,
+            side: crate::machine::Side::Ingress,
+            csum: crate::machine::csum::UNCHECKED,
+        },
+        key: Default::default(),
+        src_is_lo: 0,
+        now_ns: 0,
+        l3: 0,
+        l4: 0,
+        cookie: crate::parse::CookieScratch::EMPTY,
+    }
+}
+
 /// Runs the input; panics on any broken invariant.
 pub fn run(data: &[u8]) {
     let Some((&c, mut rest)) = data.split_first() else {
@@ -69,32 +100,7 @@ pub fn run(data: &[u8]) {
         ..Config::DEFAULT
     };
     let mut model = Model::default();
-    let mut facts = Facts {
-        family: 0,
-        src: crate::flow::Endpoint {
-            addr: [0; 16],
-            port: 0,
-        },
-        dst: crate::flow::Endpoint {
-            addr: [0; 16],
-            port: 0,
-        },
-        seg: crate::machine::Segment {
-            flags: 0,
-            seq: 0,
-            ack: 0,
-            payload_len: 0,
-            window: 0,
-            wscale: 0,
-            side: crate::machine::Side::Ingress,
-        },
-        key: Default::default(),
-        src_is_lo: 0,
-        now_ns: 0,
-        l3: 0,
-        l4: 0,
-        cookie: crate::parse::CookieScratch::EMPTY,
-    };
+    let mut facts = empty_facts();
     let mut now: u64 = 1_000_000_000;
     let mut frame = [0u8; 128];
     while let [head, edits, tail @ ..] = rest {

@@ -42,6 +42,20 @@ pub struct Segment {
     pub wscale: u8,
     /// Where it crosses the interface (set by the tracker, not the parser).
     pub side: Side,
+    /// What is known of its TCP checksum ([`csum`]): checked for the
+    /// segments whose effect depends on it (an arriving RST).
+    pub csum: u8,
+}
+
+/// Values of [`Segment::csum`].
+pub mod csum {
+    /// Not checked: a segment that leaves (its checksum may be left to
+    /// the NIC), one whose effect does not depend on it, or an RST too
+    /// long to check (it carries data).
+    pub const UNCHECKED: u8 = 0;
+    pub const GOOD: u8 = 1;
+    /// The kernel discards it before TCP looks at it.
+    pub const BAD: u8 = 2;
 }
 
 impl Segment {
@@ -404,7 +418,10 @@ pub fn step(e: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
         return if local {
             Step::Remove
         } else {
-            reset(e, dir, seg)
+            match arriving_rst(seg) {
+                Ok(()) => reset(e, dir, seg),
+                Err(r) => Step::Reject(r),
+            }
         };
     }
     if seg.has(tcp::SYN) {
@@ -422,6 +439,17 @@ pub fn step(e: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
     Step::Update
 }
 
+/// Whether an arriving RST's checksum lets it count: the kernel discards
+/// one whose checksum is wrong (`bad_checksum`, dropped); one the gate
+/// could not check (it carries data) passes without moving the record.
+fn arriving_rst(seg: &Segment) -> Result<(), Reason> {
+    match seg.csum {
+        csum::GOOD => Ok(()),
+        csum::BAD => Err(Reason::BadChecksum),
+        _ => Err(Reason::Challenge),
+    }
+}
+
 fn set_states(n: &mut FlowEntry, client: TcpState, server: TcpState, now_ns: u64) {
     if n.client_state != client as u8 || n.server_state != server as u8 {
         n.client_state = client as u8;
@@ -432,6 +460,9 @@ fn set_states(n: &mut FlowEntry, client: TcpState, server: TcpState, now_ns: u64
 
 fn handshake(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64, local: bool) -> Step {
     if seg.has(tcp::RST) {
+        if !local && let Err(r) = arriving_rst(seg) {
+            return Step::Reject(r);
+        }
         return if local || handshake_reset_ok(n, dir, seg) {
             Step::Remove
         } else {
@@ -501,39 +532,109 @@ struct Ends {
     me_fin: u16,
     me_acked: u16,
     me_first: u16,
+    me_pending: u16,
     peer_fin: u16,
     peer_acked: u16,
+    peer_first: u16,
+    peer_pending: u16,
 }
 
 const FROM_CLIENT: Ends = Ends {
     me_fin: flags::CLIENT_FIN,
     me_acked: flags::CLIENT_FIN_ACKED,
     me_first: flags::CLIENT_CLOSED_FIRST,
+    me_pending: flags::CLIENT_FIN_PENDING,
     peer_fin: flags::SERVER_FIN,
     peer_acked: flags::SERVER_FIN_ACKED,
+    peer_first: flags::SERVER_CLOSED_FIRST,
+    peer_pending: flags::SERVER_FIN_PENDING,
 };
 
 const FROM_SERVER: Ends = Ends {
     me_fin: flags::SERVER_FIN,
     me_acked: flags::SERVER_FIN_ACKED,
     me_first: flags::SERVER_CLOSED_FIRST,
+    me_pending: flags::SERVER_FIN_PENDING,
     peer_fin: flags::CLIENT_FIN,
     peer_acked: flags::CLIENT_FIN_ACKED,
+    peer_first: flags::CLIENT_CLOSED_FIRST,
+    peer_pending: flags::CLIENT_FIN_PENDING,
 };
 
 /// The teardown after a segment whose numbers were learnt already: a
 /// FIN's sequence number is its sender's `end - 1`, so the FIN is
 /// acknowledged by an ACK of `end`.
+///
+/// A FIN this host sends counts at once, and so does an arriving bare FIN
+/// at exactly its sender's next number with a good checksum: the kernel
+/// takes it as it comes. Any other arriving FIN the kernel could take (at
+/// or after what its sender sent in order, inside the window its receiver
+/// offered: behind a gap, or carrying data whose checksum the gate does not
+/// check) counts once this host acknowledges exactly its number plus one:
+/// the kernel took it, in order, checksum good, when the gap filled. Until
+/// then it waits in `fin_pending` (the lowest such); in-order data past it,
+/// or an acknowledgement past it, shows it was no FIN of that connection,
+/// and it is forgotten.
 fn teardown(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) {
-    let (ends, peer_end) = match dir {
-        Dir::FromClient => (&FROM_CLIENT, n.server.end),
-        Dir::FromServer => (&FROM_SERVER, n.client.end),
+    let arriving = matches!(seg.side, Side::Ingress);
+    let ends = match dir {
+        Dir::FromClient => &FROM_CLIENT,
+        Dir::FromServer => &FROM_SERVER,
+    };
+    if !arriving && seg.has(tcp::ACK) && n.has(ends.peer_pending) {
+        let fin_next = n.fin_pending.wrapping_add(1);
+        if seg.ack == fin_next {
+            n.flags &= !ends.peer_pending;
+            n.flags |= ends.peer_fin;
+            // Sent before it had this end's FIN acknowledged: the active
+            // (or a simultaneous) closer.
+            if !n.has(ends.me_acked) {
+                n.flags |= ends.peer_first;
+            }
+            match dir {
+                Dir::FromClient => n.server.end = fin_next,
+                Dir::FromServer => n.client.end = fin_next,
+            }
+        } else if seq_gt(seg.ack, fin_next) {
+            n.flags &= !ends.peer_pending;
+        }
+    }
+    let (my_end, peer_end, peer_edge) = match dir {
+        Dir::FromClient => (n.client.end, n.server.end, n.server.edge),
+        Dir::FromServer => (n.server.end, n.client.end, n.client.edge),
     };
     let acks_peer_fin = seg.has(tcp::ACK) && n.has(ends.peer_fin) && seq_geq(seg.ack, peer_end);
     if acks_peer_fin {
         n.flags |= ends.peer_acked;
     }
-    if seg.has(tcp::FIN) && !n.has(ends.me_fin) {
+    if arriving {
+        if n.has(ends.me_pending) && seq_gt(my_end, n.fin_pending) {
+            n.flags &= !ends.me_pending;
+        }
+        if seg.has(tcp::FIN) && !n.has(ends.me_fin) {
+            let fin = seg.end_seq().wrapping_sub(1);
+            let peer_acked = match dir {
+                Dir::FromClient => flags::SERVER_ACKED,
+                Dir::FromServer => flags::CLIENT_ACKED,
+            };
+            let takeable = seq_geq(fin, my_end) && (!n.has(peer_acked) || seq_geq(peer_edge, fin));
+            if takeable && seg.payload_len == 0 && seg.csum == csum::GOOD && fin == my_end {
+                // A bare FIN at exactly the next number, its checksum good:
+                // the kernel takes it as it comes.
+                n.flags = (n.flags & !ends.me_pending) | ends.me_fin;
+                match dir {
+                    Dir::FromClient => n.client.end = fin.wrapping_add(1),
+                    Dir::FromServer => n.server.end = fin.wrapping_add(1),
+                }
+                if !acks_peer_fin {
+                    n.flags |= ends.me_first;
+                }
+            } else if takeable && (!n.has(ends.me_pending) || seq_gt(n.fin_pending, fin)) {
+                n.fin_pending = fin;
+                n.flags = (n.flags & !ends.peer_pending) | ends.me_pending;
+            }
+        }
+    } else if seg.has(tcp::FIN) && !n.has(ends.me_fin) {
         n.flags |= ends.me_fin;
         // Sent before it had the peer's FIN: the active (or a simultaneous) closer.
         if !acks_peer_fin {

@@ -329,6 +329,7 @@ mod tests {
                 window: 64_240,
                 wscale: NO_WSCALE,
                 side: Side::Ingress,
+                csum: crate::machine::csum::GOOD,
             },
         }
     }

@@ -125,6 +125,9 @@ pub trait Packet {
     /// SYN's TCP header with its options: 21 to 60 bytes); false if they
     /// are not all in the packet.
     fn load(&self, offset: usize, to: &mut [u8; TCP_HEADER_BUF], len: usize) -> bool;
+    /// Whether TCP checksums are checked here, where they matter (an RST's):
+    /// on what arrives; what leaves may carry a checksum the NIC completes.
+    fn checks_checksums(&self) -> bool;
 }
 
 /// Room for a TCP header with the longest options, and to spare for the
@@ -339,16 +342,58 @@ fn tcp<C: Packet>(ctx: &C, off: usize, l4_len: usize, out: &mut Facts) -> Result
     } else {
         NO_WSCALE
     };
+    let payload_len = (l4_len - doff) as u32;
+    let closes = flags & (crate::machine::tcp::RST | crate::machine::tcp::FIN) != 0;
+    let csum = if closes && payload_len == 0 && ctx.checks_checksums() {
+        header_checksum(ctx, off, doff, out)
+    } else {
+        crate::machine::csum::UNCHECKED
+    };
     out.seg = Segment {
         flags,
         seq: u32::from_be(unsafe { word::<u32>(b.add(4)) }),
         ack: u32::from_be(unsafe { word::<u32>(b.add(8)) }),
-        payload_len: (l4_len - doff) as u32,
+        payload_len,
         window: u16::from_be(unsafe { word::<u16>(b.add(14)) }),
         wscale,
         side: crate::machine::Side::Ingress,
+        csum,
     };
     Ok(Parsed::Tcp)
+}
+
+/// The TCP checksum of a bare RST or FIN (no data), over the
+/// pseudo-header (`out`'s addresses, filled in by the IP parsers) and its
+/// header (copied into `out.cookie.tcp`, free on any segment but a SYN):
+/// the kernel discards a segment whose checksum is wrong, so the gate must
+/// not act on it. One that carries data is not checked here: an RST with
+/// data (RFC 9293 allows it; Linux sends none) moves nothing, a FIN with
+/// data counts once this host acknowledges it.
+#[inline(always)]
+fn header_checksum<C: Packet>(ctx: &C, off: usize, doff: usize, out: &mut Facts) -> u8 {
+    use crate::machine::csum;
+    if !ctx.load(off, &mut out.cookie.tcp, doff) {
+        return csum::UNCHECKED;
+    }
+    // Constant trip counts and indexes, so the BPF code has no bounds checks.
+    let addrs = if out.family == AF_INET { 2 } else { 8 };
+    let (src, dst) = (&out.src.addr, &out.dst.addr);
+    let mut sum = 6 + doff as u32;
+    for i in 0..8 {
+        if i < addrs {
+            sum += u32::from(u16::from_be_bytes([src[2 * i], src[2 * i + 1]]));
+            sum += u32::from(u16::from_be_bytes([dst[2 * i], dst[2 * i + 1]]));
+        }
+    }
+    let buf = &out.cookie.tcp;
+    for i in 0..30 {
+        if 2 * i < doff {
+            sum += u32::from(u16::from_be_bytes([buf[2 * i], buf[2 * i + 1]]));
+        }
+    }
+    let s = (sum & 0xffff) + (sum >> 16);
+    let s = (s & 0xffff) + (s >> 16);
+    if s == 0xffff { csum::GOOD } else { csum::BAD }
 }
 
 /// The window scale a SYN (or SYN-ACK) offers, from its options, copied
@@ -413,6 +458,9 @@ impl Packet for Bytes<'_> {
             }
             _ => false,
         }
+    }
+    fn checks_checksums(&self) -> bool {
+        true
     }
 }
 

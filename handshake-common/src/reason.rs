@@ -71,11 +71,14 @@ pub enum Reason {
     /// `overflow=cookie`, or the kernel's): passed, tracked ESTABLISHED, and
     /// its source verified.
     CookieAck = 18,
+    /// An arriving RST whose TCP checksum is wrong: the kernel discards it
+    /// before TCP looks at it, so it moves nothing.
+    BadChecksum = 19,
 }
 
 impl Reason {
     /// Number of reasons: the length of the counter arrays.
-    pub const COUNT: u32 = 19;
+    pub const COUNT: u32 = 20;
 
     /// Slots of the counter arrays: more than [`Reason::COUNT`], so a new
     /// reason does not change the maps' layout (`attach --replace` keeps
@@ -103,6 +106,7 @@ impl Reason {
         Reason::Challenge,
         Reason::OutOfWindow,
         Reason::CookieAck,
+        Reason::BadChecksum,
     ];
 
     /// The reason with this index, if there is one.
@@ -153,6 +157,7 @@ impl Reason {
             Reason::Challenge => "challenge",
             Reason::OutOfWindow => "out_of_window",
             Reason::CookieAck => "cookie_ack",
+            Reason::BadChecksum => "bad_checksum",
         }
     }
 }

@@ -11,7 +11,7 @@ pub use handshake_common::parse::{Facts, Packet, Parsed, TCP_HEADER_BUF, parse};
 /// to 80 bytes (inside the buffer) and not zero.
 #[inline(always)]
 fn header_len(len: usize) -> Option<u32> {
-    if !(21..=60).contains(&len) {
+    if !(20..=60).contains(&len) {
         return None;
     }
     Some(20 + (core::hint::black_box(len as u32 - 20) & 0x3c))
@@ -45,6 +45,10 @@ impl Packet for Xdp<'_> {
         };
         unsafe { bpf_xdp_load_bytes(self.0.ctx, offset as u32, to.as_mut_ptr().cast(), len) == 0 }
     }
+    #[inline(always)]
+    fn checks_checksums(&self) -> bool {
+        true
+    }
 }
 
 impl Packet for Tc<'_> {
@@ -67,5 +71,9 @@ impl Packet for Tc<'_> {
         };
         let skb = self.0.skb.skb as *const core::ffi::c_void;
         unsafe { bpf_skb_load_bytes(skb, offset as u32, to.as_mut_ptr().cast(), len) == 0 }
+    }
+    #[inline(always)]
+    fn checks_checksums(&self) -> bool {
+        false
     }
 }

@@ -124,6 +124,15 @@ pub extern "C" fn gate_new_syn(f: *const Facts, cfg: *const Config) -> u32 {
 /// packet opens a new connection on a finished tuple).
 #[inline(always)]
 fn tracked(f: &mut Facts, cfg: &Config, side: Side) -> Option<Reason> {
+    let src_is_lo;
+    let key;
+    (key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
+    // Kept on the stack for the lookups (before 6.2 a map helper takes no
+    // key from a global function's memory argument), and in `f` for what
+    // follows: set before anything can refuse the packet, so a drop event
+    // always names this packet's own connection.
+    f.key = key;
+    f.src_is_lo = src_is_lo as u8;
     if let Err(r) = machine::check(u16::from_be(f.src.port), u16::from_be(f.dst.port), &f.seg) {
         return Some(r);
     }
@@ -132,14 +141,6 @@ fn tracked(f: &mut Facts, cfg: &Config, side: Side) -> Option<Reason> {
     // milliseconds or more, and the fine clock's TSC read was a tenth of
     // an established packet's cost.
     let now = unsafe { bpf_ktime_get_coarse_ns() };
-    let src_is_lo;
-    let key;
-    (key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
-    // Kept on the stack for the lookups (before 6.2 a map helper takes no
-    // key from a global function's memory argument), and in `f` for what
-    // follows.
-    f.key = key;
-    f.src_is_lo = src_is_lo as u8;
     f.now_ns = now;
     f.seg.side = side;
     if let Some(r) = established(f, &key, cfg) {

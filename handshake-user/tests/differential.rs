@@ -129,6 +129,8 @@ struct Gen {
     seq: u32,
     ack: u32,
     payload: usize,
+    /// The TCP checksum made wrong (the kernel would discard the segment).
+    bad_csum: bool,
 }
 
 impl Gen {
@@ -166,6 +168,9 @@ impl Gen {
                 // The builder's segments carry no options.
                 wscale: NO_WSCALE,
                 side: self.side(),
+                // What the parser makes of the checksum (the programs run
+                // the same parser on the same bytes).
+                csum: self.parsed_csum(),
             },
         }
     }
@@ -191,13 +196,39 @@ impl Gen {
         t.payload = vec![b'x'; self.payload];
         let mut b = t.bytes();
         // Every flag combination, whatever the builder offers: the flag byte
-        // is byte 13 of the TCP header (the programs do not check checksums).
-        let tcp = 14 + if ip(sa).is_ipv4() { 20 } else { 40 };
+        // is byte 13 of the TCP header; the checksum made right again (or,
+        // as drawn, wrong).
+        let v4 = ip(sa).is_ipv4();
+        let tcp = 14 + if v4 { 20 } else { 40 };
         b[tcp + 13] = self.flags;
         if self.flags & flag::ACK == 0 {
             b[tcp + 8..tcp + 12].copy_from_slice(&self.ack.to_be_bytes());
         }
+        let (h, payload) = etherparse::TcpHeader::from_slice(&b[tcp..]).expect("a TCP header");
+        let sum = match (ip(sa), ip(da)) {
+            (IpAddr::V4(s), IpAddr::V4(d)) => {
+                h.calc_checksum_ipv4_raw(s.octets(), d.octets(), payload)
+            }
+            (IpAddr::V6(s), IpAddr::V6(d)) => {
+                h.calc_checksum_ipv6_raw(s.octets(), d.octets(), payload)
+            }
+            _ => unreachable!("one family per flow"),
+        }
+        .expect("a checksum");
+        let sum = if self.bad_csum { sum ^ 0x0100 } else { sum };
+        b[tcp + 16..tcp + 18].copy_from_slice(&sum.to_be_bytes());
         b
+    }
+
+    /// [`handshake_common::machine::Segment::csum`] as the parser finds it
+    /// in [`Gen::bytes`].
+    fn parsed_csum(&self) -> u8 {
+        let bytes = self.bytes();
+        let mut facts = handshake_common::fuzz::empty_facts();
+        match handshake_common::parse::parse(&handshake_common::parse::Bytes(&bytes), &mut facts) {
+            handshake_common::parse::Parsed::Tcp => facts.seg.csum,
+            _ => handshake_common::machine::csum::UNCHECKED,
+        }
     }
 }
 
@@ -245,6 +276,7 @@ fn scripted(flow: usize, s: &mut Seqs, rng: &mut fastrand::Rng) -> Gen {
         seq,
         ack,
         payload: 0,
+        bad_csum: false,
     }
 }
 
@@ -349,6 +381,8 @@ fn draw(rng: &mut fastrand::Rng, seqs: &mut [Seqs; FLOWS.len()], active: &[usize
         seq,
         ack,
         payload,
+        // Now and then a segment the kernel would discard for its checksum.
+        bad_csum: rng.u8(..10) == 0,
     }
 }
 

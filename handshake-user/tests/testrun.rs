@@ -533,3 +533,40 @@ fn batched_reads_see_every_entry_once() {
     got.sort_unstable();
     assert_eq!(got, (0..n as u64).collect::<Vec<_>>());
 }
+
+/// A drop event names the dropped packet's own connection: a packet refused
+/// before any lookup (`bad_flags`, port 0) right after a tracked one must not
+/// carry the tracked one's tuple or states.
+#[test]
+#[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
+fn drop_events_name_the_dropped_packets_own_connection() {
+    use handshake_common::DropEvent;
+    let mut h = Harness::new(Config {
+        event_sample: 1,
+        ..cfg(0, 0)
+    });
+    handshake(&h, ATK, 4000);
+    let tracked = syn(ATK, 4000, SRV, 80);
+    // A NULL segment (no flag at all) on another tuple, after a packet of
+    // the tracked connection.
+    assert_eq!(h.run(&tracked.then_ack(9_001).bytes()), XDP_PASS);
+    let null = syn(ATK, 4001, SRV, 80).seg(0, 7, None, 0);
+    assert_eq!(h.run(&null.bytes()), XDP_DROP);
+    let mut ring =
+        aya::maps::RingBuf::try_from(h.ebpf.map_mut(handshake_common::maps::EVENTS).unwrap())
+            .unwrap();
+    let item = ring.next().expect("an event for the NULL segment");
+    assert_eq!(item.len(), std::mem::size_of::<DropEvent>());
+    let e: DropEvent = unsafe { std::ptr::read_unaligned(item.as_ptr().cast()) };
+    assert_eq!(e.reason, Reason::BadFlags as u8);
+    assert_eq!(
+        u16::from_be(e.src_port),
+        4001,
+        "the event names another packet"
+    );
+    assert_eq!(
+        (e.client_state, e.server_state),
+        (DropEvent::NO_STATE, DropEvent::NO_STATE),
+        "the tracked connection's states on a packet of no connection"
+    );
+}

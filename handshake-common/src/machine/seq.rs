@@ -1,7 +1,7 @@
 //! Where a segment's numbers fall in its connection's sequence spaces: the
 //! window checks (RFC 9293, RFC 5961) and what an accepted segment teaches.
 
-use super::{Dir, MAX_WSCALE, Segment, Step, seq_geq, seq_gt, tcp};
+use super::{Dir, MAX_WSCALE, Segment, Side, Step, seq_geq, seq_gt, tcp};
 use crate::flow::{FlowEntry, SeqState, flags};
 use crate::reason::Reason;
 
@@ -126,36 +126,64 @@ pub(super) fn handshake_reset_ok(e: &FlowEntry, dir: Dir, seg: &Segment) -> bool
 /// Folds a segment the connection accepts into its sender's sequence
 /// space: the next number, the highest acknowledgement and right edge,
 /// the largest window.
+///
+/// What arrives moves the sender's next number only as the receiving
+/// kernel would: in order (starting at or before it, no gap) and starting
+/// inside the window the receiver offered; a FIN's own number waits for
+/// this host's acknowledgement (see `teardown`). What this host sends is
+/// its own: all of it counts, and its acknowledgement tells how far the
+/// other end's data got in (the kernel took everything before it).
 #[inline(always)]
 pub(super) fn learn(n: &mut FlowEntry, dir: Dir, seg: &Segment) {
-    let (seen, acked, fin, shift, s) = match dir {
+    let arriving = matches!(seg.side, Side::Ingress);
+    let (seen, acked, fin, shift, peer_seen, peer_fin, peer_acked) = match dir {
         Dir::FromClient => (
             flags::CLIENT_SEEN,
             flags::CLIENT_ACKED,
             flags::CLIENT_FIN,
             n.client_wscale,
-            &mut n.client,
+            flags::SERVER_SEEN,
+            flags::SERVER_FIN,
+            flags::SERVER_ACKED,
         ),
         Dir::FromServer => (
             flags::SERVER_SEEN,
             flags::SERVER_ACKED,
             flags::SERVER_FIN,
             n.server_wscale,
-            &mut n.server,
+            flags::CLIENT_SEEN,
+            flags::CLIENT_FIN,
+            flags::CLIENT_ACKED,
         ),
+    };
+    let f = n.flags;
+    let (s, r) = match dir {
+        Dir::FromClient => (&mut n.client, &mut n.server),
+        Dir::FromServer => (&mut n.server, &mut n.client),
     };
     let shift = if shift > MAX_WSCALE { 0 } else { shift };
     let win = (seg.window as u32) << shift;
-    let end = seg.end_seq();
-    if n.flags & seen == 0 || (n.flags & fin == 0 && seq_gt(end, s.end)) {
-        s.end = end;
+    if arriving {
+        let end = seg.end_seq().wrapping_sub(seg.has(tcp::FIN) as u32);
+        let in_order = seq_geq(s.end, seg.seq) && (f & peer_acked == 0 || seq_geq(r.edge, seg.seq));
+        if f & seen == 0 || (f & fin == 0 && in_order && seq_gt(end, s.end)) {
+            s.end = end;
+        }
+    } else {
+        let end = seg.end_seq();
+        if f & seen == 0 || (f & fin == 0 && seq_gt(end, s.end)) {
+            s.end = end;
+        }
+        if seg.has(tcp::ACK) && f & peer_seen != 0 && f & peer_fin == 0 && seq_gt(seg.ack, r.end) {
+            r.end = seg.ack;
+        }
     }
     if win > s.maxwin {
         s.maxwin = win;
     }
     if seg.has(tcp::ACK) {
         let edge = seg.ack.wrapping_add(win);
-        if n.flags & acked == 0 {
+        if f & acked == 0 {
             s.ack = seg.ack;
             s.edge = edge;
         } else {

@@ -18,6 +18,8 @@ fn seg(flags: u8, seq: u32, ack: u32, payload_len: u32) -> Segment {
         window: 65_535,
         wscale: NO_WSCALE,
         side: Side::Ingress,
+        // A well-formed segment: an RST among them is one the kernel takes.
+        csum: super::csum::GOOD,
     }
 }
 
@@ -120,7 +122,10 @@ fn final_ack_carrying_data_and_fin_promotes_into_the_teardown() {
     c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
     let st = c.pass(Dir::FromClient, seg(ACK | FIN, J + 1, K + 1, 5));
     assert!(matches!(st, Step::Promote));
-    c.expect(FinWait1, CloseWait);
+    // The FIN under data counts once this host acknowledges it.
+    c.expect(Established, Established);
+    c.pass(Dir::FromServer, seg(ACK, K + 1, J + 7, 0));
+    c.expect(FinWait2, CloseWait);
     assert_eq!(c.entry.client.end, J + 7, "the FIN at J+6 counts one");
 }
 
@@ -288,12 +293,118 @@ fn fin_with_payload_is_acked_after_the_payload() {
         Dir::FromClient,
         seg(FIN | ACK | tcp::PSH, J + 1, K + 1, 100),
     );
-    assert_eq!(c.entry.client.end, J + 102);
-    // Acking only the data does not ack the FIN.
+    // The data counts; the FIN, whose checksum the gate does not check
+    // under data, waits for this host's ACK of it.
+    assert_eq!(c.entry.client.end, J + 101);
+    c.expect(Established, Established);
+    // Acking only the data does not take the FIN.
     c.pass(Dir::FromServer, seg(ACK, K + 1, J + 101, 0));
-    c.expect(FinWait1, CloseWait);
+    c.expect(Established, Established);
     c.pass(Dir::FromServer, seg(ACK, K + 1, J + 102, 0));
     c.expect(FinWait2, CloseWait);
+    assert_eq!(c.entry.client.end, J + 102, "the FIN at J+101 counts one");
+}
+
+/// A FIN the kernel ignores (past the right edge of the window the server
+/// offered) moves nothing, nor does data there: the real close afterwards
+/// ends as the kernel's does.
+#[test]
+fn fin_and_data_past_the_right_edge_move_nothing() {
+    let mut c = Conn::established();
+    let far = J + 1 + 98_304;
+    c.pass(Dir::FromClient, seg(FIN | ACK, far, K + 1, 0));
+    c.expect(Established, Established);
+    assert!(!c.entry.has(flags::CLIENT_FIN_PENDING));
+    c.pass(Dir::FromClient, seg(ACK | tcp::PSH, far, K + 1, 100));
+    assert_eq!(c.entry.client.end, J + 1, "data past the edge was learnt");
+    // The real close, client first.
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
+    c.expect(FinWait1, CloseWait);
+    c.pass(Dir::FromServer, seg(ACK, K + 1, J + 2, 0));
+    c.expect(FinWait2, CloseWait);
+    c.pass(Dir::FromServer, seg(FIN | ACK, K + 1, J + 2, 0));
+    c.expect(TimeWait, LastAck);
+    c.pass(Dir::FromClient, seg(ACK, J + 2, K + 2, 0));
+    c.expect(TimeWait, Closed);
+}
+
+/// A FIN inside the window but behind a gap: the kernel queues it, and
+/// takes it only when the gap fills; so does the record, on this host's
+/// ACK of exactly the FIN's number plus one.
+#[test]
+fn a_fin_behind_a_gap_counts_when_the_host_acknowledges_it() {
+    let mut c = Conn::established();
+    let fin = J + 1 + 32_768;
+    c.pass(Dir::FromClient, seg(FIN | ACK, fin, K + 1, 0));
+    c.expect(Established, Established);
+    assert!(c.entry.has(flags::CLIENT_FIN_PENDING));
+    // The duplicate ACK the kernel answers with changes nothing.
+    c.pass(Dir::FromServer, seg(ACK, K + 1, J + 1, 0));
+    c.expect(Established, Established);
+    // The gap fills (its data seen or not), and the kernel acknowledges
+    // through the FIN.
+    c.pass(Dir::FromServer, seg(ACK, K + 1, fin + 1, 0));
+    c.expect(FinWait2, CloseWait);
+    assert_eq!(c.entry.client.end, fin + 1);
+}
+
+/// A FIN that never was one: data in order past it, or an acknowledgement
+/// past it, forgets it.
+#[test]
+fn a_pending_fin_is_forgotten_when_the_stream_passes_it() {
+    let mut c = Conn::established();
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 11, K + 1, 0));
+    assert!(c.entry.has(flags::CLIENT_FIN_PENDING));
+    c.pass(Dir::FromClient, seg(ACK | tcp::PSH, J + 1, K + 1, 20));
+    assert!(!c.entry.has(flags::CLIENT_FIN_PENDING), "data past it");
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 31, K + 1, 0));
+    assert!(c.entry.has(flags::CLIENT_FIN_PENDING));
+    c.pass(Dir::FromServer, seg(ACK, K + 1, J + 41, 0));
+    assert!(!c.entry.has(flags::CLIENT_FIN_PENDING), "an ACK past it");
+    c.expect(Established, Established);
+    assert_eq!(
+        c.entry.client.end,
+        J + 41,
+        "the host's ACK says how far the data got"
+    );
+}
+
+/// What the kernel discards for its checksum moves nothing: an RST at the
+/// exact number is dropped as `bad_checksum`, a bare FIN at the exact
+/// number waits for an ACK that never comes.
+#[test]
+fn a_bad_checksum_moves_nothing() {
+    let mut c = Conn::established();
+    let bad = |s: Segment| Segment {
+        csum: csum::BAD,
+        ..s
+    };
+    let arriving = |c: &Conn, s: Segment| {
+        let mut e = c.entry;
+        let st = step(&mut e, Dir::FromClient, &on(Side::Ingress, &s), c.now);
+        assert_eq!(e, c.entry, "a refused segment changed the entry");
+        st
+    };
+    assert_eq!(
+        arriving(&c, bad(seg(RST, J + 1, 0, 0))),
+        Step::Reject(Reason::BadChecksum)
+    );
+    let unchecked = Segment {
+        csum: csum::UNCHECKED,
+        ..seg(RST | ACK, J + 1, K + 1, 10)
+    };
+    assert_eq!(
+        arriving(&c, unchecked),
+        Step::Reject(Reason::Challenge),
+        "an RST with data passes without moving the record"
+    );
+    c.pass(Dir::FromClient, bad(seg(FIN | ACK, J + 1, K + 1, 0)));
+    c.expect(Established, Established);
+    c.pass(Dir::FromServer, seg(ACK | tcp::PSH, K + 1, J + 1, 10));
+    c.expect(Established, Established);
+    // The good one then closes as usual.
+    c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 11, 0));
+    c.expect(FinWait1, CloseWait);
 }
 
 #[test]

@@ -135,6 +135,19 @@ impl Gate {
         open_map(&self.dir, maps::EVENTS)
     }
 
+    /// The entry of one connection, from whichever map holds it (true:
+    /// the established map), if the gate tracks it.
+    pub fn entry(&self, key: &FlowKey) -> Result<Option<(FlowEntry, bool)>, GateError> {
+        for (map, established) in [(&self.established, true), (&self.half_open, false)] {
+            match map.get(key, 0) {
+                Ok(e) => return Ok(Some((e, established))),
+                Err(aya::maps::MapError::KeyNotFound) => {}
+                Err(e) => return Err(GateError::step("read a connection entry")(e)),
+            }
+        }
+        Ok(None)
+    }
+
     /// Capacities of the connection maps: (half-open, established).
     pub fn map_capacity(&self) -> Result<(u32, u32), GateError> {
         let cap = |name: &str| -> Result<u32, GateError> {
