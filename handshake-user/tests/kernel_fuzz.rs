@@ -1,14 +1,14 @@
 //! The kernel-differential fuzz: the gate's record against the kernel's own
 //! sockets, segment by segment. A real connection between the lab's client
-//! and server, the gate on the server's interface in enforce mode; random
-//! segments on the connection's own 4-tuple injected from the client's
-//! address with a raw socket: FINs and data past the right edge of the
+//! and server, the gate on the server's interface in enforce mode (and, in
+//! the second test, on the client's); random segments on the connection's
+//! own 4-tuple injected from the other end's address with a raw socket: FINs and data past the right edge of the
 //! server's window, FINs inside it but behind a gap, RSTs inside it and far
 //! outside, a bare FIN and an RST at exactly the next number with a wrong
 //! checksum, SYNs on the live tuple, ACKs of data never sent, old
 //! duplicates. None of these is one the server's kernel acts on, so after
 //! each one both of the gate's columns must still be what the kernel
-//! reports for each end (`/proc/net/tcp*` of each namespace, read in
+//! reports for each end (`/proc/net/tcp` of each namespace, read in
 //! process), and every few segments a round trip through the connection
 //! must still work (the gate dropped nothing the kernel would take). Each
 //! connection then closes for real, client first, and the columns must
@@ -25,7 +25,6 @@ use std::io::{Read, Seek, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
-use common::Attached;
 use handshake_common::flow::{AF_INET, Endpoint};
 use handshake_common::{FlowEntry, FlowKey, TcpState};
 use handshake_lab::{Lab, Netns};
@@ -126,6 +125,9 @@ struct Injected {
 
 struct Fuzz<'a> {
     lab: &'a Lab,
+    /// The gate is on the client's interface (segments are injected from
+    /// the server's address), not the server's (from the client's).
+    on_client: bool,
     gate: Gate,
     client_tcp: ProcTcp,
     server_tcp: ProcTcp,
@@ -205,11 +207,17 @@ impl Fuzz<'_> {
 
     /// A segment of `kind`, aimed by the gate's record of the connection.
     fn draw(&mut self, e: &FlowEntry, kind: Kind) -> Injected {
-        let c = e.client.end;
-        let (ack, edge) = (e.server.ack, e.server.edge);
+        // The remote end sends; the gate's host receives.
+        let (remote, local) = if self.on_client {
+            (&e.server, &e.client)
+        } else {
+            (&e.client, &e.server)
+        };
+        let c = remote.end;
+        let (ack, edge) = (local.ack, local.edge);
         let win = edge.wrapping_sub(ack).max(2);
         let r = &mut self.rng;
-        let next_ack = e.server.end;
+        let next_ack = local.end;
         let (flags, seq, ack, payload, bad_csum) = match kind {
             Kind::FinPastEdge => (
                 FIN | ACK,
@@ -265,11 +273,15 @@ impl Fuzz<'_> {
     }
 
     fn send(&self, s: &Injected) {
-        let (IpAddr::V4(src), IpAddr::V4(dst)) = (self.client.ip(), self.server.ip()) else {
+        let (from, to) = if self.on_client {
+            (self.server, self.client)
+        } else {
+            (self.client, self.server)
+        };
+        let (IpAddr::V4(src), IpAddr::V4(dst)) = (from.ip(), to.ip()) else {
             unreachable!("IPv4 only")
         };
-        let mut tcp =
-            etherparse::TcpHeader::new(self.client.port(), self.server.port(), s.seq, 64_240);
+        let mut tcp = etherparse::TcpHeader::new(from.port(), to.port(), s.seq, 64_240);
         tcp.fin = s.flags & FIN != 0;
         tcp.syn = s.flags & SYN != 0;
         tcp.rst = s.flags & RST != 0;
@@ -295,7 +307,7 @@ impl Fuzz<'_> {
         ip.write(&mut pkt).unwrap();
         tcp.write(&mut pkt).unwrap();
         pkt.extend_from_slice(&payload);
-        let to: socket2::SockAddr = SocketAddr::new(self.server.ip(), 0).into();
+        let to: socket2::SockAddr = SocketAddr::new(to.ip(), 0).into();
         self.raw.send_to(&pkt, &to).expect("inject a segment");
     }
 }
@@ -329,9 +341,50 @@ fn echo(s: &mut TcpStream, what: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
+/// The gate on the server's interface; segments from the client's address.
 #[test]
 #[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
 fn the_record_follows_the_kernel_segment_by_segment() {
+    run(false, 5_000);
+}
+
+/// The gate on the client's interface (this host is the client);
+/// segments from the server's address.
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn the_record_follows_the_kernel_on_the_clients_side_too() {
+    run(true, 2_500);
+}
+
+/// The gate on the lab's client or server interface, detached (with its
+/// pins) on drop, also when the test panics.
+struct Placed<'a> {
+    ns: &'a Netns,
+    iface: &'a str,
+}
+
+impl<'a> Placed<'a> {
+    fn attach(ns: &'a Netns, iface: &'a str) -> Placed<'a> {
+        let (ok, _, err) = common::cli(&["--netns", &ns.name, "attach", iface]);
+        assert!(ok, "attach failed: {err}");
+        Placed { ns, iface }
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let (ok, out, err) =
+            common::cli(&["--netns", &self.ns.name, "status", self.iface, "--json"]);
+        assert!(ok, "status failed: {err}");
+        serde_json::from_str(&out).expect("status --json")
+    }
+}
+
+impl Drop for Placed<'_> {
+    fn drop(&mut self) {
+        let _ = common::cli(&["--netns", &self.ns.name, "detach", self.iface]);
+    }
+}
+
+fn run(on_client: bool, default_total: usize) {
     let seed = std::env::var("HSG_KFUZZ_SEED")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -339,8 +392,9 @@ fn the_record_follows_the_kernel_segment_by_segment() {
     let total: usize = std::env::var("HSG_KFUZZ_SEGMENTS")
         .ok()
         .and_then(|s| s.parse().ok())
-        .unwrap_or(5_000);
-    eprintln!("kernel fuzz: seed {seed}, {total} segments");
+        .unwrap_or(default_total);
+    let place = if on_client { "client" } else { "server" };
+    eprintln!("kernel fuzz, the gate on the {place}: seed {seed}, {total} segments");
     let lab = Lab::new("kfz").expect("lab");
     // Each connection reuses the last one's 4-tuple while it is in
     // TIME_WAIT on the client (which closes first).
@@ -353,9 +407,13 @@ fn the_record_follows_the_kernel_segment_by_segment() {
         .server
         .run(move || Ok(TcpListener::bind(server)?))
         .expect("listen");
-    let attached = Attached::new(&lab, &[]);
-    let raw = lab
-        .client
+    let (gate_ns, gate_if, remote) = if on_client {
+        (&lab.client, lab.client_if.as_str(), &lab.server)
+    } else {
+        (&lab.server, lab.server_if.as_str(), &lab.client)
+    };
+    let attached = Placed::attach(gate_ns, gate_if);
+    let raw = remote
         .run(|| {
             Ok(Socket::new(
                 Domain::IPV4,
@@ -363,11 +421,12 @@ fn the_record_follows_the_kernel_segment_by_segment() {
                 Some(Protocol::from(libc::IPPROTO_RAW)),
             )?)
         })
-        .expect("a raw socket in the client namespace");
+        .expect("a raw socket in the remote end's namespace");
     let (key, _) = FlowKey::normalise(AF_INET, &endpoint(client), &endpoint(server));
     let mut f = Fuzz {
         lab: &lab,
-        gate: Gate::open(&lab.server_if, Some(&lab.server.name)).expect("open the gate"),
+        on_client,
+        gate: Gate::open(gate_if, Some(&gate_ns.name)).expect("open the gate"),
         client_tcp: ProcTcp::open(&lab.client),
         server_tcp: ProcTcp::open(&lab.server),
         raw,
@@ -471,6 +530,8 @@ fn the_record_follows_the_kernel_segment_by_segment() {
         // tcp_tw_reuse takes a TIME_WAIT socket over after a second.
         std::thread::sleep(Duration::from_millis(1_100));
     }
-    eprintln!("kernel fuzz: {injected} segments over {connections} connections, seed {seed}");
+    eprintln!(
+        "kernel fuzz, the gate on the {place}: {injected} segments over {connections} connections, seed {seed}"
+    );
     assert!(connections >= 2, "the tuple was never reused");
 }
