@@ -143,6 +143,27 @@ pub fn run(o: &Options) -> Vec<Cost> {
     );
     push("FIN", "xdp", &method, g, b, None);
 
+    // What checking an arriving RST's (or bare FIN's) checksum costs: the
+    // same RST inside the window but not at the next number (`challenge`,
+    // nothing moves), bare (checksummed) and with a byte of data (not
+    // checksummed, the same verdict). Data segments pay nothing for it.
+    let rst = c.seg(tcp::RST, J + 2 + 1_000, None, 0).bytes();
+    let rst_data = c.seg(tcp::RST, J + 2 + 1_000, None, 1).bytes();
+    for (class, pkt) in [
+        ("RST in the window (challenge), checksum checked", &rst),
+        (
+            "the same RST with a byte of data (not checksummed)",
+            &rst_data,
+        ),
+    ] {
+        assert_eq!(h.run(pkt), XDP_PASS, "{class}");
+        let (g, b) = (
+            steady(&mut h, maps::XDP_PROGRAM, false, pkt),
+            noop_xdp(&mut h, pkt),
+        );
+        push(class, "xdp", &method, g, b, None);
+    }
+
     // Malformed: a TCP data offset past the end.
     let mut bad = syn("198.18.0.3", 1, SRV, 80).bytes();
     bad[14 + 20 + 12] = 0xf0;
