@@ -107,12 +107,16 @@ fn report(phases: &[Phase], o: &Load, meter: &flood::Meter) {
             metered(p.name)
                 .and_then(|c| meter.rows.iter().find(|r| r.config == c))
                 .map(|r| match kernel {
-                    Some(k) if r.config != Config::Kernel => format!(
-                        "{:.0} (±{:.0}%), {:.1}× less",
-                        r.ns_over_floor,
-                        r.spread * 50.0,
-                        k.ns_over_floor / r.ns_over_floor
-                    ),
+                    Some(k) if r.config != Config::Kernel => {
+                        let x = k.ns_over_floor / r.ns_over_floor;
+                        format!(
+                            "{:.0} (±{:.0}%), {:.1}× {}",
+                            r.ns_over_floor,
+                            r.spread * 50.0,
+                            if x >= 1.0 { x } else { 1.0 / x },
+                            if x >= 1.0 { "less" } else { "more" }
+                        )
+                    }
                     _ => format!("{:.0} (±{:.0}%)", r.ns_over_floor, r.spread * 50.0),
                 })
                 .unwrap_or_else(|| "-".into()),
