@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: builds the controller and the benchmark in release
 //! mode and runs `handshake-bench`, which writes `target/bench/report.md`,
 //! `report.json` and `packets.svg` and prints the report. A quick run takes
-//! about ten minutes; `--full` runs longer. `docs/BENCHMARKS.md` keeps the
+//! about fifteen minutes; `--full` runs longer. `docs/BENCHMARKS.md` keeps the
 //! latest committed results.
 
 use std::process::Command;
