@@ -66,6 +66,27 @@ pub fn allowed(a: IpAddr) -> bool {
     }
 }
 
+/// Refuses a flood that would use an address outside the ranges floods may
+/// use, or that is not bounded in packets and time.
+pub fn bounded(
+    target: SocketAddr,
+    sources: &Sources,
+    count: u64,
+    max_time: Duration,
+) -> anyhow::Result<()> {
+    for a in [target.ip(), sources.first(), sources.last()] {
+        anyhow::ensure!(
+            allowed(a),
+            "flood address {a} is outside 198.18.0.0/15 and 2001:db8::/32"
+        );
+    }
+    anyhow::ensure!(
+        count > 0 && max_time > Duration::ZERO,
+        "a flood must be bounded"
+    );
+    Ok(())
+}
+
 /// What a flood sends.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Segments {
@@ -107,16 +128,7 @@ impl FloodReport {
 impl Flood {
     /// Sends the flood from inside `ns` and waits for it to finish.
     pub fn run(&self, ns: &Netns) -> anyhow::Result<FloodReport> {
-        for a in [self.target.ip(), self.sources.pick(0), self.sources.last()] {
-            anyhow::ensure!(
-                allowed(a),
-                "flood address {a} is outside 198.18.0.0/15 and 2001:db8::/32"
-            );
-        }
-        anyhow::ensure!(
-            self.count > 0 && self.max_time > Duration::ZERO,
-            "a flood must be bounded"
-        );
+        bounded(self.target, &self.sources, self.count, self.max_time)?;
         let sent = Arc::new(AtomicU64::new(0));
         let start = Instant::now();
         let threads = self.threads.max(1);

@@ -25,7 +25,7 @@ use aya::programs::{TestRun as _, TestRunAttrs, TestRunOptions, Xdp};
 use handshake_common::flood::{FloodSpec, TEMPLATE_WORDS};
 use handshake_common::flow::{AF_INET, AF_INET6};
 
-use crate::flood::allowed;
+use crate::flood::bounded;
 use crate::{FloodReport, Lab, Netns, Segments, Sources};
 
 /// The sender program and its map in the object.
@@ -90,16 +90,7 @@ impl LiveFlood {
     }
 
     fn check(&self) -> anyhow::Result<()> {
-        for a in [self.target.ip(), self.sources.first(), self.sources.last()] {
-            anyhow::ensure!(
-                allowed(a),
-                "flood address {a} is outside 198.18.0.0/15 and 2001:db8::/32"
-            );
-        }
-        anyhow::ensure!(
-            self.count > 0 && self.max_time > Duration::ZERO,
-            "a flood must be bounded"
-        );
+        bounded(self.target, &self.sources, self.count, self.max_time)?;
         anyhow::ensure!(
             self.ports.1 > 0 && u32::from(self.ports.0) + u32::from(self.ports.1) <= 65_536,
             "source ports {:?} out of range",
