@@ -33,6 +33,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use crate::median;
 use handshake_common::maps;
 use handshake_lab::live::{Sink, xdp_drops, xdp_packets};
 use handshake_lab::{EchoServer, Flood, Lab, LiveFlood, Segments, Sources, connect_many};
@@ -381,11 +382,6 @@ pub fn measure(bed: &Bed, flood: &LiveFlood, raw: bool) -> anyhow::Result<Measur
         backscatter: b1 - b0,
         other_cpu_pct: busy as f64 * 100.0 / total.max(1) as f64,
     })
-}
-
-fn median(mut v: Vec<f64>) -> f64 {
-    v.sort_by(f64::total_cmp);
-    v[v.len() / 2]
 }
 
 /// The flood of the meter: `segments` from 50,000 spoofed sources,
