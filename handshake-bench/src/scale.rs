@@ -80,7 +80,8 @@ fn steady(h: &mut Harness, pkt: &[u8], o: &Options) -> f64 {
     )
 }
 
-/// Fills the per-source map with `n` sources (198.18.128.0 on).
+/// Fills the per-source and verified maps with `n` sources each
+/// (198.18.128.0 on, verified now).
 pub fn fill_sources(h: &mut Harness, n: u32) -> anyhow::Result<()> {
     let mut m: HashMap<&mut MapData, SourceKey, SourceState> =
         HashMap::try_from(h.ebpf.map_mut(maps::SOURCES).expect("SOURCES"))?;
@@ -90,6 +91,17 @@ pub fn fill_sources(h: &mut Harness, n: u32) -> anyhow::Result<()> {
         a[..4].copy_from_slice(&addr);
         m.insert(SourceKey::new(AF_INET, &a, 32), SourceState::default(), 0)?;
     }
+    let mut v: HashMap<&mut MapData, SourceKey, u64> =
+        HashMap::try_from(h.ebpf.map_mut(maps::VERIFIED).expect("VERIFIED"))?;
+    let now = handshake_user::monotonic_ns();
+    for i in 0..n {
+        let addr = (u32::from_be_bytes([198, 18, 128, 0]) + i).to_be_bytes();
+        let mut a = [0u8; 16];
+        a[..4].copy_from_slice(&addr);
+        v.insert(SourceKey::new(AF_INET, &a, 32), now, 0)?;
+    }
+    // Written from here, not by packets: the filter learns them so.
+    h.rebuild_known();
     Ok(())
 }
 

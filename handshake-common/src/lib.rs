@@ -24,6 +24,7 @@ pub mod flood;
 pub mod flow;
 #[cfg(feature = "model")]
 pub mod fuzz;
+pub mod known;
 pub mod machine;
 #[cfg(feature = "model")]
 pub mod model;
@@ -93,6 +94,11 @@ pub mod maps {
     /// One-entry array holding the [`crate::tally::Counted`] the last
     /// in-kernel sweep left; the packet programs never read it.
     pub const COUNTED: &str = "COUNTED";
+    /// Array of `u64`s: the known-source filter's two halves, one after the
+    /// other (see [`crate::known`]); sized by `--max-connections`.
+    pub const KNOWN: &str = "KNOWN";
+    /// One-entry array holding the filter's [`crate::known::Gen`] word.
+    pub const KNOWN_GEN: &str = "KNOWN_GEN";
     /// Ring buffer of sampled [`crate::DropEvent`]s (`event-sample`).
     pub const EVENTS: &str = "EVENTS";
     /// aya-log's ring buffer of the programs' log records (defined by
@@ -138,5 +144,15 @@ pub const SOURCES_CAPACITY: u32 = 65_536;
 pub const VERIFIED_CAPACITY: u32 = 65_536;
 /// TCP ports: the per-port counters have one slot for each.
 pub const PORT_COUNT: u32 = 65_536;
+/// log2 of the bits in each half of the known-source filter for the default
+/// capacities (`attach --max-connections` sizes it anew).
+pub const KNOWN_LOG2_BITS: u32 = known::log2_bits_for(
+    ESTABLISHED_CAPACITY as u64
+        + HALF_OPEN_CAPACITY as u64
+        + SOURCES_CAPACITY as u64
+        + VERIFIED_CAPACITY as u64,
+);
+/// Entries (`u64` words) of the known-source filter's map: both halves.
+pub const KNOWN_WORDS: u32 = known::map_words(KNOWN_LOG2_BITS);
 /// `u64` words of the allowed-ports bitmap.
 pub const PORT_WORDS: u32 = PORT_COUNT / 64;

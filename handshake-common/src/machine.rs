@@ -410,6 +410,9 @@ pub fn in_handshake(e: &FlowEntry) -> bool {
 /// - A pure SYN on a finished tuple (both ends TIME_WAIT or CLOSED) starts a
 ///   new connection: [`Step::Restart`].
 pub fn step(e: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
+    if let Some(s) = fast_step(e, dir, seg, now_ns) {
+        return s;
+    }
     let local = matches!(seg.side, Side::Egress);
     if in_handshake(e) {
         return handshake(e, dir, seg, now_ns, local);
@@ -437,6 +440,44 @@ pub fn step(e: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
     learn(e, dir, seg);
     teardown(e, dir, seg, now_ns);
     Step::Update
+}
+
+/// How often a connection's `last_seen_ns` is written on the data fast
+/// path: a busy connection's record is not rewritten for every segment
+/// just for the time (`conns` shows its idle time to within this).
+pub const TOUCH_NS: u64 = 1_000_000_000;
+
+/// The flags of a connection on the data fast path: both ends seen and
+/// acknowledging, no FIN sent or waiting.
+const FAST_FLAGS: u16 =
+    flags::CLIENT_SEEN | flags::SERVER_SEEN | flags::CLIENT_ACKED | flags::SERVER_ACKED;
+const NOT_FAST: u16 =
+    flags::CLIENT_FIN | flags::SERVER_FIN | flags::CLIENT_FIN_PENDING | flags::SERVER_FIN_PENDING;
+
+/// The data fast path, which [`step`] takes first and the kernel programs
+/// take inline before anything else: a segment with only ACK (and PSH) set
+/// of a connection past its handshake with no FIN in flight, inside its
+/// window. Its numbers are learnt as [`step`] learns them (nothing else can
+/// change: no FIN, so no teardown), and `last_seen_ns` is written at most
+/// once per [`TOUCH_NS`]. `None`: not such a segment, or outside the
+/// window; [`step`] decides the rest.
+#[inline(always)]
+pub fn fast_step(e: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Option<Step> {
+    if seg.flags & !tcp::PSH != tcp::ACK
+        || e.flags & (FAST_FLAGS | NOT_FAST) != FAST_FLAGS
+        || e.client_state != TcpState::Established as u8
+        || e.server_state != TcpState::Established as u8
+    {
+        return None;
+    }
+    if matches!(seg.side, Side::Ingress) && acceptable(e, dir, seg).is_err() {
+        return None;
+    }
+    if now_ns.saturating_sub(e.last_seen_ns) >= TOUCH_NS {
+        e.last_seen_ns = now_ns;
+    }
+    learn(e, dir, seg);
+    Some(Step::Update)
 }
 
 /// Whether an arriving RST's checksum lets it count: the kernel discards

@@ -59,6 +59,9 @@ pub struct Facts {
     pub key: FlowKey,
     /// 1 when the source is the key's `lo` end (filled in with `key`).
     pub src_is_lo: u8,
+    /// 1 when the kernel programs' data fast path found `key` in the
+    /// established map.
+    pub key_found: u8,
     /// When the tracker first looked at the packet (monotonic ns).
     pub now_ns: u64,
     /// Where the IP header starts (after Ethernet and VLAN tags).

@@ -105,6 +105,12 @@ pub struct TallyPacket {
     pub swept: [u64; 2],
     /// Out: 1 when the program swept as asked.
     pub sweep_done: u64,
+    /// In: non-zero to rebuild the known-source filter ([`crate::known`])
+    /// in the same walk.
+    pub rebuild: u64,
+    /// Out: 1 when it was rebuilt; 0 when it was not (no filter, another
+    /// rebuild running, or a program from before the filter).
+    pub rebuilt: u64,
 }
 
 /// The count the last sweep left in the `COUNTED` map.

@@ -14,6 +14,7 @@
 )]
 
 mod cookie;
+mod known;
 mod parse;
 mod sock;
 mod track;
@@ -31,9 +32,9 @@ use core::sync::atomic::{Ordering, compiler_fence};
 use handshake_common::machine::Expiry;
 use handshake_common::tally::{Counted, Tally, TallyPacket};
 use handshake_common::{
-    Config, DropEvent, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, Mode,
-    PORT_COUNT, PORT_WORDS, Reason, SOURCES_CAPACITY, SourceKey, SourceState, VERIFIED_CAPACITY,
-    WindowCounter, meta,
+    Config, DropEvent, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, KNOWN_WORDS,
+    Mode, PORT_COUNT, PORT_WORDS, Reason, SOURCES_CAPACITY, SourceKey, SourceState,
+    VERIFIED_CAPACITY, WindowCounter, meta,
 };
 use parse::Facts;
 
@@ -91,6 +92,16 @@ static ALLOWED_PORTS: Array<u64> = Array::with_max_entries(PORT_WORDS, 0);
 /// validated final ACK writes it, so spoofed SYNs cannot fill it.
 #[map(name = "VERIFIED")]
 static VERIFIED: LruHashMap<SourceKey, u64> = LruHashMap::with_max_entries(VERIFIED_CAPACITY, 0);
+
+/// The known-source filter (`handshake_common::known`): two halves of a
+/// bitmap, one after the other. Sized by the controller.
+#[map(name = "KNOWN")]
+static KNOWN: Array<u64> = Array::with_max_entries(KNOWN_WORDS, 0);
+
+/// The filter's `Gen` word: its size, the half in use, whether it may be
+/// trusted. Written by the controller (the size) and by the rebuild.
+#[map(name = "KNOWN_GEN")]
+static KNOWN_GEN: Array<u64> = Array::with_max_entries(1, 0);
 
 /// The controller's notes beside the maps (layout version, the egress
 /// filter's handle); never read here, but defined here so it is created and
@@ -215,14 +226,19 @@ pub fn noop_tc(_ctx: TcContext) -> i32 {
 #[xdp]
 pub fn tally_conns(ctx: XdpContext) -> u32 {
     let start = ctx.data();
-    if start + core::mem::size_of::<TallyPacket>() > ctx.data_end() {
+    // A controller from before the filter sends a packet that ends where
+    // `rebuild` starts.
+    let short = core::mem::offset_of!(TallyPacket, rebuild);
+    if start + short > ctx.data_end() {
         return xdp_action::XDP_ABORTED;
     }
+    let whole = || start + core::mem::size_of::<TallyPacket>() <= ctx.data_end();
     let Some(cfg) = CONFIG.get(0) else {
         return xdp_action::XDP_ABORTED;
     };
     let p = start as *mut TallyPacket;
     let (now_ns, sweep, keep_ns) = unsafe { ((*p).now_ns, (*p).sweep != 0, (*p).keep_ns) };
+    let rebuild = whole() && unsafe { (*p).rebuild } != 0;
     let mut t = Counting {
         expiry: Expiry::of(cfg, now_ns),
         tally: Tally::default(),
@@ -244,6 +260,49 @@ pub fn tally_conns(ctx: XdpContext) -> u32 {
             0,
         );
         (*p).tally = t.tally;
+        // After the sweep's deletes: what went needs no bit. Walks of their
+        // own, whose state does not change from entry to entry, so the
+        // verifier's look at each callback settles at once.
+        let mut build = if rebuild {
+            known::Build::start(cfg).unwrap_or(known::Build::OFF)
+        } else {
+            known::Build::OFF
+        };
+        let rebuilt = if build.on != 0 {
+            let b_ptr = (&raw mut build).cast::<c_void>();
+            bpf_for_each_map_elem(
+                (&raw const HALF_OPEN).cast_mut().cast(),
+                mark_flow as *mut c_void,
+                b_ptr,
+                0,
+            );
+            bpf_for_each_map_elem(
+                (&raw const ESTABLISHED).cast_mut().cast(),
+                mark_flow as *mut c_void,
+                b_ptr,
+                0,
+            );
+            bpf_for_each_map_elem(
+                (&raw const SOURCES).cast_mut().cast(),
+                mark_source as *mut c_void,
+                b_ptr,
+                0,
+            );
+            bpf_for_each_map_elem(
+                (&raw const VERIFIED).cast_mut().cast(),
+                mark_verified as *mut c_void,
+                b_ptr,
+                0,
+            );
+            build.finish();
+            1
+        } else {
+            0
+        };
+        // Checked again where it is written, for the verifier.
+        if whole() {
+            (*p).rebuilt = rebuilt;
+        }
         if sweep {
             (*p).swept = t.swept;
             (*p).sweep_done = 1;
@@ -311,6 +370,44 @@ extern "C" fn count_established(
     t: *mut Counting,
 ) -> i64 {
     unsafe { (*t).visit(&*e, false, || ESTABLISHED.remove(&*key).is_ok()) };
+    0
+}
+
+/// `bpf_for_each_map_elem`'s callback over either connection map in a
+/// rebuild of the known-source filter.
+#[inline(never)]
+extern "C" fn mark_flow(
+    _map: *mut c_void,
+    key: *mut FlowKey,
+    _e: *mut FlowEntry,
+    b: *mut known::Build,
+) -> i64 {
+    unsafe { (*b).flow(&*key) };
+    0
+}
+
+/// `bpf_for_each_map_elem`'s callback over the per-source map in a rebuild
+/// of the known-source filter.
+#[inline(never)]
+extern "C" fn mark_source(
+    _map: *mut c_void,
+    key: *mut SourceKey,
+    _v: *mut SourceState,
+    b: *mut known::Build,
+) -> i64 {
+    unsafe { (*b).source(&*key) };
+    0
+}
+
+/// The same over the verified map.
+#[inline(never)]
+extern "C" fn mark_verified(
+    _map: *mut c_void,
+    key: *mut SourceKey,
+    _v: *mut u64,
+    b: *mut known::Build,
+) -> i64 {
+    unsafe { (*b).source(&*key) };
     0
 }
 

@@ -8,12 +8,13 @@ use handshake_common::{
     Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter,
     admit::{self, Admission},
     flow::flags,
-    machine::{self, Dir, Lookup, Segment, Step, Untracked},
+    machine::{self, Dir, Lookup, Segment, Step, Untracked, tcp},
     window,
 };
 
 pub use handshake_common::machine::Side;
 
+use crate::known;
 use crate::parse::Facts;
 use crate::{ALLOWED_PORTS, ESTABLISHED, GLOBAL, HALF_OPEN, PORTS, SOURCES, VERIFIED};
 
@@ -39,9 +40,49 @@ pub fn track(
     side: Side,
     ask: impl FnOnce(&mut Facts) -> Lookup,
 ) -> Reason {
-    match gate_tracked(f, cfg, side as u32) {
-        NONE => untracked(f, cfg, side, ask),
+    // An arriving packet from an address the known-source filter has never
+    // seen has no entry anywhere: its lookups are skipped.
+    let unknown = side == Side::Ingress && known::unknown(cfg, f.family, &f.src.addr);
+    let mut skip = if unknown { SKIP_ALL } else { SKIP_NONE };
+    if !unknown && f.seg.flags & !tcp::PSH == tcp::ACK {
+        match fast_data(f, side) {
+            Some(r) => return r,
+            None if f.key_found == 0 => skip = SKIP_ESTABLISHED,
+            None => {}
+        }
+    }
+    match gate_tracked(f, cfg, side as u32, skip) {
+        NONE => untracked(f, cfg, side, unknown, ask),
         r => decode(r),
+    }
+}
+
+/// What [`gate_tracked`] need not look up again.
+const SKIP_NONE: u32 = 0;
+/// Nothing: the known-source filter says there is no entry.
+const SKIP_ALL: u32 = 1;
+/// The established map: [`fast_data`] found no entry there.
+const SKIP_ESTABLISHED: u32 = 2;
+
+/// The data fast path ([`machine::fast_step`]), inline: one lookup, no
+/// call. `None` when the segment is not for it; `f.key_found` then says
+/// whether the established map had an entry.
+#[inline(always)]
+fn fast_data(f: &mut Facts, side: Side) -> Option<Reason> {
+    f.key_found = 0;
+    if machine::check(u16::from_be(f.src.port), u16::from_be(f.dst.port), &f.seg).is_err() {
+        return None;
+    }
+    let src_is_lo;
+    (f.key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
+    let p = ESTABLISHED.get_ptr_mut(&f.key)?;
+    f.key_found = 1;
+    let e = unsafe { &mut *p };
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    f.seg.side = side;
+    match machine::fast_step(e, e.dir_of(src_is_lo), &f.seg, now) {
+        Some(_) => Some(Reason::Pass),
+        None => None,
     }
 }
 
@@ -77,7 +118,7 @@ const NONE: u32 = u32::MAX;
 /// the verifier sees them; the answer is a reason, or [`NONE`].
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn gate_tracked(f: *mut Facts, cfg: *const Config, side: u32) -> u32 {
+pub extern "C" fn gate_tracked(f: *mut Facts, cfg: *const Config, side: u32, skip: u32) -> u32 {
     if f.is_null() || cfg.is_null() {
         return Reason::FailOpen as u32;
     }
@@ -86,7 +127,7 @@ pub extern "C" fn gate_tracked(f: *mut Facts, cfg: *const Config, side: u32) -> 
     } else {
         Side::Ingress
     };
-    match tracked(unsafe { &mut *f }, unsafe { &*cfg }, side) {
+    match tracked(unsafe { &mut *f }, unsafe { &*cfg }, side, skip) {
         Some(r) => r as u32,
         None => NONE,
     }
@@ -110,20 +151,29 @@ pub extern "C" fn gate_pick_up(f: *const Facts, cfg: *const Config, cookie: u32)
 /// key, end and time `f` holds).
 #[unsafe(no_mangle)]
 #[inline(never)]
-pub extern "C" fn gate_new_syn(f: *const Facts, cfg: *const Config) -> u32 {
+pub extern "C" fn gate_new_syn(f: *const Facts, cfg: *const Config, unknown: u32) -> u32 {
     if f.is_null() || cfg.is_null() {
         return Reason::FailOpen as u32;
     }
     let f = unsafe { &*f };
     // On the stack, as in [`gate_pick_up`].
     let key = f.key;
-    new_syn(f, &key, f.src_is_lo != 0, unsafe { &*cfg }, f.now_ns) as u32
+    new_syn(
+        f,
+        &key,
+        f.src_is_lo != 0,
+        unsafe { &*cfg },
+        f.now_ns,
+        unknown != 0,
+    ) as u32
 }
 
 /// The verdict from the flow's entry, if it has one (`None` also when the
-/// packet opens a new connection on a finished tuple).
+/// packet opens a new connection on a finished tuple). `skip`: which maps
+/// are known to have no entry ([`SKIP_ALL`]: the known-source filter says
+/// none has).
 #[inline(always)]
-fn tracked(f: &mut Facts, cfg: &Config, side: Side) -> Option<Reason> {
+fn tracked(f: &mut Facts, cfg: &Config, side: Side, skip: u32) -> Option<Reason> {
     let src_is_lo;
     let key;
     (key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
@@ -143,7 +193,12 @@ fn tracked(f: &mut Facts, cfg: &Config, side: Side) -> Option<Reason> {
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     f.now_ns = now;
     f.seg.side = side;
-    if let Some(r) = established(f, &key, cfg) {
+    if skip == SKIP_ALL {
+        return None;
+    }
+    if skip != SKIP_ESTABLISHED
+        && let Some(r) = established(f, &key, cfg)
+    {
         return Some(r);
     }
     half_open(f, &key, cfg)
@@ -156,6 +211,7 @@ fn untracked(
     f: &mut Facts,
     cfg: &Config,
     side: Side,
+    unknown: bool,
     ask: impl FnOnce(&mut Facts) -> Lookup,
 ) -> Reason {
     let mut u = machine::untracked(&f.seg);
@@ -166,8 +222,8 @@ fn untracked(
     let (src_is_lo, now) = (f.src_is_lo != 0, f.now_ns);
     let (f, key) = (&*f, &f.key);
     match u {
-        Untracked::Open if side == Side::Ingress => decode(gate_new_syn(f, cfg)),
-        Untracked::Open => outbound_syn(f, key, src_is_lo, now),
+        Untracked::Open if side == Side::Ingress => decode(gate_new_syn(f, cfg, unknown as u32)),
+        Untracked::Open => outbound_syn(f, key, src_is_lo, cfg, now),
         Untracked::Ignore => Reason::Pass,
         Untracked::NoConn => Reason::NoConn,
         Untracked::PickUp => decode(gate_pick_up(f, cfg, 0)),
@@ -314,6 +370,13 @@ fn pick_up(f: &Facts, key: &FlowKey, cfg: &Config, cookie: bool) -> Reason {
     if ESTABLISHED.insert(key, &n, 0).is_err() {
         return Reason::FailOpen;
     }
+    // After the insert, so a rebuild that clears this bit walks the entry.
+    let remote = if f.seg.side == Side::Egress {
+        &f.dst.addr
+    } else {
+        &f.src.addr
+    };
+    known::mark(cfg, f.family, remote);
     if cookie {
         verify(key, n.client_is_lo, cfg, now);
         Reason::CookieAck
@@ -349,7 +412,14 @@ pub fn states_of(key: &FlowKey) -> (u8, u8) {
 /// its SYNs is tracked, so a refused spoofed flood, or one answered with
 /// cookies or passed to the kernel's, leaves the per-source map alone.
 #[inline(always)]
-fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Reason {
+fn new_syn(
+    f: &Facts,
+    key: &FlowKey,
+    src_is_lo: bool,
+    cfg: &Config,
+    now: u64,
+    unknown: bool,
+) -> Reason {
     let port = u16::from_be(f.dst.port) as u32;
     if !port_allowed(cfg, port) {
         return Reason::PortClosed;
@@ -357,7 +427,11 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
     let width = window::bucket_width_ns(cfg.half_open_timeout_ms);
     let ep = window::epoch(now, width);
     let skey = cfg.source_key(f.family, &f.src.addr);
-    let known = SOURCES.get_ptr_mut(&skey);
+    let known = if unknown {
+        None
+    } else {
+        SOURCES.get_ptr_mut(&skey)
+    };
     let (within_rate, source) = match known {
         Some(src) => (
             admit::take_token(
@@ -377,7 +451,8 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
         return Reason::FailOpen;
     };
     let (port_live, global_live) = unsafe { ((*port_count).live(ep), (*global).live(ep)) };
-    let verified = admit::needs_verified(cfg, port_live, global_live)
+    let verified = !unknown
+        && admit::needs_verified(cfg, port_live, global_live)
         && unsafe { VERIFIED.get(&skey) }.is_some_and(|t| admit::still_verified(*t, now, cfg));
     match admit::by_shared(cfg, port_live, global_live, verified) {
         Admission::Refuse(r) => r,
@@ -400,6 +475,9 @@ fn new_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) ->
                 add(port_count, ep);
                 add(global, ep);
             }
+            // The source's entry and the attempt's are in: its bit is set
+            // after them (see `pick_up`).
+            known::mark(cfg, f.family, &f.src.addr);
             // Not stored means another CPU stored this very SYN first.
             Reason::Pass
         }
@@ -450,11 +528,12 @@ fn port_allowed(cfg: &Config, port: u32) -> bool {
 /// it takes no half-open count and meets no limit (the limits protect this
 /// host from what arrives).
 #[inline(never)]
-fn outbound_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, now: u64) -> Reason {
+fn outbound_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u64) -> Reason {
     let e = machine::open(&f.seg, src_is_lo, now, 0, false);
     // Not stored: another CPU stored this very SYN first, or the map is full
     // of half-open attempts (the LRU evicts one, so that is rare).
     let _ = HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64);
+    known::mark(cfg, f.family, &f.dst.addr);
     Reason::Pass
 }
 
@@ -489,6 +568,7 @@ fn forget(key: &FlowKey, client_is_lo: u8, epoch: Option<u32>, cfg: &Config) {
 fn verify(key: &FlowKey, client_is_lo: u8, cfg: &Config, now: u64) {
     let client = key.client_addr(client_is_lo);
     let _ = VERIFIED.insert(&cfg.source_key(key.family, client), &now, 0);
+    known::mark(cfg, key.family, client);
 }
 
 /// Compare-and-exchange on a bucket shared by all CPUs. The BPF target has no

@@ -33,6 +33,7 @@ impl Harness {
     pub fn sized(cfg: Config, max_connections: u32) -> Harness {
         let mut ebpf = EbpfLoader::new()
             .map_max_entries(maps::ESTABLISHED, max_connections)
+            .map_max_entries(maps::KNOWN, crate::gate::known_words(max_connections))
             .load(crate::ebpf_object())
             .expect("load the BPF object");
         let xdp: &mut Xdp = ebpf
@@ -88,6 +89,32 @@ impl Harness {
         let mut a: Array<_, Config> =
             Array::try_from(self.ebpf.map_mut(maps::CONFIG).unwrap()).unwrap();
         a.set(0, cfg, 0).unwrap();
+        // As `set` does, unless the filter may be used as it is.
+        let word: Array<_, u64> = Array::try_from(self.ebpf.map(maps::KNOWN_GEN).unwrap()).unwrap();
+        if !handshake_common::known::Gen(word.get(&0, 0).unwrap()).usable(&cfg) {
+            self.rebuild_known();
+        }
+    }
+
+    /// Builds the known-source filter from the maps, as `attach` and `set`
+    /// do (sizing its word the first time): a test that writes the maps
+    /// itself calls this after, as the filter only learns what packets put
+    /// in them.
+    pub fn rebuild_known(&mut self) {
+        let word: Array<_, u64> = Array::try_from(self.ebpf.map(maps::KNOWN_GEN).unwrap()).unwrap();
+        if word.get(&0, 0).unwrap() == 0 {
+            let words = Array::<_, u64>::try_from(self.ebpf.map(maps::KNOWN).unwrap())
+                .unwrap()
+                .len();
+            let log2 = handshake_common::known::log2_bits_of(words);
+            let mut word: Array<_, u64> =
+                Array::try_from(self.ebpf.map_mut(maps::KNOWN_GEN).unwrap()).unwrap();
+            word.set(0, handshake_common::known::Gen::new(log2).0, 0)
+                .unwrap();
+        }
+        let rebuilt = crate::gate::run_rebuild(self.program(maps::TALLY_PROGRAM), 0)
+            .expect("the counting program runs");
+        assert!(rebuilt, "the known-source filter was rebuilt");
     }
 
     /// Runs `pkt` `repeat` times through the named program (XDP or TC, by
@@ -198,6 +225,36 @@ impl Harness {
         m.iter().map(Result::unwrap).collect()
     }
 
+    /// What the known-source filter says of `addr` under the configuration
+    /// in the maps: `None` when the programs would not use it (never built,
+    /// or built under other prefix lengths), else whether its bit is set in
+    /// the half in use.
+    pub fn known(&self, addr: std::net::IpAddr) -> Option<bool> {
+        use handshake_common::known::{self, Gen};
+        let mut bytes = [0u8; 16];
+        let family = match addr {
+            std::net::IpAddr::V4(a) => {
+                bytes[..4].copy_from_slice(&a.octets());
+                handshake_common::flow::AF_INET
+            }
+            std::net::IpAddr::V6(a) => {
+                bytes = a.octets();
+                handshake_common::flow::AF_INET6
+            }
+        };
+        let word: Array<_, u64> = Array::try_from(self.ebpf.map(maps::KNOWN_GEN).unwrap()).unwrap();
+        let g = Gen(word.get(&0, 0).unwrap());
+        let cfg: Array<_, Config> = Array::try_from(self.ebpf.map(maps::CONFIG).unwrap()).unwrap();
+        let cfg = cfg.get(&0, 0).unwrap();
+        if !g.usable(&cfg) {
+            return None;
+        }
+        let (w, bit) = known::slot(&known::key(&cfg, family, &bytes), g.log2_bits());
+        let bits: Array<_, u64> = Array::try_from(self.ebpf.map(maps::KNOWN).unwrap()).unwrap();
+        let v = bits.get(&(g.half() * g.words() + w), 0).unwrap();
+        Some(v & (1 << bit) != 0)
+    }
+
     /// The keys of the per-source map, in order.
     pub fn source_keys(&self) -> Vec<SourceKey> {
         let m: HashMap<_, SourceKey, SourceState> =
@@ -263,18 +320,31 @@ impl Harness {
     /// Empties every tracking map and zeroes the counts (the global one, and
     /// those of `ports`), as if freshly loaded, without reloading.
     pub fn reset(&mut self, ports: &[u16]) {
-        fn clear<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) {
+        fn clear<K: aya::Pod, V: aya::Pod>(ebpf: &mut Ebpf, name: &str) -> Vec<K> {
             let mut m: HashMap<&mut MapData, K, V> =
                 HashMap::try_from(ebpf.map_mut(name).unwrap()).unwrap();
             let keys: Vec<K> = m.keys().map(Result::unwrap).collect();
-            for k in keys {
-                m.remove(&k).unwrap();
+            for k in &keys {
+                m.remove(k).unwrap();
+            }
+            keys
+        }
+        let cfg = self.config();
+        let mut gone = Vec::new();
+        for name in [maps::HALF_OPEN, maps::ESTABLISHED] {
+            for k in clear::<FlowKey, FlowEntry>(&mut self.ebpf, name) {
+                gone.push(cfg.source_key(k.family, &k.lo_addr));
+                gone.push(cfg.source_key(k.family, &k.hi_addr));
             }
         }
-        clear::<FlowKey, FlowEntry>(&mut self.ebpf, maps::HALF_OPEN);
-        clear::<FlowKey, FlowEntry>(&mut self.ebpf, maps::ESTABLISHED);
-        clear::<SourceKey, SourceState>(&mut self.ebpf, maps::SOURCES);
-        clear::<SourceKey, u64>(&mut self.ebpf, maps::VERIFIED);
+        gone.extend(clear::<SourceKey, SourceState>(
+            &mut self.ebpf,
+            maps::SOURCES,
+        ));
+        gone.extend(clear::<SourceKey, u64>(&mut self.ebpf, maps::VERIFIED));
+        // The maps are empty: the filter's bits of what was in them go too
+        // (a rebuild would do the same, walking every bucket of every map).
+        self.forget_known(&gone);
         let mut g: Array<_, WindowCounter> =
             Array::try_from(self.ebpf.map_mut(maps::GLOBAL).unwrap()).unwrap();
         g.set(0, WindowCounter::default(), 0).unwrap();
@@ -282,6 +352,20 @@ impl Harness {
             Array::try_from(self.ebpf.map_mut(maps::PORTS).unwrap()).unwrap();
         for &port in ports {
             p.set(port as u32, WindowCounter::default(), 0).unwrap();
+        }
+    }
+
+    /// Clears the known-source filter's bits of `keys` in both halves.
+    fn forget_known(&mut self, keys: &[SourceKey]) {
+        let word: Array<_, u64> = Array::try_from(self.ebpf.map(maps::KNOWN_GEN).unwrap()).unwrap();
+        let g = handshake_common::known::Gen(word.get(&0, 0).unwrap());
+        let mut bits: Array<_, u64> =
+            Array::try_from(self.ebpf.map_mut(maps::KNOWN).unwrap()).unwrap();
+        for k in keys {
+            let (w, _) = handshake_common::known::slot(k, g.log2_bits());
+            for half in 0..2 {
+                bits.set(half * g.words() + w, 0, 0).unwrap();
+            }
         }
     }
 

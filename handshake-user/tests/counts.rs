@@ -144,6 +144,12 @@ fn store(dir: &Path, first: u32, n: u32, states: (TcpState, TcpState), changed_s
         };
         m.insert(k, e, 0).unwrap();
     }
+    // Written from here, not by packets: the known-source filter learns
+    // them so, as it does after `set`.
+    handshake_user::gate::Gate::open_dir(dir.to_path_buf())
+        .unwrap()
+        .rebuild_known()
+        .unwrap();
 }
 
 #[test]

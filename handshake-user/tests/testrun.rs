@@ -246,6 +246,55 @@ fn handshake(h: &Harness, src: &str, sport: u16) {
 
 #[test]
 #[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
+fn the_known_source_filter_knows_every_source_with_an_entry() {
+    let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+    let mut h = Harness::new(cfg(1, 1_000));
+    assert_eq!(h.known(ip(ATK)), Some(false), "built empty at once");
+    assert_eq!(h.run(&syn(ATK, 1, SRV, 80).bytes()), XDP_PASS);
+    assert_eq!(
+        h.known(ip(ATK)),
+        Some(true),
+        "a tracked SYN marks its source"
+    );
+    // Its count is found: the per-source map was looked in.
+    assert_eq!(h.run(&syn(ATK, 2, SRV, 80).bytes()), XDP_DROP);
+    assert_eq!(h.count(Reason::PerSource), 1);
+    // A rebuild keeps what is in the maps...
+    h.rebuild_known();
+    assert_eq!(h.known(ip(ATK)), Some(true));
+    assert_eq!(h.run(&syn(ATK, 3, SRV, 80).bytes()), XDP_DROP);
+    assert_eq!(h.count(Reason::PerSource), 2);
+    // ...and the far end of a connection this host opens.
+    let out = syn(SRV, 50_000, "198.18.9.9", 443);
+    assert_eq!(h.run_out(&out.bytes()), TC_ACT_OK);
+    assert_eq!(h.known(ip("198.18.9.9")), Some(true));
+    // Swept, forgotten: the sweep's rebuild clears what left the maps
+    // (the source's count ages out with its window; its entry stays
+    // until the LRU or a new SYN needs the room, so its bit stays too).
+    let later = handshake_user::monotonic_ns() + 600_000_000_000;
+    let (out, _) = h.sweep(later, 0);
+    assert_eq!(out.rebuilt, 1);
+    assert_eq!(h.known(ip("198.18.9.9")), Some(false));
+    assert_eq!(h.known(ip(ATK)), Some(true), "its per-source entry is left");
+    // Under other prefix lengths the filter is not used until rebuilt.
+    let wider = Config {
+        source_prefix_v4: 24,
+        ..cfg(1, 1_000)
+    };
+    let mut a: aya::maps::Array<_, Config> =
+        aya::maps::Array::try_from(h.ebpf.map_mut(handshake_common::maps::CONFIG).unwrap())
+            .unwrap();
+    a.set(0, wider, 0).unwrap();
+    assert_eq!(h.known(ip(ATK)), None);
+    h.set(wider);
+    // Its /32 entry is never looked up under /24: no bit for it.
+    assert_eq!(h.known(ip(ATK)), Some(false));
+    assert_eq!(h.run(&syn(ATK, 4, SRV, 80).bytes()), XDP_PASS);
+    assert_eq!(h.known(ip("198.18.0.77")), Some(true), "ATK's /24");
+}
+
+#[test]
+#[ignore = "privileged: needs root and BPF; run by `cargo xtask test`"]
 fn verified_sources_keep_their_reserve_when_the_budget_fills() {
     // Budget 10, 40 % reserved: unverified sources get 6.
     let h = Harness::new(Config {

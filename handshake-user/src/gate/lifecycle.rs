@@ -68,7 +68,7 @@ pub const MIN_CONNECTIONS: u32 = 1_024;
 pub const MAX_CONNECTIONS: u32 = 16 * 1_048_576;
 
 /// Every map the controller pins, by name.
-pub const MAP_NAMES: [&str; 15] = [
+pub const MAP_NAMES: [&str; 17] = [
     maps::CONFIG,
     maps::COUNTERS,
     maps::DROPPED,
@@ -84,11 +84,26 @@ pub const MAP_NAMES: [&str; 15] = [
     maps::EVENTS,
     maps::AYA_LOGS,
     maps::COUNTED,
+    maps::KNOWN,
+    maps::KNOWN_GEN,
 ];
 
 /// Maps a gate attached by an older version may lack: `attach --replace`
 /// creates them, and the controller does without them until it does.
-pub const OPTIONAL_MAPS: [&str; 1] = [maps::COUNTED];
+pub const OPTIONAL_MAPS: [&str; 3] = [maps::COUNTED, maps::KNOWN, maps::KNOWN_GEN];
+
+/// Maps whose capacity `--max-connections` sets.
+const SIZED_MAPS: [&str; 2] = [maps::ESTABLISHED, maps::KNOWN];
+
+/// Entries of the known-source filter's map for a gate of `max_connections`.
+pub fn known_words(max_connections: u32) -> u32 {
+    use handshake_common::{HALF_OPEN_CAPACITY, SOURCES_CAPACITY, VERIFIED_CAPACITY, known};
+    let entries = u64::from(max_connections)
+        + u64::from(HALF_OPEN_CAPACITY)
+        + u64::from(SOURCES_CAPACITY)
+        + u64::from(VERIFIED_CAPACITY);
+    known::map_words(known::log2_bits_for(entries))
+}
 
 /// Undoes a half-done attach on drop unless [`Rollback::commit`] was
 /// called: removes the pin directory (links held only by this process then
@@ -198,6 +213,8 @@ pub fn attach(
         .pin(dir.join(pins::TC_PROG))
         .map_err(GateError::step("pin the TC egress program"))?;
     pin_tally(&mut ebpf, &dir)?;
+    // The maps are empty: the filter is built at once, before any packet.
+    gate.rebuild_known()?;
 
     // Egress first: by the time SYNs are admitted, their SYN-ACKs are seen.
     match attach_tc(tc_program(&mut ebpf), iface, &mut rollback)? {
@@ -337,6 +354,7 @@ fn load(dir: &Path, max_connections: Option<u32>, extension: bool) -> Result<Ebp
     }
     if let Some(n) = max_connections {
         loader.map_max_entries(maps::ESTABLISHED, n);
+        loader.map_max_entries(maps::KNOWN, known_words(n));
     }
     loader
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
@@ -395,6 +413,9 @@ pub fn replace(iface: &str, netns: Option<&str>) -> Result<PathBuf, GateError> {
         .pin(dir.join(pins::TC_PROG))
         .map_err(GateError::step("pin the new TC egress program"))?;
     pin_tally(&mut ebpf, &dir)?;
+    // The new programs mark the filter now; a filter made just now (the
+    // old gate had none) becomes usable with this first build.
+    Gate::open_dir(dir.clone())?.rebuild_known()?;
     Ok(dir)
 }
 
@@ -420,6 +441,7 @@ fn replace_in_dispatcher(iface: &str, dir: &Path, priority: u32) -> Result<PathB
         .pin(dir.join(pins::TC_PROG))
         .map_err(GateError::step("pin the new TC egress program"))?;
     pin_tally(&mut ebpf, dir)?;
+    Gate::open_dir(dir.to_path_buf())?.rebuild_known()?;
     Ok(dir.to_path_buf())
 }
 
@@ -478,7 +500,7 @@ pub fn check_layout(dir: &Path) -> Result<(), GateError> {
                 want.value_size()
             ));
         }
-        if name != maps::ESTABLISHED && have.max_entries() != want.max_entries() {
+        if !SIZED_MAPS.contains(&name) && have.max_entries() != want.max_entries() {
             diffs.push(format!(
                 "{} vs {} entries",
                 have.max_entries(),

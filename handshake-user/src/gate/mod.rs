@@ -30,9 +30,11 @@ use crate::{GateError, pins};
 
 pub use lifecycle::{
     AttachMode, AttachOptions, MAP_NAMES, MAX_CONNECTIONS, MIN_CONNECTIONS, OPTIONAL_MAPS, attach,
-    check_layout, detach, replace,
+    check_layout, detach, known_words, replace,
 };
-pub use reads::{Conn, Counts, KEPT_FROM, Snapshot, run_sweep, run_tally, state_counts};
+pub use reads::{
+    Conn, Counts, KEPT_FROM, Snapshot, run_rebuild, run_sweep, run_tally, state_counts,
+};
 
 /// Packet counts per reason, summed over CPUs.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

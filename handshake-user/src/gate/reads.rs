@@ -12,14 +12,14 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::ops::ControlFlow;
 
 use aya::Pod;
-use aya::maps::{HashMap, IterableMap as _, MapData};
+use aya::maps::{Array, HashMap, IterableMap as _, MapData, MapInfo};
 use aya::programs::{TestRun as _, TestRunOptions, Xdp};
 use aya_obj::programs::XdpAttachType;
 use handshake_common::flow::{AF_INET, Endpoint};
 use handshake_common::machine::Expiry;
 use handshake_common::tally::{Counted, STATES, Tally, TallyPacket};
 use handshake_common::{
-    Config, FlowEntry, FlowKey, SourceKey, SourceState, TcpState, WindowCounter, window,
+    Config, FlowEntry, FlowKey, SourceKey, SourceState, TcpState, WindowCounter, maps, window,
 };
 
 use super::{Counters, Gate};
@@ -162,14 +162,28 @@ pub fn run_tally(prog: &Xdp, now_ns: u64) -> Result<Tally, GateError> {
 /// `keep_ns` (none left if 0). `None` if the program cannot sweep (one
 /// pinned by an older version: it only counted).
 pub fn run_sweep(prog: &Xdp, now_ns: u64, keep_ns: u64) -> Result<Option<TallyPacket>, GateError> {
+    // The known-source filter is rebuilt in the same walk: the bits of
+    // what was swept (and of sources long gone) are cleared.
     let input = TallyPacket {
         now_ns,
         sweep: 1,
         keep_ns,
+        rebuild: 1,
         ..TallyPacket::default()
     };
     let out = run_counting(prog, &input)?;
     Ok((out.sweep_done != 0).then_some(out))
+}
+
+/// Runs the counting program once to rebuild the known-source filter
+/// (`handshake_common::known`); whether it did.
+pub fn run_rebuild(prog: &Xdp, now_ns: u64) -> Result<bool, GateError> {
+    let input = TallyPacket {
+        now_ns,
+        rebuild: 1,
+        ..TallyPacket::default()
+    };
+    Ok(run_counting(prog, &input)?.rebuilt != 0)
 }
 
 fn run_counting(prog: &Xdp, input: &TallyPacket) -> Result<TallyPacket, GateError> {
@@ -313,6 +327,32 @@ impl Gate {
         Xdp::from_pin(&pin, XdpAttachType::Interface)
             .map(Some)
             .map_err(GateError::step("open the pinned counting program"))
+    }
+
+    /// Rebuilds the known-source filter from the maps, sizing its word
+    /// first if it has never been (a gate whose filter map was just made).
+    /// Whether it was rebuilt: not where the filter or the counting
+    /// program is missing (an older gate's), or another rebuild ran.
+    pub fn rebuild_known(&mut self) -> Result<bool, GateError> {
+        let Some(prog) = self.counting_program()? else {
+            return Ok(false);
+        };
+        if !self.dir.join(maps::KNOWN_GEN).exists() {
+            return Ok(false);
+        }
+        let mut word: Array<MapData, u64> = super::open_map(&self.dir, maps::KNOWN_GEN)?;
+        let g = word
+            .get(&0, 0)
+            .map_err(GateError::step("read the known-source filter's word"))?;
+        if g == 0 {
+            let words = MapInfo::from_pin(self.dir.join(maps::KNOWN))
+                .map_err(GateError::step("read the known-source filter's map"))?
+                .max_entries();
+            let log2 = handshake_common::known::log2_bits_of(words);
+            word.set(0, handshake_common::known::Gen::new(log2).0, 0)
+                .map_err(GateError::step("size the known-source filter"))?;
+        }
+        run_rebuild(&prog, crate::monotonic_ns())
     }
 
     /// The count the daemon's last sweep left, if it still vouches for it

@@ -39,6 +39,9 @@ impl Gate {
         if !cookie {
             self.restore_sysctls(&mut notes)?;
         }
+        // Under new `source-prefix` lengths the filter is not used until
+        // it is built under them.
+        self.rebuild_known()?;
         Ok(notes)
     }
 
