@@ -25,7 +25,7 @@
 //! and every packet takes the lookups as before.
 
 use crate::config::Config;
-use crate::flow::{AF_INET, SourceKey};
+use crate::flow::{AF_INET, FlowKey, SourceKey};
 
 /// The controller's and the rebuild's word about the filter (the one `u64`
 /// of the `KNOWN_GEN` map), as bit fields.
@@ -157,14 +157,46 @@ pub fn slot(key: &SourceKey, log2_bits: u32) -> (u32, u32) {
     let x = a.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
         ^ (key.family as u64).wrapping_mul(0x1656_67b1_9e37_79f9);
+    finish(x, log2_bits)
+}
+
+/// The bit of a connection's normalised key, likewise: set for every entry
+/// of either connection map, so a clear one says this very tuple has none
+/// (a SYN or an ACK from a known source on a new tuple then skips both
+/// connection maps and looks only at its source's entry).
+#[inline(always)]
+pub fn flow_slot(key: &FlowKey, log2_bits: u32) -> (u32, u32) {
+    let words = |a: &[u8; 16]| {
+        let mut hi = [0u8; 8];
+        let mut lo = [0u8; 8];
+        hi.copy_from_slice(&a[..8]);
+        lo.copy_from_slice(&a[8..]);
+        (u64::from_ne_bytes(hi), u64::from_ne_bytes(lo))
+    };
+    let (a, b) = words(&key.lo_addr);
+    let (c, d) = words(&key.hi_addr);
+    let ports = (key.lo_port as u64) << 16 | key.hi_port as u64 | (key.family as u64) << 32;
+    let x = a.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+        ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
+        ^ c.wrapping_mul(0x1656_67b1_9e37_79f9)
+        ^ d.wrapping_mul(0x85eb_ca77_c2b2_ae63)
+        ^ ports.wrapping_mul(0x27d4_eb2f_1656_67c5);
+    finish(x, log2_bits)
+}
+
+/// The last mix and the (word, bit) of a hash for a half of `2^log2_bits`.
+#[inline(always)]
+fn finish(x: u64, log2_bits: u32) -> (u32, u32) {
     let x = (x ^ (x >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    let x = x ^ (x >> 32);
     let shift = 64 - (log2_bits & 63);
     let h = if log2_bits == 0 { 0 } else { x >> shift };
     ((h >> 6) as u32, (h & 63) as u32)
 }
 
 /// The bits per half for a gate whose maps hold `entries` in all: four bits
-/// for each (at most a quarter of the bits set when every map is full),
+/// for each (a connection sets up to three: at most three quarters of the
+/// bits set when every map is full of connections with distinct ends),
 /// a power of two from 2^16 to 2^28.
 pub const fn log2_bits_for(entries: u64) -> u32 {
     let want = entries.saturating_mul(4);
@@ -263,6 +295,31 @@ mod tests {
         assert!(!other.current(&key(&c, AF_INET, &a)));
         assert!(p.current(&key(&c, AF_INET6, &a)));
         assert_eq!(key(&c, AF_INET, &a), c.source_key(AF_INET, &a));
+    }
+
+    #[test]
+    fn either_direction_of_a_tuple_has_one_bit_and_tuples_spread() {
+        use crate::flow::Endpoint;
+        let ep = |a: u32, port: u16| {
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&a.to_be_bytes());
+            Endpoint {
+                addr,
+                port: port.to_be(),
+            }
+        };
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..4096u32 {
+            let (c, s) = (
+                ep(0xc613_0000 | (i % 64), 1024 + i as u16),
+                ep(0xc612_0001, 80),
+            );
+            let (k1, _) = FlowKey::normalise(AF_INET, &c, &s);
+            let (k2, _) = FlowKey::normalise(AF_INET, &s, &c);
+            assert_eq!(flow_slot(&k1, 16), flow_slot(&k2, 16));
+            seen.insert(flow_slot(&k1, 16));
+        }
+        assert!(seen.len() > 3_900, "{} distinct bits", seen.len());
     }
 
     #[test]

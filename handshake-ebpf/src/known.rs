@@ -36,6 +36,30 @@ pub fn unknown(cfg: &Config, family: u8, addr: &[u8; 16]) -> bool {
     }
 }
 
+/// Whether the connection `key` has no entry in either connection map, by
+/// its tuple's bit. False when the filter cannot say.
+#[inline(always)]
+pub fn flow_unknown(cfg: &Config, key: &FlowKey) -> bool {
+    let g = gen_word();
+    if !g.usable(cfg) {
+        return false;
+    }
+    let (word, bit) = known::flow_slot(key, g.log2_bits());
+    match KNOWN.get(g.half() * g.words() + word) {
+        Some(w) => w & (1u64 << bit) == 0,
+        None => false,
+    }
+}
+
+/// Sets the bits of a connection entry just stored: its tuple's and its
+/// remote end's (`remote`), in both halves.
+#[inline(always)]
+pub fn mark_flow(cfg: &Config, key: &FlowKey, remote: &[u8; 16]) {
+    let g = gen_word();
+    mark_key(&known::key(cfg, key.family, remote), g, 2);
+    mark_slot(known::flow_slot(key, g.log2_bits()), g, 2);
+}
+
 /// Sets the bit of `addr` in both halves, before (or as) something of it
 /// enters a map.
 #[inline(always)]
@@ -50,7 +74,16 @@ fn mark_key(k: &SourceKey, g: Gen, half: u32) {
     if words == 0 {
         return;
     }
-    let (word, bit) = known::slot(k, g.log2_bits());
+    mark_slot(known::slot(k, g.log2_bits()), g, half);
+}
+
+/// Sets bit `(word, bit)` in half `half`, or in both (`half` 2).
+#[inline(always)]
+fn mark_slot((word, bit): (u32, u32), g: Gen, half: u32) {
+    let words = g.words();
+    if words == 0 {
+        return;
+    }
     if half != 1 {
         set_bit(word, bit);
     }
@@ -127,12 +160,17 @@ impl Build {
         })
     }
 
-    /// Marks both ends of a connection entry.
+    /// Marks a connection entry: both ends and its tuple.
     #[inline(always)]
     pub fn flow(&self, k: &FlowKey) {
         if self.on == 0 {
             return;
         }
+        mark_slot(
+            known::flow_slot(k, self.filter.log2_bits()),
+            self.filter,
+            self.half,
+        );
         mark_key(
             &self.prefixes.key(k.family, &k.lo_addr),
             self.filter,

@@ -48,7 +48,7 @@ pub fn track(
         match fast_data(f, side) {
             Some(r) => return r,
             None if f.key_found == 0 => skip = SKIP_ESTABLISHED,
-            None => {}
+            None => skip = SKIP_FOUND,
         }
     }
     match gate_tracked(f, cfg, side as u32, skip) {
@@ -63,6 +63,8 @@ const SKIP_NONE: u32 = 0;
 const SKIP_ALL: u32 = 1;
 /// The established map: [`fast_data`] found no entry there.
 const SKIP_ESTABLISHED: u32 = 2;
+/// None, and the filter need not be asked: [`fast_data`] found the entry.
+const SKIP_FOUND: u32 = 3;
 
 /// The data fast path ([`machine::fast_step`]), inline: one lookup, no
 /// call. `None` when the segment is not for it; `f.key_found` then says
@@ -193,7 +195,12 @@ fn tracked(f: &mut Facts, cfg: &Config, side: Side, skip: u32) -> Option<Reason>
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     f.now_ns = now;
     f.seg.side = side;
-    if skip == SKIP_ALL {
+    // The known-source filter: nothing from this source at all, or (an
+    // arriving packet the fast path found no entry for) nothing on this
+    // tuple.
+    if skip == SKIP_ALL
+        || (side == Side::Ingress && skip != SKIP_FOUND && known::flow_unknown(cfg, &key))
+    {
         return None;
     }
     if skip != SKIP_ESTABLISHED
@@ -370,13 +377,13 @@ fn pick_up(f: &Facts, key: &FlowKey, cfg: &Config, cookie: bool) -> Reason {
     if ESTABLISHED.insert(key, &n, 0).is_err() {
         return Reason::FailOpen;
     }
-    // After the insert, so a rebuild that clears this bit walks the entry.
+    // After the insert, so a rebuild that clears these bits walks the entry.
     let remote = if f.seg.side == Side::Egress {
         &f.dst.addr
     } else {
         &f.src.addr
     };
-    known::mark(cfg, f.family, remote);
+    known::mark_flow(cfg, key, remote);
     if cookie {
         verify(key, n.client_is_lo, cfg, now);
         Reason::CookieAck
@@ -475,9 +482,9 @@ fn new_syn(
                 add(port_count, ep);
                 add(global, ep);
             }
-            // The source's entry and the attempt's are in: its bit is set
-            // after them (see `pick_up`).
-            known::mark(cfg, f.family, &f.src.addr);
+            // The source's entry and the attempt's are in: their bits are
+            // set after them (see `pick_up`).
+            known::mark_flow(cfg, key, &f.src.addr);
             // Not stored means another CPU stored this very SYN first.
             Reason::Pass
         }
@@ -533,7 +540,7 @@ fn outbound_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u6
     // Not stored: another CPU stored this very SYN first, or the map is full
     // of half-open attempts (the LRU evicts one, so that is rare).
     let _ = HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64);
-    known::mark(cfg, f.family, &f.dst.addr);
+    known::mark_flow(cfg, key, &f.dst.addr);
     Reason::Pass
 }
 

@@ -330,21 +330,15 @@ impl Harness {
             keys
         }
         let cfg = self.config();
-        let mut gone = Vec::new();
+        let mut flows = Vec::new();
         for name in [maps::HALF_OPEN, maps::ESTABLISHED] {
-            for k in clear::<FlowKey, FlowEntry>(&mut self.ebpf, name) {
-                gone.push(cfg.source_key(k.family, &k.lo_addr));
-                gone.push(cfg.source_key(k.family, &k.hi_addr));
-            }
+            flows.extend(clear::<FlowKey, FlowEntry>(&mut self.ebpf, name));
         }
-        gone.extend(clear::<SourceKey, SourceState>(
-            &mut self.ebpf,
-            maps::SOURCES,
-        ));
-        gone.extend(clear::<SourceKey, u64>(&mut self.ebpf, maps::VERIFIED));
+        let mut sources = clear::<SourceKey, SourceState>(&mut self.ebpf, maps::SOURCES);
+        sources.extend(clear::<SourceKey, u64>(&mut self.ebpf, maps::VERIFIED));
         // The maps are empty: the filter's bits of what was in them go too
         // (a rebuild would do the same, walking every bucket of every map).
-        self.forget_known(&gone);
+        self.forget_known(&cfg, &flows, &sources);
         let mut g: Array<_, WindowCounter> =
             Array::try_from(self.ebpf.map_mut(maps::GLOBAL).unwrap()).unwrap();
         g.set(0, WindowCounter::default(), 0).unwrap();
@@ -355,14 +349,24 @@ impl Harness {
         }
     }
 
-    /// Clears the known-source filter's bits of `keys` in both halves.
-    fn forget_known(&mut self, keys: &[SourceKey]) {
+    /// Clears the known-source filter's words holding the bits of `flows`
+    /// (their tuples and ends) and `sources`, in both halves: for maps just
+    /// emptied.
+    fn forget_known(&mut self, cfg: &Config, flows: &[FlowKey], sources: &[SourceKey]) {
+        use handshake_common::known;
         let word: Array<_, u64> = Array::try_from(self.ebpf.map(maps::KNOWN_GEN).unwrap()).unwrap();
-        let g = handshake_common::known::Gen(word.get(&0, 0).unwrap());
+        let g = known::Gen(word.get(&0, 0).unwrap());
+        let log2 = g.log2_bits();
+        let mut words: Vec<u32> = sources.iter().map(|k| known::slot(k, log2).0).collect();
+        for k in flows {
+            words.push(known::flow_slot(k, log2).0);
+            for a in [&k.lo_addr, &k.hi_addr] {
+                words.push(known::slot(&cfg.source_key(k.family, a), log2).0);
+            }
+        }
         let mut bits: Array<_, u64> =
             Array::try_from(self.ebpf.map_mut(maps::KNOWN).unwrap()).unwrap();
-        for k in keys {
-            let (w, _) = handshake_common::known::slot(k, g.log2_bits());
+        for w in words {
             for half in 0..2 {
                 bits.set(half * g.words() + w, 0, 0).unwrap();
             }

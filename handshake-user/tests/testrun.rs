@@ -4,7 +4,7 @@
 mod common;
 
 use common::*;
-use handshake_common::machine::tcp::{FIN, RST, SYN};
+use handshake_common::machine::tcp::{ACK, FIN, RST, SYN};
 use handshake_common::{Config, Mode, Reason, TcpState, UnknownFlows};
 use handshake_user::settings::Settings;
 
@@ -256,8 +256,11 @@ fn the_known_source_filter_knows_every_source_with_an_entry() {
         Some(true),
         "a tracked SYN marks its source"
     );
-    // Its count is found: the per-source map was looked in.
+    // Its count is found on a new tuple: the per-source map was looked in.
     assert_eq!(h.run(&syn(ATK, 2, SRV, 80).bytes()), XDP_DROP);
+    assert_eq!(h.count(Reason::PerSource), 1);
+    // Its own tuple is known: a retransmitted SYN finds its attempt.
+    assert_eq!(h.run(&syn(ATK, 1, SRV, 80).bytes()), XDP_PASS);
     assert_eq!(h.count(Reason::PerSource), 1);
     // A rebuild keeps what is in the maps...
     h.rebuild_known();
@@ -268,6 +271,16 @@ fn the_known_source_filter_knows_every_source_with_an_entry() {
     let out = syn(SRV, 50_000, "198.18.9.9", 443);
     assert_eq!(h.run_out(&out.bytes()), TC_ACT_OK);
     assert_eq!(h.known(ip("198.18.9.9")), Some(true));
+    // ...whose SYN-ACK then finds the attempt by its tuple's bit.
+    let syn_ack = out.reverse().seg(SYN | ACK, 9_000, Some(out.seq + 1), 0);
+    assert_eq!(h.run(&syn_ack.bytes()), XDP_PASS);
+    assert_eq!(h.count(Reason::NoConn), 0);
+    assert!(
+        h.half_open_entries()
+            .iter()
+            .any(|e| e.server_state == TcpState::SynRcvd as u8),
+        "the SYN-ACK moved the attempt"
+    );
     // Swept, forgotten: the sweep's rebuild clears what left the maps
     // (the source's count ages out with its window; its entry stays
     // until the LRU or a new SYN needs the room, so its bit stays too).
