@@ -121,7 +121,7 @@ pub fn run(o: &Options) -> Vec<Cost> {
         &method,
         g,
         b,
-        Some(2.5),
+        Some(3.0),
     );
     let leaving = c.reverse().seg(0, K + 1, Some(J + 101), 100).bytes();
     let (g, b) = (
@@ -134,7 +134,7 @@ pub fn run(o: &Options) -> Vec<Cost> {
         &method,
         g,
         b,
-        Some(2.5),
+        Some(2.0),
     );
     let fin = c.seg(tcp::FIN, J + 101, Some(K + 1), 0).bytes();
     let (g, b) = (

@@ -60,7 +60,8 @@ pub struct Facts {
     /// 1 when the source is the key's `lo` end (filled in with `key`).
     pub src_is_lo: u8,
     /// 1 when the kernel programs' data fast path found `key` in the
-    /// established map.
+    /// established map; 2 when a refusal came before `key` was made (no
+    /// entry was looked for: the known-source filter said none exists).
     pub key_found: u8,
     /// When the tracker first looked at the packet (monotonic ns).
     pub now_ns: u64,

@@ -446,7 +446,9 @@ fn report(facts: &Facts, tcp: bool, reason: Reason, mode: Mode, cfg: &Config) {
         return;
     };
     let e = entry.as_mut_ptr();
-    let (states, family) = if tcp {
+    let (states, family) = if tcp && facts.key_found == track::NO_KEY {
+        ((DropEvent::NO_STATE, DropEvent::NO_STATE), facts.family)
+    } else if tcp {
         (track::states_of(&facts.key), facts.family)
     } else {
         ((DropEvent::NO_STATE, DropEvent::NO_STATE), 0)

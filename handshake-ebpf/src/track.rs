@@ -43,6 +43,13 @@ pub fn track(
     // An arriving packet from an address the known-source filter has never
     // seen has no entry anywhere: its lookups are skipped.
     let unknown = side == Side::Ingress && known::unknown(cfg, f.family, &f.src.addr);
+    f.key_found = 0;
+    if unknown
+        && f.seg.is_pure_syn()
+        && let Some(r) = unknown_syn(f, cfg)
+    {
+        return r;
+    }
     let mut skip = if unknown { SKIP_ALL } else { SKIP_NONE };
     if !unknown && f.seg.flags & !tcp::PSH == tcp::ACK {
         match fast_data(f, side) {
@@ -56,6 +63,45 @@ pub fn track(
         r => decode(r),
     }
 }
+
+/// A SYN from a source the known-source filter says has nothing in the
+/// maps, inline, with no call and no key: refused at a closed port or by
+/// the shared caps, answered with a cookie or passed untracked as
+/// [`new_syn`] would for such a source (within its cap, a full bucket,
+/// not verified). `None`: it is to be tracked, or its headers are wrong;
+/// the whole path decides. `f.key_found` is set to [`NO_KEY`], so a drop
+/// event names no entry's states.
+#[inline(always)]
+fn unknown_syn(f: &mut Facts, cfg: &Config) -> Option<Reason> {
+    if machine::check(u16::from_be(f.src.port), u16::from_be(f.dst.port), &f.seg).is_err() {
+        return None;
+    }
+    f.key_found = NO_KEY;
+    let port = u16::from_be(f.dst.port) as u32;
+    if !port_allowed(cfg, port) {
+        return Some(Reason::PortClosed);
+    }
+    if let Some(r) = admit::by_source(cfg, 0, true) {
+        return Some(r);
+    }
+    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let ep = window::epoch(now, window::bucket_width_ns(cfg.half_open_timeout_ms));
+    let (Some(global), Some(port_count)) = (GLOBAL.get(0), PORTS.get(port)) else {
+        return None;
+    };
+    match admit::by_shared(cfg, port_count.live(ep), global.live(ep), false) {
+        Admission::Refuse(r) => Some(r),
+        Admission::PassUntracked => Some(Reason::OverflowPass),
+        Admission::Cookie => Some(Reason::Cookie),
+        Admission::Track => {
+            f.key_found = 0;
+            None
+        }
+    }
+}
+
+/// [`Facts::key_found`] when the key was not made: no entry was looked for.
+pub const NO_KEY: u8 = 2;
 
 /// What [`gate_tracked`] need not look up again.
 const SKIP_NONE: u32 = 0;
