@@ -255,7 +255,8 @@ fn spoofed(o: &Options) -> anyhow::Result<Cost> {
     }
     let (mut cost, mut base) = (Vec::new(), Vec::new());
     for i in 0..o.singles {
-        let src = format!("198.19.{}.{}", i / 250, 1 + i % 250);
+        // Past the stored sources (198.18.128.0 to 198.19.127.255): new.
+        let src = format!("198.19.{}.{}", 128 + i / 250, 1 + i % 250);
         let pkt = syn(&src, 1024 + (i % 60_000) as u16, SRV, 80).bytes();
         base.push(ns(h.time(maps::NOOP_XDP, false, &pkt, 1)));
         cost.push(ns(h.time(maps::XDP_PROGRAM, false, &pkt, 1)));

@@ -36,6 +36,30 @@ pub fn unknown(cfg: &Config, family: u8, addr: &[u8; 16]) -> bool {
     }
 }
 
+/// Whether the source key `k` (of a known source) is surely not in the
+/// verified map, by its verified bit. False when the filter cannot say.
+#[inline(always)]
+pub fn not_verified(cfg: &Config, k: &SourceKey) -> bool {
+    let g = gen_word();
+    if !g.usable(cfg) {
+        return false;
+    }
+    let (word, bit) = known::verified_slot(k, g.log2_bits());
+    match KNOWN.get(g.half() * g.words() + word) {
+        Some(w) => w & (1u64 << bit) == 0,
+        None => false,
+    }
+}
+
+/// Sets the bits of a source just verified: its own and its verified bit.
+#[inline(always)]
+pub fn mark_verified(cfg: &Config, family: u8, addr: &[u8; 16]) {
+    let g = gen_word();
+    let k = known::key(cfg, family, addr);
+    mark_key(&k, g, 2);
+    mark_slot(known::verified_slot(&k, g.log2_bits()), g, 2);
+}
+
 /// Whether the connection `key` has no entry in either connection map, by
 /// its tuple's bit. False when the filter cannot say.
 #[inline(always)]
@@ -58,13 +82,6 @@ pub fn mark_flow(cfg: &Config, key: &FlowKey, remote: &[u8; 16]) {
     let g = gen_word();
     mark_key(&known::key(cfg, key.family, remote), g, 2);
     mark_slot(known::flow_slot(key, g.log2_bits()), g, 2);
-}
-
-/// Sets the bit of `addr` in both halves, before (or as) something of it
-/// enters a map.
-#[inline(always)]
-pub fn mark(cfg: &Config, family: u8, addr: &[u8; 16]) {
-    mark_key(&known::key(cfg, family, addr), gen_word(), 2);
 }
 
 /// Sets the bit of `k` in half `half`, or in both (`half` 2).
@@ -183,12 +200,26 @@ impl Build {
         );
     }
 
-    /// Marks a source or verified entry's key, if the configuration still
-    /// makes keys like it.
+    /// Marks a source entry's key, if the configuration still makes keys
+    /// like it.
     #[inline(always)]
     pub fn source(&self, k: &SourceKey) {
         if self.on != 0 && self.prefixes.current(k) {
             mark_key(k, self.filter, self.half);
+        }
+    }
+
+    /// Marks a verified entry's key (its own bit and its verified bit), if
+    /// the configuration still makes keys like it.
+    #[inline(always)]
+    pub fn verified(&self, k: &SourceKey) {
+        if self.on != 0 && self.prefixes.current(k) {
+            mark_key(k, self.filter, self.half);
+            mark_slot(
+                known::verified_slot(k, self.filter.log2_bits()),
+                self.filter,
+                self.half,
+            );
         }
     }
 

@@ -407,7 +407,7 @@ extern "C" fn mark_verified(
     _v: *mut u64,
     b: *mut known::Build,
 ) -> i64 {
-    unsafe { (*b).source(&*key) };
+    unsafe { (*b).verified(&*key) };
     0
 }
 

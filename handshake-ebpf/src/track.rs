@@ -506,6 +506,7 @@ fn new_syn(
     let (port_live, global_live) = unsafe { ((*port_count).live(ep), (*global).live(ep)) };
     let verified = !unknown
         && admit::needs_verified(cfg, port_live, global_live)
+        && !known::not_verified(cfg, &skey)
         && unsafe { VERIFIED.get(&skey) }.is_some_and(|t| admit::still_verified(*t, now, cfg));
     match admit::by_shared(cfg, port_live, global_live, verified) {
         Admission::Refuse(r) => r,
@@ -621,7 +622,7 @@ fn forget(key: &FlowKey, client_is_lo: u8, epoch: Option<u32>, cfg: &Config) {
 fn verify(key: &FlowKey, client_is_lo: u8, cfg: &Config, now: u64) {
     let client = key.client_addr(client_is_lo);
     let _ = VERIFIED.insert(&cfg.source_key(key.family, client), &now, 0);
-    known::mark(cfg, key.family, client);
+    known::mark_verified(cfg, key.family, client);
 }
 
 /// Compare-and-exchange on a bucket shared by all CPUs. The BPF target has no

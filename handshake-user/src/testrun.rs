@@ -358,6 +358,7 @@ impl Harness {
         let g = known::Gen(word.get(&0, 0).unwrap());
         let log2 = g.log2_bits();
         let mut words: Vec<u32> = sources.iter().map(|k| known::slot(k, log2).0).collect();
+        words.extend(sources.iter().map(|k| known::verified_slot(k, log2).0));
         for k in flows {
             words.push(known::flow_slot(k, log2).0);
             for a in [&k.lo_addr, &k.hi_addr] {
