@@ -32,6 +32,9 @@ pub struct Control {
     pub scrape_ms: (f64, f64),
     /// One sweep (nothing expired): in the kernel, from the controller.
     pub sweep_ms: (f64, f64),
+    /// One rebuild of the known-source filter (the daemon's every
+    /// `REBUILD_EVERY`th sweep adds it).
+    pub rebuild_ms: f64,
     /// `conns --json` of every connection to /dev/null.
     pub conns_json_ms: (f64, f64),
     /// From starting `conns` to its first row on stdout.
@@ -227,7 +230,7 @@ fn sweeps(a: &Attached, runs: usize) -> anyhow::Result<(f64, f64)> {
         let swept = if here {
             g.sweep_here(&cfg, now)?
         } else {
-            g.sweep(&cfg, now, 0)?
+            g.sweep(&cfg, now, 0, false)?
         };
         let took = t.elapsed();
         anyhow::ensure!(swept == (0, 0), "the bench's entries expired: {swept:?}");
@@ -236,6 +239,16 @@ fn sweeps(a: &Attached, runs: usize) -> anyhow::Result<(f64, f64)> {
     let kernel = timed(runs, || once(false))?;
     let here = timed(runs, || once(true))?;
     Ok((kernel, here))
+}
+
+/// Median of `runs` rebuilds of the known-source filter, ms.
+fn rebuilds(a: &Attached, runs: usize) -> anyhow::Result<f64> {
+    let mut g = handshake_user::gate::Gate::open_dir(a.dir())?;
+    timed(runs, || {
+        let t = Instant::now();
+        anyhow::ensure!(g.rebuild_known()?, "the filter was not rebuilt");
+        Ok(t.elapsed())
+    })
 }
 
 pub fn run(gate: &Path, runs: usize) -> anyhow::Result<Control> {
@@ -254,6 +267,7 @@ pub fn run(gate: &Path, runs: usize) -> anyhow::Result<Control> {
     let full = measure(gate, &a, runs, true)?;
     eprintln!("bench: sweeps of {MILLION} connections");
     let sweep_ms = sweeps(&a, runs)?;
+    let rebuild_ms = rebuilds(&a, runs)?;
     Ok(Control {
         connections: MILLION,
         runs,
@@ -261,6 +275,7 @@ pub fn run(gate: &Path, runs: usize) -> anyhow::Result<Control> {
         status_fresh_ms: (empty.fresh, full.fresh),
         scrape_ms: (empty.scrape, full.scrape),
         sweep_ms,
+        rebuild_ms,
         conns_json_ms: (empty.conns, full.conns),
         first_row_ms: (empty.first, full.first),
         conns_rss_mib: (empty.rss, full.rss),

@@ -501,6 +501,13 @@ impl Report {
             c.connections,
             here / kernel
         );
+        let _ = writeln!(
+            s,
+            "One rebuild of the known-source filter over them: {:.1} ms in the kernel (the daemon \
+             adds one to every {}th sweep).",
+            c.rebuild_ms,
+            handshake_user::gate::REBUILD_EVERY
+        );
     }
 
     pub fn write(&self, dir: &Path) -> anyhow::Result<()> {

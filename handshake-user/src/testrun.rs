@@ -282,7 +282,7 @@ impl Harness {
         handshake_common::tally::TallyPacket,
         handshake_common::tally::Counted,
     ) {
-        let out = crate::gate::run_sweep(self.program(maps::TALLY_PROGRAM), now_ns, keep_ns)
+        let out = crate::gate::run_sweep(self.program(maps::TALLY_PROGRAM), now_ns, keep_ns, true)
             .expect("the counting program runs")
             .expect("the counting program sweeps");
         let kept: Array<&MapData, handshake_common::tally::Counted> =

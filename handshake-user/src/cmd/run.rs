@@ -162,6 +162,7 @@ async fn serve(
     // The count each sweep leaves stands until two sweeps are missed.
     let keep_ns = 2 * a.sweep_interval * 1_000_000_000;
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut sweeps = 0u64;
     info!("running: SIGHUP reloads the config file, SIGTERM or SIGINT stops");
     loop {
         tokio::select! {
@@ -180,7 +181,9 @@ async fn serve(
                 }
             }
             _ = sweep.tick() => {
-                sweep_once(&shared, keep_ns);
+                let rebuild = sweeps.is_multiple_of(handshake_user::gate::REBUILD_EVERY);
+                sweeps += 1;
+                sweep_once(&shared, keep_ns, rebuild);
                 // A change whose events another branch cut short (the
                 // wait in `changed` is dropped when one wins) shows here.
                 if watch.as_mut().is_some_and(ConfigWatch::moved) {
@@ -379,11 +382,11 @@ fn reload(shared: &Shared, path: Option<&Path>, why: &str) {
     }
 }
 
-fn sweep_once(shared: &Shared, keep_ns: u64) {
+fn sweep_once(shared: &Shared, keep_ns: u64, rebuild: bool) {
     let mut gate = shared.gate.lock().expect("not poisoned");
     let swept = gate
         .config()
-        .and_then(|cfg| gate.sweep(&cfg, handshake_user::monotonic_ns(), keep_ns));
+        .and_then(|cfg| gate.sweep(&cfg, handshake_user::monotonic_ns(), keep_ns, rebuild));
     match swept {
         Ok((h, e)) => {
             shared

@@ -33,7 +33,8 @@ pub use lifecycle::{
     check_layout, detach, known_words, replace,
 };
 pub use reads::{
-    Conn, Counts, KEPT_FROM, Snapshot, run_rebuild, run_sweep, run_tally, state_counts,
+    Conn, Counts, KEPT_FROM, REBUILD_EVERY, Snapshot, run_rebuild, run_sweep, run_tally,
+    state_counts,
 };
 
 /// Packet counts per reason, summed over CPUs.

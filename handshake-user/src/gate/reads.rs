@@ -161,19 +161,30 @@ pub fn run_tally(prog: &Xdp, now_ns: u64) -> Result<Tally, GateError> {
 /// entries deleted, the count left in the `COUNTED` map vouched for
 /// `keep_ns` (none left if 0). `None` if the program cannot sweep (one
 /// pinned by an older version: it only counted).
-pub fn run_sweep(prog: &Xdp, now_ns: u64, keep_ns: u64) -> Result<Option<TallyPacket>, GateError> {
-    // The known-source filter is rebuilt in the same walk: the bits of
-    // what was swept (and of sources long gone) are cleared.
+pub fn run_sweep(
+    prog: &Xdp,
+    now_ns: u64,
+    keep_ns: u64,
+    rebuild: bool,
+) -> Result<Option<TallyPacket>, GateError> {
+    // With `rebuild`, the known-source filter is rebuilt in the same run:
+    // the bits of what was swept (and of sources long gone) are cleared.
     let input = TallyPacket {
         now_ns,
         sweep: 1,
         keep_ns,
-        rebuild: 1,
+        rebuild: rebuild as u64,
         ..TallyPacket::default()
     };
     let out = run_counting(prog, &input)?;
     Ok((out.sweep_done != 0).then_some(out))
 }
+
+/// How many of the daemon's sweeps rebuild the known-source filter: one in
+/// this many (a minute at the default interval). Between two, the filter
+/// keeps the bits of what left the maps: more packets than needed take
+/// the lookups, none fewer.
+pub const REBUILD_EVERY: u64 = 12;
 
 /// Runs the counting program once to rebuild the known-source filter
 /// (`handshake_common::known`); whether it did.
@@ -413,15 +424,20 @@ impl Gate {
     /// vouched for `keep_ns` (see [`Gate::kept`]); a gate whose program
     /// cannot (attached by an older version) is swept from here.
     /// Returns how many went from each map.
+    /// With `rebuild`, the known-source filter is rebuilt in the same run
+    /// (the daemon asks once every [`REBUILD_EVERY`] sweeps: the rebuild
+    /// walks all four maps and clears half the filter, some times the cost
+    /// of the sweep alone).
     pub fn sweep(
         &mut self,
         cfg: &Config,
         now_ns: u64,
         keep_ns: u64,
+        rebuild: bool,
     ) -> Result<(usize, usize), GateError> {
         if let Some(prog) = self.counting_program()? {
             let keep = if self.counted.is_some() { keep_ns } else { 0 };
-            if let Some(out) = run_sweep(&prog, now_ns, keep)? {
+            if let Some(out) = run_sweep(&prog, now_ns, keep, rebuild)? {
                 return Ok((out.swept[0] as usize, out.swept[1] as usize));
             }
         }
