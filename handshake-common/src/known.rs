@@ -149,11 +149,7 @@ impl Prefixes {
 /// that starts with the same bytes differ.
 #[inline(always)]
 pub fn slot(key: &SourceKey, log2_bits: u32) -> (u32, u32) {
-    let mut a = [0u8; 8];
-    let mut b = [0u8; 8];
-    a.copy_from_slice(&key.addr[..8]);
-    b.copy_from_slice(&key.addr[8..]);
-    let (a, b) = (u64::from_ne_bytes(a), u64::from_ne_bytes(b));
+    let (a, b) = halves(&key.addr);
     let x = a.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
         ^ (key.family as u64).wrapping_mul(0x1656_67b1_9e37_79f9);
@@ -166,11 +162,7 @@ pub fn slot(key: &SourceKey, log2_bits: u32) -> (u32, u32) {
 /// read. Another hash of the same key.
 #[inline(always)]
 pub fn verified_slot(key: &SourceKey, log2_bits: u32) -> (u32, u32) {
-    let mut a = [0u8; 8];
-    let mut b = [0u8; 8];
-    a.copy_from_slice(&key.addr[..8]);
-    b.copy_from_slice(&key.addr[8..]);
-    let (a, b) = (u64::from_ne_bytes(a), u64::from_ne_bytes(b));
+    let (a, b) = halves(&key.addr);
     let x = a.wrapping_mul(0x85eb_ca77_c2b2_ae63)
         ^ b.wrapping_mul(0x27d4_eb2f_1656_67c5)
         ^ (key.family as u64 | 0x100).wrapping_mul(0x9e37_79b9_7f4a_7c15);
@@ -183,15 +175,8 @@ pub fn verified_slot(key: &SourceKey, log2_bits: u32) -> (u32, u32) {
 /// connection maps and looks only at its source's entry).
 #[inline(always)]
 pub fn flow_slot(key: &FlowKey, log2_bits: u32) -> (u32, u32) {
-    let words = |a: &[u8; 16]| {
-        let mut hi = [0u8; 8];
-        let mut lo = [0u8; 8];
-        hi.copy_from_slice(&a[..8]);
-        lo.copy_from_slice(&a[8..]);
-        (u64::from_ne_bytes(hi), u64::from_ne_bytes(lo))
-    };
-    let (a, b) = words(&key.lo_addr);
-    let (c, d) = words(&key.hi_addr);
+    let (a, b) = halves(&key.lo_addr);
+    let (c, d) = halves(&key.hi_addr);
     let ports = (key.lo_port as u64) << 16 | key.hi_port as u64 | (key.family as u64) << 32;
     let x = a.wrapping_mul(0x9e37_79b9_7f4a_7c15)
         ^ b.wrapping_mul(0xc2b2_ae3d_27d4_eb4f)
@@ -199,6 +184,16 @@ pub fn flow_slot(key: &FlowKey, log2_bits: u32) -> (u32, u32) {
         ^ d.wrapping_mul(0x85eb_ca77_c2b2_ae63)
         ^ ports.wrapping_mul(0x27d4_eb2f_1656_67c5);
     finish(x, log2_bits)
+}
+
+/// An address as two words (as they lie in memory: only hashed).
+#[inline(always)]
+fn halves(addr: &[u8; 16]) -> (u64, u64) {
+    let mut a = [0u8; 8];
+    let mut b = [0u8; 8];
+    a.copy_from_slice(&addr[..8]);
+    b.copy_from_slice(&addr[8..]);
+    (u64::from_ne_bytes(a), u64::from_ne_bytes(b))
 }
 
 /// The last mix and the (word, bit) of a hash for a half of `2^log2_bits`.

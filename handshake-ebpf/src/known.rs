@@ -19,36 +19,43 @@ fn gen_word() -> Gen {
     }
 }
 
-/// Whether `addr` has nothing in any map: no connection entry at either
-/// end, no source count, no verification. False when the filter cannot
-/// say (never built, built under other prefix lengths, a bit set).
+/// Whether the bit `slot` picks (given the half's size) is clear in the
+/// half in use. False when the filter cannot say (never built, or built
+/// under other prefix lengths than `cfg`'s).
 #[inline(always)]
-pub fn unknown(cfg: &Config, family: u8, addr: &[u8; 16]) -> bool {
+fn clear(cfg: &Config, slot: impl FnOnce(u32) -> (u32, u32)) -> bool {
     let g = gen_word();
     if !g.usable(cfg) {
         return false;
     }
-    let (word, bit) = known::slot(&known::key(cfg, family, addr), g.log2_bits());
-    let index = g.half() * g.words() + word;
-    match KNOWN.get(index) {
+    let (word, bit) = slot(g.log2_bits());
+    match KNOWN.get(g.half() * g.words() + word) {
         Some(w) => w & (1u64 << bit) == 0,
         None => false,
     }
 }
 
+/// Whether `addr` has nothing in any map: no connection entry at either
+/// end, no source count, no verification.
+#[inline(always)]
+pub fn unknown(cfg: &Config, family: u8, addr: &[u8; 16]) -> bool {
+    clear(cfg, |log2| {
+        known::slot(&known::key(cfg, family, addr), log2)
+    })
+}
+
 /// Whether the source key `k` (of a known source) is surely not in the
-/// verified map, by its verified bit. False when the filter cannot say.
+/// verified map, by its verified bit.
 #[inline(always)]
 pub fn not_verified(cfg: &Config, k: &SourceKey) -> bool {
-    let g = gen_word();
-    if !g.usable(cfg) {
-        return false;
-    }
-    let (word, bit) = known::verified_slot(k, g.log2_bits());
-    match KNOWN.get(g.half() * g.words() + word) {
-        Some(w) => w & (1u64 << bit) == 0,
-        None => false,
-    }
+    clear(cfg, |log2| known::verified_slot(k, log2))
+}
+
+/// Whether the connection `key` has no entry in either connection map, by
+/// its tuple's bit.
+#[inline(always)]
+pub fn flow_unknown(cfg: &Config, key: &FlowKey) -> bool {
+    clear(cfg, |log2| known::flow_slot(key, log2))
 }
 
 /// Sets the bits of a source just verified: its own and its verified bit.
@@ -58,21 +65,6 @@ pub fn mark_verified(cfg: &Config, family: u8, addr: &[u8; 16]) {
     let k = known::key(cfg, family, addr);
     mark_key(&k, g, 2);
     mark_slot(known::verified_slot(&k, g.log2_bits()), g, 2);
-}
-
-/// Whether the connection `key` has no entry in either connection map, by
-/// its tuple's bit. False when the filter cannot say.
-#[inline(always)]
-pub fn flow_unknown(cfg: &Config, key: &FlowKey) -> bool {
-    let g = gen_word();
-    if !g.usable(cfg) {
-        return false;
-    }
-    let (word, bit) = known::flow_slot(key, g.log2_bits());
-    match KNOWN.get(g.half() * g.words() + word) {
-        Some(w) => w & (1u64 << bit) == 0,
-        None => false,
-    }
 }
 
 /// Sets the bits of a connection entry just stored: its tuple's and its
