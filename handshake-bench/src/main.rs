@@ -10,6 +10,7 @@ mod control;
 mod demo;
 mod dispatch;
 mod flood;
+mod lists;
 mod memory;
 mod packets;
 mod profile;
@@ -63,6 +64,10 @@ struct Args {
     /// The demo's returning and new clients per phase (each).
     #[arg(long, default_value_t = 20)]
     clients: usize,
+    /// Only what the prefix lists cost a SYN and an unknown ACK (0, 1,
+    /// 10,000 and 65,536 prefixes): under a minute.
+    #[arg(long)]
+    lists: bool,
     /// Only the line-rate flood table (the live-frames meter): a few minutes.
     #[arg(long)]
     flood: bool,
@@ -125,6 +130,12 @@ fn main() -> anyhow::Result<()> {
         print!("{}", r.markdown());
         return Ok(());
     }
+    if a.lists {
+        r.lists = lists::run(100_000, 5)?;
+        r.write(&a.out)?;
+        print!("{}", r.markdown());
+        return Ok(());
+    }
     if a.flood {
         r.line_rate = Some(line_rate(&a)?);
         r.write(&a.out)?;
@@ -159,6 +170,11 @@ fn main() -> anyhow::Result<()> {
         }
     };
     r.packets = packets::run(&o);
+    eprintln!("bench: what the prefix lists cost");
+    match lists::run(o.repeat, o.calls) {
+        Ok(rows) => r.lists = rows,
+        Err(e) => eprintln!("bench: the prefix lists were not measured: {e:#}"),
+    }
     eprintln!("bench: cost as the maps fill, and on every CPU at once");
     match scale::run(&scale::Options {
         repeat: o.repeat,

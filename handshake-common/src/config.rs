@@ -144,9 +144,13 @@ pub struct Config {
     pub cookie_options: u32,
     /// An [`UnknownFlows`].
     pub unknown_flows: u32,
+    /// Which prefix lists have entries ([`crate::prefix::ALLOW`],
+    /// [`crate::prefix::DENY`] bits), so the tries are looked up only then.
+    /// Kept by the controller as it writes the lists; not a setting.
+    pub prefix_lists: u32,
 }
 
-const _: () = assert!(core::mem::size_of::<Config>() == 72);
+const _: () = assert!(core::mem::size_of::<Config>() == 76);
 
 impl Config {
     /// Defaults: enforce, a global cap far below the map's capacity with a
@@ -175,6 +179,7 @@ impl Config {
         cookie_timestamps: 1,
         cookie_options: 0,
         unknown_flows: UnknownFlows::Verify as u32,
+        prefix_lists: 0,
     };
 
     pub const fn mode(&self) -> Mode {

@@ -70,6 +70,7 @@ pub fn empty_facts() -> Facts {
         key: Default::default(),
         src_is_lo: 0,
         key_found: 0,
+        listed: 0,
         now_ns: 0,
         l3: 0,
         l4: 0,

@@ -29,6 +29,7 @@ pub mod machine;
 #[cfg(feature = "model")]
 pub mod model;
 pub mod parse;
+pub mod prefix;
 pub mod reason;
 pub mod tally;
 pub mod window;
@@ -99,6 +100,12 @@ pub mod maps {
     pub const KNOWN: &str = "KNOWN";
     /// One-entry array holding the filter's [`crate::known::Gen`] word.
     pub const KNOWN_GEN: &str = "KNOWN_GEN";
+    /// LPM trie of IPv4 prefixes (`Key<[u8; 4]>`) → [`crate::prefix::PrefixRule`]:
+    /// the allow and deny lists' IPv4 prefixes (see [`crate::prefix`]);
+    /// sized by `attach --max-prefixes`.
+    pub const PREFIXES_V4: &str = "PREFIXES_V4";
+    /// Likewise for IPv6 (`Key<[u8; 16]>`).
+    pub const PREFIXES_V6: &str = "PREFIXES_V6";
     /// Ring buffer of sampled [`crate::DropEvent`]s (`event-sample`).
     pub const EVENTS: &str = "EVENTS";
     /// aya-log's ring buffer of the programs' log records (defined by
@@ -123,6 +130,10 @@ pub mod meta {
     /// The XDP program's run priority plus one where it sits in libxdp's
     /// multi-program dispatcher (0: it holds the hook alone, by its link).
     pub const DISPATCHER_PRIORITY: u32 = 5;
+    /// How many prefixes the allow list holds, plus the deny list's count
+    /// shifted left by 32, kept as the controller writes them (so `status`
+    /// and the metrics need not walk the tries).
+    pub const LIST_COUNTS: u32 = 6;
     /// Slots in all (room to grow without changing the map's size).
     pub const LEN: u32 = 8;
 }
@@ -131,7 +142,7 @@ pub mod meta {
 /// programs over the pinned maps only when this matches (and every map's
 /// type and key and value sizes do), so bump it whenever a shared type keeps
 /// its size but changes its meaning.
-pub const LAYOUT_VERSION: u64 = 3;
+pub const LAYOUT_VERSION: u64 = 4;
 
 /// Capacity of the half-open map. `max-half-open` may not exceed it, so with a
 /// global cap in force the LRU only ever evicts entries that already expired.

@@ -15,6 +15,7 @@ use crate::config::Config;
 use crate::flow::{Endpoint, FlowEntry, FlowKey, SourceKey, SourceState, flags};
 use crate::machine::{self, Expiry, Segment, Step, Untracked};
 pub use crate::machine::{Lookup, Side};
+use crate::prefix::{self, Listed};
 use crate::reason::Reason;
 use crate::tally::Tally;
 use crate::window::{self, WindowCounter};
@@ -40,6 +41,8 @@ pub struct Model {
     pub verified: BTreeMap<SourceKey, u64>,
     /// Ports that take SYNs when `ports_restricted` is set.
     pub allowed_ports: BTreeMap<u16, ()>,
+    /// The allow and deny lists (`cfg.prefix_lists` says which have entries).
+    pub prefixes: alloc::vec::Vec<Listed>,
 }
 
 impl Model {
@@ -67,6 +70,17 @@ impl Model {
         if let Err(r) = machine::check(u16::from_be(p.src.port), u16::from_be(p.dst.port), &p.seg) {
             return r;
         }
+        // An arriving SYN's list is looked up first; a denied one goes
+        // before any other map is read.
+        let ingress = side == Side::Ingress;
+        let listed = if ingress && cfg.prefix_lists != 0 && p.seg.is_pure_syn() {
+            prefix::classify(&self.prefixes, p.family, &p.src.addr)
+        } else {
+            0
+        };
+        if listed == prefix::DENY {
+            return Reason::Denied;
+        }
         let (key, src_is_lo) = FlowKey::normalise(p.family, &p.src, &p.dst);
         if let Some(r) = self.established_step(p, &key, src_is_lo, cfg, now_ns) {
             return r;
@@ -74,14 +88,31 @@ impl Model {
         if let Some(r) = self.half_open_step(p, &key, src_is_lo, cfg, now_ns) {
             return r;
         }
+        // Any other arriving segment of a flow with no entry, from a
+        // denied prefix, before the kernel is asked about it.
+        if ingress
+            && !p.seg.is_pure_syn()
+            && cfg.prefix_lists & prefix::DENY != 0
+            && prefix::classify(&self.prefixes, p.family, &p.src.addr) == prefix::DENY
+        {
+            return Reason::Denied;
+        }
         let mut u = machine::untracked(&p.seg);
         if machine::needs_lookup(u, side, cfg.unknown_flows()) {
             u = machine::verified(u, &p.seg, lookup);
         }
         match u {
-            Untracked::Open if side == Side::Ingress => {
-                self.new_syn(p, &key, src_is_lo, cfg, now_ns)
+            Untracked::Open if ingress && listed == prefix::ALLOW => {
+                let port = u16::from_be(p.dst.port);
+                if cfg.ports_restricted != 0 && !self.allowed_ports.contains_key(&port) {
+                    return Reason::PortClosed;
+                }
+                // Past every cap and rate, holding no half-open count.
+                let e = machine::open(&p.seg, src_is_lo, now_ns, 0, false);
+                self.half_open.entry(key).or_insert(e);
+                Reason::Allowed
             }
+            Untracked::Open if ingress => self.new_syn(p, &key, src_is_lo, cfg, now_ns),
             Untracked::Open => {
                 let e = machine::open(&p.seg, src_is_lo, now_ns, 0, false);
                 self.half_open.entry(key).or_insert(e);
@@ -332,6 +363,60 @@ mod tests {
                 csum: crate::machine::csum::GOOD,
             },
         }
+    }
+
+    /// A denied source's SYN and unknown ACK are dropped before anything
+    /// is stored, its tracked connection finishes; an allowed source's
+    /// SYN passes a full global cap and takes no count.
+    #[test]
+    fn prefix_lists_deny_and_allow() {
+        let net = |a: [u8; 4], len, list| {
+            let mut addr = [0; 16];
+            addr[..4].copy_from_slice(&a);
+            Listed {
+                family: AF_INET,
+                addr,
+                len,
+                list,
+            }
+        };
+        let cfg = Config {
+            mode: crate::Mode::Enforce as u32,
+            max_half_open: 1,
+            max_half_open_per_source: 1,
+            verified_reserve_pct: 0,
+            prefix_lists: prefix::ALLOW | prefix::DENY,
+            ..Config::DEFAULT
+        };
+        let now = 1_000_000_000;
+        let mut m = Model::default();
+        let step =
+            |m: &mut Model, p: &Packet| m.packet(Side::Ingress, p, &cfg, now, Lookup::Nothing);
+        // Tracked before its prefix is denied.
+        let early = syn([198, 18, 5, 1], 1000);
+        assert_eq!(step(&mut m, &early), Reason::Pass);
+        m.prefixes = alloc::vec![
+            net([198, 18, 5, 0], 24, prefix::DENY),
+            net([198, 18, 9, 0], 24, prefix::ALLOW),
+        ];
+        assert_eq!(step(&mut m, &syn([198, 18, 5, 2], 1000)), Reason::Denied);
+        let mut ack = syn([198, 18, 5, 3], 1000);
+        ack.seg.flags = tcp::ACK;
+        ack.seg.seq = 5;
+        ack.seg.ack = 5;
+        assert_eq!(step(&mut m, &ack), Reason::Denied);
+        assert_eq!(m.half_open.len(), 1, "nothing stored for the denied");
+        // The global cap of 1 is full; the allowed pass it, uncounted.
+        assert_eq!(step(&mut m, &syn([198, 18, 6, 1], 1000)), Reason::Global);
+        for port in 1000..1005 {
+            assert_eq!(step(&mut m, &syn([198, 18, 9, 7], port)), Reason::Allowed);
+        }
+        assert_eq!(m.half_open.len(), 6);
+        let ep = window::epoch(now, window::bucket_width_ns(cfg.half_open_timeout_ms));
+        assert_eq!(m.global.live(ep), 1, "only the early SYN holds a count");
+        // The early connection's retransmitted SYN is denied, as any SYN
+        // from the prefix; its other segments still meet its entry.
+        assert_eq!(step(&mut m, &early), Reason::Denied);
     }
 
     /// Over the global budget, a SYN passed untracked or answered with a

@@ -63,6 +63,9 @@ pub struct Facts {
     /// established map; 2 when a refusal came before `key` was made (no
     /// entry was looked for: the known-source filter said none exists).
     pub key_found: u8,
+    /// The prefix list of an arriving SYN's source ([`crate::prefix::ALLOW`],
+    /// [`crate::prefix::DENY`]; 0: none, or not looked up).
+    pub listed: u8,
     /// When the tracker first looked at the packet (monotonic ns).
     pub now_ns: u64,
     /// Where the IP header starts (after Ethernet and VLAN tags).

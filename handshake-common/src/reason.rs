@@ -74,11 +74,18 @@ pub enum Reason {
     /// An arriving RST whose TCP checksum is wrong: the kernel discards it
     /// before TCP looks at it, so it moves nothing.
     BadChecksum = 19,
+    /// An arriving SYN from a prefix on the deny list, or any other
+    /// arriving segment of a flow with no entry from one: dropped before
+    /// any other map is read.
+    Denied = 20,
+    /// An arriving SYN from a prefix on the allow list: tracked past every
+    /// cap and rate, taking no half-open count.
+    Allowed = 21,
 }
 
 impl Reason {
     /// Number of reasons: the length of the counter arrays.
-    pub const COUNT: u32 = 20;
+    pub const COUNT: u32 = 22;
 
     /// Slots of the counter arrays: more than [`Reason::COUNT`], so a new
     /// reason does not change the maps' layout (`attach --replace` keeps
@@ -107,6 +114,8 @@ impl Reason {
         Reason::OutOfWindow,
         Reason::CookieAck,
         Reason::BadChecksum,
+        Reason::Denied,
+        Reason::Allowed,
     ];
 
     /// The reason with this index, if there is one.
@@ -132,6 +141,7 @@ impl Reason {
                 | Reason::Challenge
                 | Reason::OutOfWindow
                 | Reason::CookieAck
+                | Reason::Allowed
         )
     }
 
@@ -158,6 +168,8 @@ impl Reason {
             Reason::OutOfWindow => "out_of_window",
             Reason::CookieAck => "cookie_ack",
             Reason::BadChecksum => "bad_checksum",
+            Reason::Denied => "denied",
+            Reason::Allowed => "allowed",
         }
     }
 }
@@ -199,7 +211,8 @@ mod tests {
                 "cookie_fail",
                 "challenge",
                 "out_of_window",
-                "cookie_ack"
+                "cookie_ack",
+                "allowed"
             ]
         );
     }

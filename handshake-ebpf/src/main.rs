@@ -16,6 +16,7 @@
 mod cookie;
 mod known;
 mod parse;
+mod prefix;
 mod sock;
 mod track;
 
@@ -23,13 +24,14 @@ use aya_ebpf::{
     bindings::{TC_ACT_OK, xdp_action},
     helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns, generated::bpf_for_each_map_elem},
     macros::{classifier, map, xdp},
-    maps::{Array, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, LpmTrie, LruHashMap, PerCpuArray, RingBuf},
     programs::{TcContext, XdpContext},
 };
 use aya_log_ebpf::warn;
 use core::ffi::c_void;
 use core::sync::atomic::{Ordering, compiler_fence};
 use handshake_common::machine::Expiry;
+use handshake_common::prefix::{DEFAULT_MAX_PREFIXES, PrefixRule, trie_entries};
 use handshake_common::tally::{Counted, Tally, TallyPacket};
 use handshake_common::{
     Config, DropEvent, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, KNOWN_WORDS,
@@ -102,6 +104,18 @@ static KNOWN: Array<u64> = Array::with_max_entries(KNOWN_WORDS, 0);
 /// trusted. Written by the controller (the size) and by the rebuild.
 #[map(name = "KNOWN_GEN")]
 static KNOWN_GEN: Array<u64> = Array::with_max_entries(1, 0);
+
+/// The allow and deny lists' IPv4 prefixes (`handshake_common::prefix`).
+/// Written by the controller only; sized by `attach --max-prefixes`.
+#[map(name = "PREFIXES_V4")]
+static PREFIXES_V4: LpmTrie<[u8; 4], PrefixRule> = LpmTrie::with_max_entries(PREFIX_ENTRIES, 0);
+
+/// Likewise, IPv6.
+#[map(name = "PREFIXES_V6")]
+static PREFIXES_V6: LpmTrie<[u8; 16], PrefixRule> = LpmTrie::with_max_entries(PREFIX_ENTRIES, 0);
+
+/// The tries' default capacity: both lists at their default size.
+const PREFIX_ENTRIES: u32 = trie_entries(DEFAULT_MAX_PREFIXES);
 
 /// The controller's notes beside the maps (layout version, the egress
 /// filter's handle); never read here, but defined here so it is created and

@@ -16,7 +16,9 @@ pub use handshake_common::machine::Side;
 
 use crate::known;
 use crate::parse::Facts;
+use crate::prefix;
 use crate::{ALLOWED_PORTS, ESTABLISHED, GLOBAL, HALF_OPEN, PORTS, SOURCES, VERIFIED};
+use handshake_common::prefix::{ALLOW, DENY};
 
 /// Compare-and-exchange attempts on a contended bucket before giving up (a
 /// lost increment is an undercount until the bucket ages out; a lost
@@ -40,12 +42,27 @@ pub fn track(
     side: Side,
     ask: impl FnOnce(&mut Facts) -> Lookup,
 ) -> Reason {
+    f.key_found = 0;
+    f.listed = 0;
+    // An arriving SYN's prefix list, while a list has entries: a denied
+    // one goes before any other map is read.
+    if side == Side::Ingress
+        && cfg.prefix_lists != 0
+        && f.seg.is_pure_syn()
+        && machine::check(u16::from_be(f.src.port), u16::from_be(f.dst.port), &f.seg).is_ok()
+    {
+        f.listed = prefix::list_of(f.family, &f.src.addr) as u8;
+        if f.listed == DENY as u8 {
+            f.key_found = NO_KEY;
+            return Reason::Denied;
+        }
+    }
     // An arriving packet from an address the known-source filter has never
     // seen has no entry anywhere: its lookups are skipped.
     let unknown = side == Side::Ingress && known::unknown(cfg, f.family, &f.src.addr);
-    f.key_found = 0;
     if unknown
         && f.seg.is_pure_syn()
+        && f.listed != ALLOW as u8
         && let Some(r) = unknown_syn(f, cfg)
     {
         return r;
@@ -267,6 +284,11 @@ fn untracked(
     unknown: bool,
     ask: impl FnOnce(&mut Facts) -> Lookup,
 ) -> Reason {
+    // Any other arriving segment of a flow with no entry from a denied
+    // prefix (a SYN's list is known already), before the kernel is asked.
+    if side == Side::Ingress && !f.seg.is_pure_syn() && prefix::denied(cfg, f.family, &f.src.addr) {
+        return Reason::Denied;
+    }
     let mut u = machine::untracked(&f.seg);
     if machine::needs_lookup(u, side, cfg.unknown_flows()) {
         let lookup = ask(f);
@@ -476,6 +498,13 @@ fn new_syn(
     let port = u16::from_be(f.dst.port) as u32;
     if !port_allowed(cfg, port) {
         return Reason::PortClosed;
+    }
+    if f.listed == ALLOW as u8 {
+        // Past every cap and rate, holding no half-open count.
+        let e = machine::open(&f.seg, src_is_lo, now, 0, false);
+        let _ = HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64);
+        known::mark_flow(cfg, key, &f.src.addr);
+        return Reason::Allowed;
     }
     let width = window::bucket_width_ns(cfg.half_open_timeout_ms);
     let ep = window::epoch(now, width);

@@ -49,11 +49,30 @@ pub enum Command {
     ///
     /// Example: handshake-gate run eth0 --config /etc/handshake-gate.toml --metrics 127.0.0.1:9464
     Run(RunArgs),
+    /// Trusted prefixes: their SYNs pass every cap and rate (still only to
+    /// allowed ports, still validated), tracked without taking a half-open
+    /// count. The most specific prefix on either list decides.
+    ///
+    /// Example: handshake-gate allow eth0 add 198.18.7.0/24 --comment "health checkers"
+    Allow(ListArgs),
+    /// Refused prefixes: their SYNs, and every segment of theirs the gate
+    /// has no connection for, are dropped as `denied` before any other
+    /// lookup. Connections already tracked finish, unless added with --cut.
+    ///
+    /// Example: handshake-gate deny eth0 load /etc/handshake-gate/deny.netset --cut
+    Deny(ListArgs),
     /// Follow sampled drop events (reason, source, port, state): who is
     /// flooding. Needs event-sample set (`set IFACE event-sample=100`).
     ///
     /// Example: handshake-gate events eth0 --json --count 20
     Events(EventsArgs),
+    /// Say, changing nothing, whether the gate can be attached here: root,
+    /// bpffs, BTF, the kernel and what it offers, the interface and its XDP
+    /// hook, the TCP settings, the config file, the maps' memory. Exits
+    /// non-zero on an error.
+    ///
+    /// Example: handshake-gate check eth0 --config /etc/handshake-gate.toml
+    Check(CheckArgs),
     /// Print shell completions for handshake-gate to standard output.
     ///
     /// Example: handshake-gate completions bash > /etc/bash_completion.d/handshake-gate
@@ -96,6 +115,10 @@ pub struct AttachArgs {
     /// size, fixed until detach; the least recently seen go first when full).
     #[arg(long, value_name = "N", default_value_t = handshake_common::ESTABLISHED_CAPACITY)]
     pub max_connections: u32,
+    /// Prefixes each of the allow and deny lists may hold (fixed until
+    /// detach; kernel memory is taken only as prefixes are added).
+    #[arg(long, value_name = "N", default_value_t = handshake_common::prefix::DEFAULT_MAX_PREFIXES)]
+    pub max_prefixes: u32,
     /// A TOML file of settings (the same keys as --set).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -106,7 +129,7 @@ pub struct AttachArgs {
     /// atomically, over the pinned maps (tracked connections, counts and
     /// settings stay; --config and --set, if given, are applied after).
     /// Refuses when the pinned maps' layout differs from this version's.
-    #[arg(long, conflicts_with_all = ["mode", "max_connections", "multiprog"])]
+    #[arg(long, conflicts_with_all = ["mode", "max_connections", "max_prefixes", "multiprog"])]
     pub replace: bool,
     #[command(flatten)]
     pub multiprog: MultiprogArgs,
@@ -165,6 +188,9 @@ pub struct RunArgs {
     /// Connections tracked past their handshake, when the daemon attaches.
     #[arg(long, value_name = "N", default_value_t = handshake_common::ESTABLISHED_CAPACITY)]
     pub max_connections: u32,
+    /// Prefixes each list may hold, when the daemon attaches.
+    #[arg(long, value_name = "N", default_value_t = handshake_common::prefix::DEFAULT_MAX_PREFIXES)]
+    pub max_prefixes: u32,
     /// When the daemon attaches.
     #[command(flatten)]
     pub multiprog: MultiprogArgs,
@@ -199,6 +225,79 @@ pub struct EventsArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CheckArgs {
+    /// The network interface to protect.
+    pub iface: String,
+    /// A TOML file of settings to check (and whose needs to check).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The established map's size the attach would use.
+    #[arg(long, value_name = "N", default_value_t = handshake_common::ESTABLISHED_CAPACITY)]
+    pub max_connections: u32,
+    /// The prefix lists' size the attach would use.
+    #[arg(long, value_name = "N", default_value_t = handshake_common::prefix::DEFAULT_MAX_PREFIXES)]
+    pub max_prefixes: u32,
+    /// One JSON object (stable field names) instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, clap::Args)]
+pub struct ListArgs {
+    /// The network interface.
+    pub iface: String,
+    #[command(subcommand)]
+    pub action: ListAction,
+}
+
+/// What to do with a prefix list.
+#[derive(Debug, Subcommand)]
+pub enum ListAction {
+    /// Put prefixes on the list (a prefix already there takes the new comment).
+    Add {
+        /// Prefixes or bare addresses (198.18.7.0/24, 2001:db8::/48, 198.18.9.1).
+        #[arg(required = true, value_name = "CIDR", value_parser = parse_cidr)]
+        prefixes: Vec<ipnet::IpNet>,
+        /// A note kept with each (56 bytes at most; `list` shows it).
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        comment: String,
+        /// Deny only: also delete the connections already tracked from
+        /// these prefixes, so their next segment is dropped as well.
+        #[arg(long)]
+        cut: bool,
+    },
+    /// Take prefixes off the list.
+    Del {
+        #[arg(required = true, value_name = "CIDR", value_parser = parse_cidr)]
+        prefixes: Vec<ipnet::IpNet>,
+    },
+    /// Show the list: prefix, when added, comment.
+    List {
+        /// One JSON array (stable field names) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Put every prefix of a file on the list: one a line, `#` comments
+    /// (a comment after a prefix becomes its note), the FireHOL netset
+    /// format; `-` reads standard input. All or nothing.
+    Load {
+        #[arg(value_name = "FILE")]
+        file: PathBuf,
+        /// Make the list exactly the file's prefixes (others come off).
+        #[arg(long)]
+        replace: bool,
+        /// The note of each prefix whose line has none.
+        #[arg(long, value_name = "TEXT", default_value = "")]
+        comment: String,
+        /// Deny only: as for `add --cut`.
+        #[arg(long)]
+        cut: bool,
+    },
+    /// Empty the list.
+    Flush,
 }
 
 #[derive(Debug, clap::Args)]

@@ -10,6 +10,7 @@ pub mod hook;
 pub mod metrics;
 pub mod netns;
 pub mod pins;
+pub mod prefixes;
 pub mod route;
 pub mod settings;
 pub mod sysctl;

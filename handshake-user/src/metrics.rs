@@ -15,6 +15,8 @@
 //! | `overflow` | gauge | `action` (1 for the current one) |
 //! | `map_entries` | gauge | `map` (`half_open`, `established`) |
 //! | `map_capacity` | gauge | `map` |
+//! | `prefixes` | gauge | `list` (`allow`, `deny`): prefixes on each list |
+//! | `prefix_capacity` | gauge | prefixes each list may hold |
 //! | `counts_age_seconds` | gauge | age of `connections` and `map_entries`: 0 when counted for the scrape, the time since the daemon's last sweep when kept from it (tables of 131,072 entries or more) |
 //! | `swept_total` | counter | `map`: entries the daemon's sweeper deleted |
 //! | `cookies_sent_total` | counter | SYN-ACKs with a SYN cookie sent from XDP (`overflow=cookie`) |
@@ -192,6 +194,21 @@ impl Collector for Scrape {
             "Entries in each connection map, expired ones not yet swept included.",
             maps(s.map_entries.0 as i64, s.map_entries.1 as i64),
         )?;
+        gauge(
+            &mut enc,
+            "handshake_gate_prefixes",
+            "Prefixes on each prefix list.",
+            [
+                ([("list", "allow".to_string())], s.prefixes.0 as i64),
+                ([("list", "deny".to_string())], s.prefixes.1 as i64),
+            ],
+        )?;
+        ConstGauge::new(i64::from(s.prefixes.2)).encode(enc.encode_descriptor(
+            "handshake_gate_prefix_capacity",
+            "Prefixes each prefix list may hold.",
+            None,
+            MetricType::Gauge,
+        )?)?;
         ConstGauge::new(s.counts_age_ns() as f64 / 1e9).encode(enc.encode_descriptor(
             "handshake_gate_counts_age_seconds",
             "How old the connection counts and map entries are: 0 when counted for this scrape, \

@@ -96,6 +96,42 @@ impl Harness {
         }
     }
 
+    /// Makes the prefix tries hold exactly `lists` (the caller sets
+    /// `Config::prefix_lists` to match, as the controller does).
+    pub fn set_prefixes(&mut self, lists: &[handshake_common::prefix::Listed]) {
+        use aya::maps::lpm_trie::{Key, LpmTrie};
+        use handshake_common::prefix::{COMMENT_LEN, PrefixRule};
+        let mut v4: LpmTrie<_, [u8; 4], PrefixRule> =
+            LpmTrie::try_from(self.ebpf.map_mut(maps::PREFIXES_V4).unwrap()).unwrap();
+        for k in v4.keys().collect::<Result<Vec<_>, _>>().unwrap() {
+            v4.remove(&k).unwrap();
+        }
+        let rule = |list| PrefixRule {
+            list,
+            added_s: 0,
+            comment: [0; COMMENT_LEN],
+        };
+        for p in lists
+            .iter()
+            .filter(|p| handshake_common::prefix::is_v4(p.family))
+        {
+            let key = Key::new(u32::from(p.len), handshake_common::prefix::v4(&p.addr));
+            v4.insert(&key, rule(p.list), 0).unwrap();
+        }
+        let mut v6: LpmTrie<_, [u8; 16], PrefixRule> =
+            LpmTrie::try_from(self.ebpf.map_mut(maps::PREFIXES_V6).unwrap()).unwrap();
+        for k in v6.keys().collect::<Result<Vec<_>, _>>().unwrap() {
+            v6.remove(&k).unwrap();
+        }
+        for p in lists
+            .iter()
+            .filter(|p| !handshake_common::prefix::is_v4(p.family))
+        {
+            v6.insert(&Key::new(u32::from(p.len), p.addr), rule(p.list), 0)
+                .unwrap();
+        }
+    }
+
     /// Builds the known-source filter from the maps, as `attach` and `set`
     /// do (sizing its word the first time): a test that writes the maps
     /// itself calls this after, as the filter only learns what packets put

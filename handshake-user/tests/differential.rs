@@ -28,6 +28,7 @@ use handshake_common::flow::NO_WSCALE;
 use handshake_common::flow::{AF_INET, AF_INET6, Endpoint};
 use handshake_common::machine::{Segment, tcp as flag};
 use handshake_common::model::{Lookup, Model, Packet, Side};
+use handshake_common::prefix::{self, Listed};
 use handshake_common::{Config, FlowKey, Mode, Overflow, Reason, TcpState, UnknownFlows, window};
 use handshake_lab::Netns;
 
@@ -417,6 +418,36 @@ fn draw_config(rng: &mut fastrand::Rng) -> Config {
     }
 }
 
+/// Prefix lists for one sequence: none half the time, else a few of these
+/// over the flows' addresses, nested so the most specific must decide.
+fn draw_lists(rng: &mut fastrand::Rng) -> Vec<Listed> {
+    const CANDIDATES: [(&str, u8, u32); 7] = [
+        ("198.18.0.67", 32, prefix::DENY),
+        ("198.18.0.64", 30, prefix::ALLOW),
+        ("198.18.0.64", 26, prefix::DENY),
+        ("198.18.0.66", 32, prefix::ALLOW),
+        ("198.18.0.96", 27, prefix::DENY),
+        ("2001:db8::66", 128, prefix::DENY),
+        ("2001:db8::", 64, prefix::ALLOW),
+    ];
+    if rng.bool() {
+        return Vec::new();
+    }
+    CANDIDATES
+        .iter()
+        .filter(|_| rng.u8(..3) == 0)
+        .map(|&(addr, len, list)| {
+            let a = ip(addr);
+            Listed {
+                family: if a.is_ipv4() { AF_INET } else { AF_INET6 },
+                addr: endpoint(a, 0).addr,
+                len,
+                list,
+            }
+        })
+        .collect()
+}
+
 fn env_u64(name: &str, default: u64) -> u64 {
     std::env::var(name)
         .ok()
@@ -461,11 +492,17 @@ fn run(sequences: u64, from: u64, seed: u64) {
     let start = std::time::Instant::now();
     for i in from..from + sequences {
         let mut rng = fastrand::Rng::with_seed(seed ^ i.wrapping_mul(0x9e37_79b9_7f4a_7c15));
-        let cfg = draw_config(&mut rng);
+        let mut cfg = draw_config(&mut rng);
+        let lists = draw_lists(&mut rng);
+        cfg.prefix_lists = lists.iter().fold(0, |b, p| b | p.list);
         h.reset(&PORTS);
         h.reset_counters();
+        h.set_prefixes(&lists);
         h.set(cfg);
-        let mut model = Model::default();
+        let mut model = Model {
+            prefixes: lists.clone(),
+            ..Model::default()
+        };
         let mut seqs = [Seqs::default(); FLOWS.len()];
         let mut counted = [[0u64; Reason::COUNT as usize]; 2];
         let mut log: Vec<String> = Vec::new();
@@ -492,7 +529,7 @@ fn run(sequences: u64, from: u64, seed: u64) {
             log.push(format!("{side:?} {g:?} -> model {}", want.name()));
             let fail = |what: String| -> ! {
                 panic!(
-                    "sequence {i}: {what}\nconfig: {cfg:?}\npackets:\n  {}\nreplay: \
+                    "sequence {i}: {what}\nconfig: {cfg:?}\nlists: {lists:?}\npackets:\n  {}\nreplay: \
                      HANDSHAKE_FUZZ_SEED={seed} HANDSHAKE_FUZZ_FROM={i} HANDSHAKE_FUZZ_SEQUENCES=1",
                     log.join("\n  ")
                 )

@@ -241,6 +241,160 @@ fn daemon_follows_a_configmap_update_and_answers_health_checks() {
     assert_eq!(get(&d, "/healthz").0, 200);
 }
 
+/// systemd's notify protocol against a real notify socket: `READY=1` once
+/// the gate is attached and the metrics served, the watchdog fed by the
+/// sweeps, `RELOADING=1` then `READY=1` around a reload, `STOPPING=1`.
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn the_daemon_tells_systemd_ready_reloading_stopping_and_feeds_the_watchdog() {
+    use std::os::unix::net::UnixDatagram;
+    let (lab, _addr, _server) = lab_with_server("opn");
+    let _cleanup = DetachOnDrop(&lab);
+    let sock = std::env::temp_dir().join(format!("hg-notify-{}.sock", std::process::id()));
+    let _ = std::fs::remove_file(&sock);
+    let notify = UnixDatagram::bind(&sock).expect("bind the notify socket");
+    notify
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    // Waits for a message that has `what`; the messages seen on the way.
+    let next = |what: &str| -> Vec<String> {
+        let mut seen = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let n = notify
+                .recv(&mut buf)
+                .unwrap_or_else(|e| panic!("no {what:?} from the daemon: {e}; it sent {seen:?}"));
+            let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+            let found = msg.lines().any(|l| l == what);
+            seen.push(msg);
+            if found {
+                return seen;
+            }
+        }
+    };
+    let cfg = config_file("opn", "max-half-open-per-source = 10\n");
+    let mut d = Daemon::start_env(
+        &lab,
+        "opn",
+        &["--config", cfg.to_str().unwrap()],
+        &[
+            ("NOTIFY_SOCKET", sock.to_str().unwrap()),
+            // Word is wanted every 2 s: the 1 s sweeps give it.
+            ("WATCHDOG_USEC", "2000000"),
+        ],
+    );
+    let ready = next("READY=1");
+    assert!(
+        ready.last().unwrap().contains("STATUS=protecting "),
+        "{ready:?}"
+    );
+    // Ready means attached and serving.
+    assert!(
+        pin_dir(&lab).exists(),
+        "READY=1 before the gate was attached"
+    );
+    assert_eq!(get(&d, "/readyz"), (200, "ok\n".into()));
+    for _ in 0..3 {
+        next("WATCHDOG=1");
+    }
+
+    std::fs::write(&cfg, "max-half-open-per-source = 12\n").unwrap();
+    d.signal(Signal::SIGHUP);
+    let reloading = next("RELOADING=1");
+    assert!(
+        reloading.last().unwrap().contains("MONOTONIC_USEC="),
+        "{reloading:?}"
+    );
+    next("READY=1");
+    assert_eq!(status(&lab)["limits"]["max-half-open-per-source"], 12);
+
+    d.signal(Signal::SIGTERM);
+    next("STOPPING=1");
+    assert!(d.wait(), "the daemon failed on SIGTERM: {}", d.log());
+    let _ = std::fs::remove_file(&sock);
+}
+
+/// `check` changes nothing and says what an attach would meet: ok on a
+/// free hook, an error naming another program that holds it, a config
+/// file that does not validate an error, the exit status non-zero then.
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn check_reports_the_hook_the_config_and_the_kernel_and_changes_nothing() {
+    let (lab, _addr, _server) = lab_with_server("opk");
+    let _cleanup = DetachOnDrop(&lab);
+    let ns = lab.server.name.clone();
+    let iface = lab.server_if.clone();
+    let check = |extra: &[&str]| -> (bool, serde_json::Value) {
+        let mut args = vec!["--netns", &ns, "check", &iface, "--json"];
+        args.extend_from_slice(extra);
+        let (ok, out, err) = cli(&args);
+        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (ok, v)
+    };
+    let status_of = |v: &serde_json::Value, name: &str| -> String {
+        v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["check"] == name)
+            .unwrap_or_else(|| panic!("no {name} item: {v:#}"))["status"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let good = config_file("opk", "max-half-open = 100\noverflow = \"cookie\"\n");
+    let (ok, v) = check(&["--config", good.to_str().unwrap()]);
+    assert!(ok, "{v:#}");
+    for name in [
+        "privileges",
+        "bpffs",
+        "kernel",
+        "interface",
+        "xdp hook",
+        "config",
+        "memory",
+    ] {
+        assert_eq!(status_of(&v, name), "ok", "{v:#}");
+    }
+    assert_eq!(v["errors"], 0, "{v:#}");
+    assert!(!pin_dir(&lab).exists(), "check attached something");
+
+    let bad = config_file("opk-bad", "max-half-open = -3\n");
+    let (ok, v) = check(&["--config", bad.to_str().unwrap()]);
+    assert!(!ok, "a bad config file passed: {v:#}");
+    assert_eq!(status_of(&v, "config"), "error", "{v:#}");
+
+    // Another program on the hook: an error, naming it.
+    {
+        let _other = handshake_user::testrun::PeerXdp::attach(&ns, &iface).unwrap();
+        let (ok, v) = check(&[]);
+        assert!(!ok, "{v:#}");
+        assert_eq!(status_of(&v, "xdp hook"), "error", "{v:#}");
+        let item = v["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|i| i["check"] == "xdp hook")
+            .unwrap()
+            .clone();
+        assert!(
+            item["detail"].as_str().unwrap().contains("noop_xdp"),
+            "{item:#}"
+        );
+        assert!(
+            item["fix"].as_str().unwrap().contains("xdp off"),
+            "{item:#}"
+        );
+    }
+    // The gate itself on the hook is fine.
+    let _gate = Attached::new(&lab, &[]);
+    let (ok, v) = check(&[]);
+    assert!(ok, "{v:#}");
+    assert_eq!(status_of(&v, "xdp hook"), "ok", "{v:#}");
+    let _ = std::fs::remove_file(good);
+    let _ = std::fs::remove_file(bad);
+}
+
 /// The kernel ids of the gate's pinned programs: (XDP, TC egress).
 fn program_ids(lab: &Lab) -> (u32, u32) {
     let id = |pin: &str| {

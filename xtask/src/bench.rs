@@ -30,6 +30,10 @@ pub struct Options {
     /// a minute.
     #[arg(long)]
     control: bool,
+    /// Only what the prefix lists cost a SYN and an unknown ACK (under a
+    /// minute).
+    #[arg(long)]
+    lists: bool,
     /// Only the floods at line rate (the lab's live-frames sender against
     /// the gate, the kernel alone and nftables SYNPROXY): about five minutes.
     #[arg(long)]
@@ -122,6 +126,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     if o.control {
         cmd.arg("--control");
+    }
+    if o.lists {
+        cmd.arg("--lists");
     }
     if o.flood {
         cmd.arg("--flood");

@@ -13,6 +13,7 @@ pub fn run(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let options = AttachOptions {
         mode: attach_mode(a.mode),
         max_connections: a.max_connections,
+        max_prefixes: a.max_prefixes,
         multiprog: a.multiprog.priority(),
     };
     let (dir, notes) = gate::attach(&a.iface, netns, options, &s)?;

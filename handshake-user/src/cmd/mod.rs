@@ -1,14 +1,17 @@
 //! One module per subcommand.
 
 pub mod attach;
+pub mod check;
 pub mod conns;
 pub mod docs;
 pub mod events;
+pub mod lists;
 pub mod run;
 pub mod set;
 pub mod status;
 
 use crate::args::{Cli, Command};
+use handshake_user::prefixes::List;
 
 pub fn run(cli: Cli) -> anyhow::Result<()> {
     // These only print text from the command-line and settings definitions.
@@ -20,6 +23,10 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
             return Ok(());
         }
         _ => {}
+    }
+    // The preflight says what is missing rather than failing on it.
+    if let Command::Check(a) = cli.command {
+        return check::run(a, cli.netns.as_deref());
     }
     // Every other command touches BPF objects; say so before anything else
     // fails for want of privileges.
@@ -49,7 +56,12 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Set(a) => set::run(a, netns),
         Command::Run(a) => run::run(a, netns, metrics),
         Command::Events(a) => events::run(a, netns),
-        Command::Completions(_) | Command::Manpage | Command::ConfigTemplate => {
+        Command::Allow(a) => lists::run(List::Allow, a, netns),
+        Command::Deny(a) => lists::run(List::Deny, a, netns),
+        Command::Completions(_)
+        | Command::Manpage
+        | Command::ConfigTemplate
+        | Command::Check(_) => {
             unreachable!("handled above")
         }
     }

@@ -9,7 +9,12 @@
 //!   that does not parse or validate leaves the running settings alone,
 //!   and the log says why;
 //! - answers `/healthz` (the daemon is serving) and `/readyz` (the gate's
-//!   program is on the interface's XDP hook) beside `/metrics`.
+//!   program is on the interface's XDP hook) beside `/metrics`;
+//! - speaks systemd's notify protocol (`Type=notify`) where `NOTIFY_SOCKET`
+//!   is set: `READY=1` once the gate is attached (or adopted) and the
+//!   metrics socket is serving, `WATCHDOG=1` after each sweep (so a stuck
+//!   sweep is a restart when the unit sets `WatchdogSec=`), `RELOADING=1`
+//!   and `READY=1` around each reload, `STOPPING=1` on SIGTERM or SIGINT.
 //!
 //! The gate does not depend on it: killed, even with SIGKILL, the daemon
 //! leaves the pinned gate working. Stopped with SIGTERM or SIGINT, it
@@ -26,6 +31,7 @@ use http_body_util::Full;
 use hyper::body::{Bytes, Incoming};
 use hyper::{Request, Response, StatusCode};
 use log::{debug, error, info, warn};
+use sd_notify::NotifyState;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
@@ -103,6 +109,7 @@ pub fn run(
         let options = AttachOptions {
             mode: attach_mode(a.mode),
             max_connections: a.max_connections,
+            max_prefixes: a.max_prefixes,
             multiprog: a.multiprog.priority(),
         };
         let s = file.clone().unwrap_or_default();
@@ -158,16 +165,44 @@ async fn serve(
     }
     let mut logger = program_log(&shared);
     let mut watch = a.config.as_deref().and_then(ConfigWatch::start);
-    let mut sweep = tokio::time::interval(Duration::from_secs(a.sweep_interval));
+    // The watchdog is fed after each sweep: sweeps come at least twice
+    // within its timeout.
+    let watchdog = sd_notify::watchdog_enabled();
+    let mut period = Duration::from_secs(a.sweep_interval);
+    if let Some(limit) = watchdog {
+        let half = (limit / 2).max(Duration::from_millis(100));
+        if half < period {
+            info!(
+                "sweeping every {:.1} s, not {} s: systemd's watchdog wants word every {:.1} s",
+                half.as_secs_f64(),
+                a.sweep_interval,
+                limit.as_secs_f64()
+            );
+            period = half;
+        }
+    }
+    let mut sweep = tokio::time::interval(period);
     // The count each sweep leaves stands until two sweeps are missed.
     let keep_ns = 2 * a.sweep_interval * 1_000_000_000;
     sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut sweeps = 0u64;
     info!("running: SIGHUP reloads the config file, SIGTERM or SIGINT stops");
+    tell(&[
+        NotifyState::Ready,
+        NotifyState::Status(&format!("protecting {}", shared.iface)),
+    ]);
     loop {
         tokio::select! {
-            _ = term.recv() => { info!("SIGTERM: stopping"); return Ok(()); }
-            _ = int.recv() => { info!("SIGINT: stopping"); return Ok(()); }
+            _ = term.recv() => {
+                info!("SIGTERM: stopping");
+                tell(&[NotifyState::Stopping]);
+                return Ok(());
+            }
+            _ = int.recv() => {
+                info!("SIGINT: stopping");
+                tell(&[NotifyState::Stopping]);
+                return Ok(());
+            }
             _ = hup.recv() => {
                 // Read whole now: the watch need not read it again.
                 if let Some(w) = watch.as_mut() {
@@ -184,6 +219,9 @@ async fn serve(
                 let rebuild = sweeps.is_multiple_of(handshake_user::gate::REBUILD_EVERY);
                 sweeps += 1;
                 sweep_once(&shared, keep_ns, rebuild);
+                if watchdog.is_some() {
+                    tell(&[NotifyState::Watchdog]);
+                }
                 // A change whose events another branch cut short (the
                 // wait in `changed` is dropped when one wins) shows here.
                 if watch.as_mut().is_some_and(ConfigWatch::moved) {
@@ -337,9 +375,26 @@ async fn changed(watch: &mut Option<ConfigWatch>) -> bool {
     w.moved()
 }
 
+/// Tells the service manager `states` (nothing without `NOTIFY_SOCKET`).
+fn tell(states: &[NotifyState]) {
+    if let Err(e) = sd_notify::notify(states) {
+        warn!("could not notify the service manager: {e}");
+    }
+}
+
 /// SIGHUP, or a change of the file: the config file again, whole, over the
-/// defaults. `why` starts each log line.
+/// defaults, between `RELOADING=1` and `READY=1` for systemd. `why` starts
+/// each log line.
 fn reload(shared: &Shared, path: Option<&Path>, why: &str) {
+    match NotifyState::monotonic_usec_now() {
+        Ok(now) => tell(&[NotifyState::Reloading, now]),
+        Err(_) => tell(&[NotifyState::Reloading]),
+    }
+    reload_file(shared, path, why);
+    tell(&[NotifyState::Ready]);
+}
+
+fn reload_file(shared: &Shared, path: Option<&Path>, why: &str) {
     let Some(path) = path else {
         warn!("{why}: there is no --config file to reload");
         return;

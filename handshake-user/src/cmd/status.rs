@@ -133,6 +133,11 @@ fn json(iface: &str, netns: Option<&str>, s: &Snapshot) -> Value {
         "netns": netns,
         "mode": handshake_user::settings::mode_name(&s.settings.config),
         "limits": limits,
+        "prefix_lists": {
+            "allow": s.prefixes.0,
+            "deny": s.prefixes.1,
+            "capacity": s.prefixes.2,
+        },
         "half_open": s.half_open,
         "states": { "client": client, "server": server },
         "connections": s.connections,
@@ -163,6 +168,11 @@ fn text(iface: &str, netns: Option<&str>, s: &Snapshot, prev: Option<&Snapshot>)
         t.add_row(vec![k.name.to_string(), k.show(&s.settings)]);
     }
     let _ = writeln!(out, "{t}\n");
+    let _ = writeln!(
+        out,
+        "prefix lists: allow {}, deny {} (room for {} each)\n",
+        s.prefixes.0, s.prefixes.1, s.prefixes.2
+    );
 
     let _ = writeln!(out, "half-open now: {}", s.half_open);
     if !s.top_sources.is_empty() {

@@ -49,6 +49,8 @@ pub struct AttachOptions {
     /// Join libxdp's multi-program dispatcher at this run priority instead
     /// of taking the XDP hook alone.
     pub multiprog: Option<u32>,
+    /// Capacity of each prefix list (allow, deny).
+    pub max_prefixes: u32,
 }
 
 impl Default for AttachOptions {
@@ -56,6 +58,7 @@ impl Default for AttachOptions {
         AttachOptions {
             mode: AttachMode::Auto,
             max_connections: handshake_common::ESTABLISHED_CAPACITY,
+            max_prefixes: handshake_common::prefix::DEFAULT_MAX_PREFIXES,
             multiprog: None,
         }
     }
@@ -68,7 +71,7 @@ pub const MIN_CONNECTIONS: u32 = 1_024;
 pub const MAX_CONNECTIONS: u32 = 16 * 1_048_576;
 
 /// Every map the controller pins, by name.
-pub const MAP_NAMES: [&str; 17] = [
+pub const MAP_NAMES: [&str; 19] = [
     maps::CONFIG,
     maps::COUNTERS,
     maps::DROPPED,
@@ -86,14 +89,25 @@ pub const MAP_NAMES: [&str; 17] = [
     maps::COUNTED,
     maps::KNOWN,
     maps::KNOWN_GEN,
+    maps::PREFIXES_V4,
+    maps::PREFIXES_V6,
 ];
 
 /// Maps a gate attached by an older version may lack: `attach --replace`
 /// creates them, and the controller does without them until it does.
 pub const OPTIONAL_MAPS: [&str; 3] = [maps::COUNTED, maps::KNOWN, maps::KNOWN_GEN];
 
-/// Maps whose capacity `--max-connections` sets.
-const SIZED_MAPS: [&str; 2] = [maps::ESTABLISHED, maps::KNOWN];
+/// Maps whose capacity `--max-connections` or `--max-prefixes` sets.
+const SIZED_MAPS: [&str; 4] = [
+    maps::ESTABLISHED,
+    maps::KNOWN,
+    maps::PREFIXES_V4,
+    maps::PREFIXES_V6,
+];
+
+/// Bounds of `--max-prefixes`.
+pub const MIN_PREFIXES: u32 = 16;
+pub const MAX_PREFIXES: u32 = 1 << 24;
 
 /// Entries of the known-source filter's map for a gate of `max_connections`.
 pub fn known_words(max_connections: u32) -> u32 {
@@ -163,14 +177,29 @@ pub fn attach(
     pins::require_root()?;
     pins::require_bpffs()?;
     crate::settings::validate(settings)?;
-    if !(MIN_CONNECTIONS..=MAX_CONNECTIONS).contains(&options.max_connections) {
-        return Err(GateError::Setting(
-            crate::settings::SettingError::BadValue {
-                key: "max-connections",
-                value: options.max_connections.to_string(),
-                expected: format!("a whole number from {MIN_CONNECTIONS} to {MAX_CONNECTIONS}"),
-            },
-        ));
+    for (key, value, min, max) in [
+        (
+            "max-connections",
+            options.max_connections,
+            MIN_CONNECTIONS,
+            MAX_CONNECTIONS,
+        ),
+        (
+            "max-prefixes",
+            options.max_prefixes,
+            MIN_PREFIXES,
+            MAX_PREFIXES,
+        ),
+    ] {
+        if !(min..=max).contains(&value) {
+            return Err(GateError::Setting(
+                crate::settings::SettingError::BadValue {
+                    key,
+                    value: value.to_string(),
+                    expected: format!("a whole number from {min} to {max}"),
+                },
+            ));
+        }
     }
     let ifindex =
         nix::net::if_::if_nametoindex(iface).map_err(|_| GateError::UnknownInterface {
@@ -198,7 +227,7 @@ pub fn attach(
     };
     // Loading creates every map and pins it in `dir`.
     let multiprog = options.multiprog.is_some();
-    let mut ebpf = load(&dir, Some(options.max_connections), multiprog)?;
+    let mut ebpf = load(&dir, Some(&options), multiprog)?;
     load_programs(&mut ebpf, multiprog)?;
     // Through the pins, as every later command does.
     let mut gate = Gate::open_dir(dir.clone())?;
@@ -342,8 +371,8 @@ fn tc_program(ebpf: &mut Ebpf) -> &mut SchedClassifier {
 
 /// Loads the object with every map pinned in `dir`: a map already pinned
 /// there is reused as it is (`attach --replace`), a missing one is created
-/// and pinned. `max_connections` sizes a new established map.
-fn load(dir: &Path, max_connections: Option<u32>, extension: bool) -> Result<Ebpf, GateError> {
+/// and pinned. `options` size new maps.
+fn load(dir: &Path, options: Option<&AttachOptions>, extension: bool) -> Result<Ebpf, GateError> {
     let mut loader = EbpfLoader::new();
     if extension {
         // Loaded later, as an extension of a dispatcher's slot.
@@ -352,9 +381,12 @@ fn load(dir: &Path, max_connections: Option<u32>, extension: bool) -> Result<Ebp
     for name in MAP_NAMES {
         loader.map_pin_path(name, dir.join(name));
     }
-    if let Some(n) = max_connections {
-        loader.map_max_entries(maps::ESTABLISHED, n);
-        loader.map_max_entries(maps::KNOWN, known_words(n));
+    if let Some(o) = options {
+        loader.map_max_entries(maps::ESTABLISHED, o.max_connections);
+        loader.map_max_entries(maps::KNOWN, known_words(o.max_connections));
+        let tries = handshake_common::prefix::trie_entries(o.max_prefixes);
+        loader.map_max_entries(maps::PREFIXES_V4, tries);
+        loader.map_max_entries(maps::PREFIXES_V6, tries);
     }
     loader
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)

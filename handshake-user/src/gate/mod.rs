@@ -7,11 +7,13 @@
 //! - [`multiprog`]: the XDP program as one of libxdp's dispatcher's;
 //! - this file: [`Gate`], the maps opened from the pins, and its plain reads;
 //! - [`write`]: new settings into the maps (and the TCP settings cookies need);
+//! - [`lists`]: the allow and deny prefix lists, and `deny --cut`;
 //! - [`reads`]: the connections, the counts by state, the busiest sources and
 //!   ports, the sweep, and the [`Snapshot`] `status` and the metrics show.
 
 mod egress;
 mod lifecycle;
+mod lists;
 pub mod multiprog;
 mod reads;
 mod write;
@@ -29,9 +31,10 @@ use crate::settings::Settings;
 use crate::{GateError, pins};
 
 pub use lifecycle::{
-    AttachMode, AttachOptions, MAP_NAMES, MAX_CONNECTIONS, MIN_CONNECTIONS, OPTIONAL_MAPS, attach,
-    check_layout, detach, known_words, replace,
+    AttachMode, AttachOptions, MAP_NAMES, MAX_CONNECTIONS, MAX_PREFIXES, MIN_CONNECTIONS,
+    MIN_PREFIXES, OPTIONAL_MAPS, attach, check_layout, detach, known_words, replace,
 };
+pub use lists::Changed;
 pub use reads::{
     Conn, Counts, KEPT_FROM, REBUILD_EVERY, Snapshot, run_rebuild, run_sweep, run_tally,
     state_counts,

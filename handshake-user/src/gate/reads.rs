@@ -257,6 +257,8 @@ pub struct Snapshot {
     pub map_entries: (usize, usize),
     pub top_sources: Vec<(String, u32)>,
     pub top_ports: Vec<(u16, u32)>,
+    /// Prefixes on the allow and deny lists, and what each may hold.
+    pub prefixes: (usize, usize, u32),
     /// When it was read (monotonic ns).
     pub taken_ns: u64,
     /// Whether the counts by state (`states`, `connections`,
@@ -310,6 +312,10 @@ impl Gate {
                 Vec::new()
             } else {
                 self.top_ports(&cfg, now, top)?
+            },
+            prefixes: {
+                let (allow, deny) = self.list_counts()?;
+                (allow, deny, self.list_capacity()?)
             },
             taken_ns: now,
             settings,

@@ -17,7 +17,13 @@ impl Gate {
     /// Returns what it changed outside the gate, for the operator.
     pub fn set_settings(&mut self, s: &Settings) -> Result<Vec<String>, GateError> {
         crate::settings::validate(s)?;
+        // First, as they may still be refused (full, or a prefix on the
+        // other list from the command line) with nothing else changed.
+        if s.allow.is_some() || s.deny.is_some() {
+            self.set_lists(s.allow.as_deref(), s.deny.as_deref())?;
+        }
         let mut config = s.config;
+        config.prefix_lists = self.list_flags()?;
         let cookie = config.overflow() == Overflow::Cookie;
         let mut notes = Vec::new();
         if cookie {
@@ -28,6 +34,8 @@ impl Gate {
         let s = &Settings {
             config,
             allowed_ports: s.allowed_ports.clone(),
+            allow: None,
+            deny: None,
         };
         if s.allowed_ports.is_empty() {
             self.write_config(&s.config)?;

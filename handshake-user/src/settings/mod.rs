@@ -9,6 +9,8 @@ use std::path::Path;
 
 use handshake_common::{Config, HALF_OPEN_CAPACITY, Mode, Overflow, PORT_WORDS};
 
+use crate::prefixes::{self, List, Prefix};
+
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum SettingError {
     #[error("unknown setting {key:?}; known settings: {known}", known = known_keys())]
@@ -29,15 +31,25 @@ pub enum SettingError {
 
     #[error("config file {path}: {why}")]
     File { path: String, why: String },
+
+    #[error("{list} list: {why}")]
+    List { list: &'static str, why: String },
 }
 
 /// Everything an operator tunes.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Settings {
-    /// The limits; `ports_restricted` follows `allowed_ports`.
+    /// The limits; `ports_restricted` follows `allowed_ports`;
+    /// `prefix_lists` is kept by the gate as it writes the lists.
     pub config: Config,
     /// Ports that take SYNs, sorted, no repeats; empty: every port.
     pub allowed_ports: Vec<u16>,
+    /// The allow list, where the config file sets it (`allow`,
+    /// `allow-file`): written as the whole list. `None`: the list is left
+    /// as it is (managed with `handshake-gate allow`).
+    pub allow: Option<Vec<Prefix>>,
+    /// The deny list, likewise.
+    pub deny: Option<Vec<Prefix>>,
 }
 
 impl Default for Settings {
@@ -45,6 +57,8 @@ impl Default for Settings {
         Settings {
             config: Config::DEFAULT,
             allowed_ports: Vec::new(),
+            allow: None,
+            deny: None,
         }
     }
 }
@@ -76,6 +90,16 @@ impl Settings {
         Settings {
             config,
             allowed_ports,
+            allow: None,
+            deny: None,
+        }
+    }
+
+    /// The list the settings set, if they set it.
+    pub fn list(&self, list: List) -> Option<&[Prefix]> {
+        match list {
+            List::Allow => self.allow.as_deref(),
+            List::Deny => self.deny.as_deref(),
         }
     }
 }
@@ -434,6 +458,17 @@ pub fn validate(s: &Settings) -> Result<(), SettingError> {
                 .into(),
         });
     }
+    if let (Some(allow), Some(deny)) = (&s.allow, &s.deny)
+        && let Some(p) = allow.iter().find(|a| deny.iter().any(|d| d.net == a.net))
+    {
+        return Err(SettingError::List {
+            list: "allow",
+            why: format!(
+                "{} is on the deny list too; a prefix may be on one list",
+                p.net
+            ),
+        });
+    }
     for (key, cap) in [
         ("max-half-open-per-source", cfg.max_half_open_per_source),
         ("max-half-open-per-port", cfg.max_half_open_per_port),
@@ -465,7 +500,7 @@ pub fn from_file(base: &Settings, path: &Path) -> Result<Settings, SettingError>
         why,
     };
     let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
-    from_toml(base, &text).map_err(|e| match e {
+    from_toml_in(base, &text, path.parent()).map_err(|e| match e {
         SettingError::File { why, .. } => file_err(why),
         other => file_err(other.to_string()),
     })
@@ -473,12 +508,58 @@ pub fn from_file(base: &Settings, path: &Path) -> Result<Settings, SettingError>
 
 /// Parses TOML text as in [`from_file`].
 pub fn from_toml(base: &Settings, text: &str) -> Result<Settings, SettingError> {
-    let table: toml::Table = text
+    from_toml_in(base, text, None)
+}
+
+/// The prefix lists' keys in a config file: a list of prefixes (each may
+/// carry a note after `#`), and a file of them.
+const LIST_KEYS: [(&str, &str, List); 2] = [
+    ("allow", "allow-file", List::Allow),
+    ("deny", "deny-file", List::Deny),
+];
+
+/// [`from_toml`], with relative list files found in `dir`.
+fn from_toml_in(base: &Settings, text: &str, dir: Option<&Path>) -> Result<Settings, SettingError> {
+    let mut table: toml::Table = text
         .parse()
         .map_err(|e: toml::de::Error| SettingError::File {
             path: String::new(),
             why: e.to_string(),
         })?;
+    let mut lists: [Option<Vec<Prefix>>; 2] = [None, None];
+    for (i, (inline, file, list)) in LIST_KEYS.into_iter().enumerate() {
+        let bad = |key: &str, why: String| SettingError::List {
+            list: list.name(),
+            why: format!("{key}: {why}"),
+        };
+        if let Some(v) = table.remove(inline) {
+            let items = v
+                .as_array()
+                .ok_or_else(|| bad(inline, "expected a list of prefixes".into()))?;
+            let mut text = String::new();
+            for item in items {
+                let line = item
+                    .as_str()
+                    .ok_or_else(|| bad(inline, format!("{item} is not a string")))?;
+                text.push_str(line);
+                text.push('\n');
+            }
+            let got = prefixes::parse_lines(&text, "").map_err(|e| bad(inline, e))?;
+            lists[i].get_or_insert_with(Vec::new).extend(got);
+        }
+        if let Some(v) = table.remove(file) {
+            let name = v
+                .as_str()
+                .ok_or_else(|| bad(file, "expected a file name".into()))?;
+            let path = match dir {
+                Some(d) => d.join(name),
+                None => name.into(),
+            };
+            let got = prefixes::read_file(list, &path, "")?;
+            lists[i].get_or_insert_with(Vec::new).extend(got);
+        }
+    }
+    let [allow, deny] = lists;
     let mut args = Vec::new();
     for (k, v) in &table {
         let bad = |other: &toml::Value| match key(k) {
@@ -507,7 +588,15 @@ pub fn from_toml(base: &Settings, text: &str) -> Result<Settings, SettingError> 
         };
         args.push(format!("{k}={v}"));
     }
-    apply_all(base, &args)
+    let mut s = apply_all(base, &args)?;
+    if allow.is_some() {
+        s.allow = allow;
+    }
+    if deny.is_some() {
+        s.deny = deny;
+    }
+    validate(&s)?;
+    Ok(s)
 }
 
 /// A config file with every setting commented out at its default, each

@@ -236,3 +236,57 @@ fn the_commented_defaults_name_every_key_and_parse_to_the_defaults() {
     let s = from_toml(&Settings::default(), &uncommented).expect("the defaults parse");
     assert_eq!(s, Settings::default());
 }
+
+#[test]
+fn the_config_file_sets_the_prefix_lists_from_lines_and_files() {
+    let dir = std::env::temp_dir().join(format!("hg-lists-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("deny.netset"),
+        "# a netset\n198.18.66.0/24 # scanners\n2001:db8:66::/48\n",
+    )
+    .unwrap();
+    let path = dir.join("gate.toml");
+    std::fs::write(
+        &path,
+        "max-half-open = 100\n\
+         allow = [\"198.18.7.0/24 # health checkers\", \"198.18.9.1\"]\n\
+         deny-file = \"deny.netset\"\n",
+    )
+    .unwrap();
+    let s = from_file(&Settings::default(), &path).unwrap();
+    assert_eq!(s.config.max_half_open, 100);
+    let nets = |l: &Option<Vec<Prefix>>| -> Vec<String> {
+        l.as_ref()
+            .unwrap()
+            .iter()
+            .map(|p| p.net.to_string())
+            .collect()
+    };
+    assert_eq!(nets(&s.allow), ["198.18.7.0/24", "198.18.9.1/32"]);
+    assert_eq!(s.allow.as_ref().unwrap()[0].comment, "health checkers");
+    assert_eq!(nets(&s.deny), ["198.18.66.0/24", "2001:db8:66::/48"]);
+
+    // A list the file does not name is left alone; a bad prefix, a
+    // prefix on both lists or a missing file refuses the whole file.
+    let s = from_toml(&Settings::default(), "mode = \"monitor\"\n").unwrap();
+    assert_eq!((s.allow, s.deny), (None, None));
+    for (text, says) in [
+        ("allow = [\"198.18.0.0/33\"]", "allow list"),
+        (
+            "deny = [\"198.18.7.0/24\"]\nallow = [\"198.18.7.9/24\"]",
+            "on the deny list too",
+        ),
+        (
+            "deny-file = \"/nonexistent/deny.netset\"",
+            "/nonexistent/deny.netset",
+        ),
+        ("allow = \"198.18.7.0/24\"", "expected a list"),
+    ] {
+        let e = from_toml(&Settings::default(), text)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(says), "{text:?}: {e}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}

@@ -23,6 +23,11 @@ pub struct Daemon {
 
 impl Daemon {
     pub fn start(lab: &Lab, tag: &str, extra: &[&str]) -> Daemon {
+        Daemon::start_env(lab, tag, extra, &[])
+    }
+
+    /// [`Daemon::start`] with more environment variables.
+    pub fn start_env(lab: &Lab, tag: &str, extra: &[&str], env: &[(&str, &str)]) -> Daemon {
         let port = free_port();
         let log = std::env::temp_dir().join(format!("hg-{tag}-{}.log", std::process::id()));
         let file = std::fs::File::create(&log).expect("log file");
@@ -42,6 +47,7 @@ impl Daemon {
         let child = Command::new(GATE)
             .args(&args)
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(file)
             .spawn()
