@@ -6,7 +6,7 @@ use crate::flow::TcpState;
 
 /// One dropped (or, in `monitor` mode, would-be dropped) arriving packet.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct DropEvent {
     /// When it arrived (monotonic ns, `bpf_ktime_get_ns`).
     pub time_ns: u64,
@@ -32,10 +32,21 @@ pub struct DropEvent {
     pub server_state: u8,
     /// 1 when the packet was actually dropped (enforce), 0 in monitor mode.
     pub dropped: u8,
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// Bytes of the frame in `frame` (its first [`FRAME_BYTES`] at most).
+    pub captured: u16,
+    /// The frame's length on the wire (its linear part, as XDP sees it).
+    pub wire_len: u16,
+    /// The frame from its Ethernet header on: what `events --pcap` writes.
+    pub frame: [u8; FRAME_BYTES],
 }
 
-const _: () = assert!(core::mem::size_of::<DropEvent>() == 56);
+/// Bytes of each dropped frame an event carries: every header the gate
+/// reads (Ethernet, two VLAN tags, IPv6 with extension headers, TCP with
+/// options) fits.
+pub const FRAME_BYTES: usize = 128;
+
+const _: () = assert!(core::mem::size_of::<DropEvent>() == 56 + FRAME_BYTES);
 
 impl DropEvent {
     /// A state slot holding no state.

@@ -62,7 +62,8 @@ pub enum Command {
     /// Example: handshake-gate deny eth0 load /etc/handshake-gate/deny.netset --cut
     Deny(ListArgs),
     /// Follow sampled drop events (reason, source, port, state): who is
-    /// flooding. Needs event-sample set (`set IFACE event-sample=100`).
+    /// flooding; `--pcap FILE` writes the dropped frames for tcpdump and
+    /// Wireshark. Needs event-sample set (`set IFACE event-sample=100`).
     ///
     /// Example: handshake-gate events eth0 --json --count 20
     Events(EventsArgs),
@@ -225,6 +226,12 @@ pub struct EventsArgs {
     /// Stop after this many seconds.
     #[arg(long, value_name = "SECS")]
     pub timeout: Option<u64>,
+    /// Also write each event's frame (its first 128 bytes) to FILE as
+    /// pcapng, the reason and states in each packet's comment, for tcpdump
+    /// and Wireshark; `-` writes it to standard output alone, so
+    /// `events IFACE --pcap - | tcpdump -nr -` works.
+    #[arg(long, value_name = "FILE")]
+    pub pcap: Option<PathBuf>,
 }
 
 #[derive(Debug, clap::Args)]

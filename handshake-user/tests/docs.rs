@@ -31,6 +31,9 @@ fn the_manual_page_documents_every_command() {
         "set",
         "run",
         "events",
+        "check",
+        "allow",
+        "deny",
         "completions",
         "manpage",
     ] {
@@ -44,6 +47,9 @@ fn the_manual_page_documents_every_command() {
         "\\-\\-metrics",
         "\\-\\-watch",
         "\\-\\-netns",
+        "\\-\\-cut",
+        "\\-\\-max\\-prefixes",
+        "DENY LOAD",
     ] {
         assert!(page.contains(flag), "{flag} is not documented");
     }

@@ -7,6 +7,7 @@ mod common;
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::daemon::*;
@@ -393,6 +394,92 @@ fn check_reports_the_hook_the_config_and_the_kernel_and_changes_nothing() {
     assert_eq!(status_of(&v, "xdp hook"), "ok", "{v:#}");
     let _ = std::fs::remove_file(good);
     let _ = std::fs::remove_file(bad);
+}
+
+/// `events --pcap`: the dropped frames as pcapng, each with its reason in
+/// the packet's comment, read back here and by tcpdump, from a file and
+/// from a pipe (`--pcap - | tcpdump -r -`).
+#[test]
+#[ignore = "privileged: needs root, netns and XDP; run by `cargo xtask test`"]
+fn events_write_the_dropped_frames_as_pcapng_that_tcpdump_reads() {
+    use pcap_file::pcapng::{Block, PcapNgReader};
+    let (lab, addr, _server) = lab_with_server("ope");
+    let gate = Attached::new(&lab, &["max-half-open-per-source=5", "event-sample=1"]);
+    flood_from(&lab, addr, "198.18.0.66", 25);
+    let file = std::env::temp_dir().join(format!("hg-ope-{}.pcapng", std::process::id()));
+    let path = file.to_str().unwrap();
+    let out = gate.run(
+        "events",
+        &["--pcap", path, "--count", "20", "--timeout", "10"],
+    );
+    assert_eq!(out.lines().count(), 20, "{out}");
+
+    let mut r = PcapNgReader::new(std::fs::File::open(&file).unwrap()).expect("pcapng");
+    let mut frames = 0;
+    while let Some(block) = r.next_block() {
+        let Block::EnhancedPacket(p) = block.expect("a well-formed block") else {
+            continue;
+        };
+        frames += 1;
+        let sliced = etherparse::SlicedPacket::from_ethernet(&p.data).expect("an Ethernet frame");
+        let Some(etherparse::NetSlice::Ipv4(ip)) = sliced.net else {
+            panic!("not IPv4: {:?}", p.data);
+        };
+        assert_eq!(ip.header().source(), [198, 18, 0, 66]);
+        let Some(etherparse::TransportSlice::Tcp(tcp)) = sliced.transport else {
+            panic!("not TCP");
+        };
+        assert_eq!(tcp.destination_port(), 8080);
+        assert!(tcp.syn() && !tcp.ack());
+        assert_eq!(p.original_len as usize, p.data.len(), "a SYN fits whole");
+        let comment = p.options.iter().find_map(|o| match o {
+            pcap_file::pcapng::blocks::enhanced_packet::EnhancedPacketOption::Comment(c) => {
+                Some(c.to_string())
+            }
+            _ => None,
+        });
+        assert!(
+            comment
+                .as_deref()
+                .is_some_and(|c| c.starts_with("per_source")),
+            "{comment:?}"
+        );
+    }
+    assert_eq!(frames, 20);
+
+    let have_tcpdump = Command::new("tcpdump").arg("--version").output().is_ok();
+    if !have_tcpdump && std::env::var_os("HANDSHAKE_IN_VM").is_some() {
+        println!("skipped in the VM: no tcpdump in the guest");
+        let _ = std::fs::remove_file(&file);
+        return;
+    }
+    let (ok, out, err) = common::cli::outcome(Command::new("tcpdump").args(["-nr", path]));
+    assert!(ok, "tcpdump could not read it: {err}");
+    assert_eq!(out.lines().count(), 20, "{out}");
+    for l in out.lines() {
+        assert!(
+            l.contains("198.18.0.66.") && l.contains("> 198.18.0.1.8080: Flags [S]"),
+            "{l}"
+        );
+    }
+
+    // Through a pipe, as it happens: a new source, five over its cap.
+    flood_from(&lab, addr, "198.18.0.67", 10);
+    let mut events = Command::new(common::cli::GATE)
+        .args(["--netns", &lab.server.name, "events", &lab.server_if])
+        .args(["--pcap", "-", "--count", "5", "--timeout", "10"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let (ok, out, err) = common::cli::outcome(
+        Command::new("tcpdump")
+            .args(["-nr", "-"])
+            .stdin(events.stdout.take().unwrap()),
+    );
+    assert!(events.wait().unwrap().success());
+    assert!(ok, "tcpdump could not read the pipe: {err}");
+    assert_eq!(out.lines().count(), 5, "{out}");
+    let _ = std::fs::remove_file(&file);
 }
 
 /// The kernel ids of the gate's pinned programs: (XDP, TC egress).

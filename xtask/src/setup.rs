@@ -7,7 +7,9 @@
 //!   kmod and qemu-system-x86 (the VM layer), linux-perf (the bench's profile),
 //!   xdp-tools (libxdp's xdp-filter and xdp-loader, which the tests put on
 //!   the hook beside the gate), podman with runc (the OCI image and its test),
-//!   GNU time (the bench's peak memory of a command).
+//!   GNU time (the bench's peak memory of a command), tcpdump (reads what
+//!   `events --pcap` writes), Prometheus and its node exporter (evaluate the
+//!   dashboard's queries against the daemon).
 //! - The musl target for stable (the image's static binary).
 //! - cargo-deb (the Debian package, `cargo xtask deb`).
 //! - kubernetes-validate (PyPI), which checks the manifests under
@@ -39,6 +41,9 @@ const APT_PACKAGES: &[&str] = &[
     "netavark",
     "aardvark-dns",
     "time",
+    "tcpdump",
+    "prometheus",
+    "prometheus-node-exporter",
 ];
 const BPF_LINKER_VERSION: &str = "0.13.0";
 const LLVM_PREFIX: &str = "/usr/lib/llvm-22";

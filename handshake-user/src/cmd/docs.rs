@@ -24,29 +24,52 @@ pub fn manpage() -> anyhow::Result<()> {
     for sub in cmd.get_subcommands().filter(|s| s.get_name() != "help") {
         let name = sub.get_name();
         out.extend_from_slice(format!(".SH \"COMMAND: {}\"\n", name.to_uppercase()).as_bytes());
-        // Shown in its synopsis; leaked, as the command lives until exit anyway.
-        let full: &'static str = Box::leak(format!("handshake-gate {name}").into_boxed_str());
-        let sub = sub.clone().name(full);
-        let page = clap_mangen::Man::new(sub);
-        out.extend_from_slice(b".SS SYNOPSIS\n");
-        let mut synopsis = Vec::new();
-        page.render_synopsis_section(&mut synopsis)?;
-        out.extend(strip_heading(&synopsis));
-        let mut desc = Vec::new();
-        page.render_description_section(&mut desc)?;
-        out.extend(strip_heading(&desc));
-        let mut opts = Vec::new();
-        page.render_options_section(&mut opts)?;
-        if !opts.is_empty() {
-            out.extend_from_slice(b".SS OPTIONS\n");
-            out.extend(strip_heading(&opts));
+        section(&mut out, format!("handshake-gate {name}"), sub, true)?;
+        // A command's own verbs (`allow add`, `deny list`, …), each under
+        // its own heading.
+        for verb in sub.get_subcommands().filter(|s| s.get_name() != "help") {
+            let heading = format!("{name} {}", verb.get_name()).to_uppercase();
+            out.extend_from_slice(format!(".SS \"{heading}\"\n").as_bytes());
+            let full = format!("handshake-gate {name} IFACE {}", verb.get_name());
+            section(&mut out, full, verb, false)?;
         }
-        let mut after = Vec::new();
-        page.render_extra_section(&mut after)?;
-        out.extend(strip_heading(&after));
     }
     man.render_version_section(&mut out)?;
     std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+    Ok(())
+}
+
+/// One command's synopsis (named `full`), description, options and extra
+/// text, with `.SS` headings where `headed`.
+fn section(
+    out: &mut Vec<u8>,
+    full: String,
+    cmd: &clap::Command,
+    headed: bool,
+) -> anyhow::Result<()> {
+    // Shown in its synopsis; leaked, as the command lives until exit anyway.
+    let full: &'static str = Box::leak(full.into_boxed_str());
+    let page = clap_mangen::Man::new(cmd.clone().name(full));
+    if headed {
+        out.extend_from_slice(b".SS SYNOPSIS\n");
+    }
+    let mut synopsis = Vec::new();
+    page.render_synopsis_section(&mut synopsis)?;
+    out.extend(strip_heading(&synopsis));
+    let mut desc = Vec::new();
+    page.render_description_section(&mut desc)?;
+    out.extend(strip_heading(&desc));
+    let mut opts = Vec::new();
+    page.render_options_section(&mut opts)?;
+    if !opts.is_empty() {
+        if headed {
+            out.extend_from_slice(b".SS OPTIONS\n");
+        }
+        out.extend(strip_heading(&opts));
+    }
+    let mut after = Vec::new();
+    page.render_extra_section(&mut after)?;
+    out.extend(strip_heading(&after));
     Ok(())
 }
 

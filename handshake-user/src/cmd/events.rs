@@ -1,5 +1,15 @@
+use std::io::Write;
 use std::os::fd::AsFd as _;
 use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use handshake_common::event::FRAME_BYTES;
+use pcap_file::DataLink;
+use pcap_file::pcapng::PcapNgWriter;
+use pcap_file::pcapng::blocks::enhanced_packet::{EnhancedPacketBlock, EnhancedPacketOption};
+use pcap_file::pcapng::blocks::interface_description::{
+    InterfaceDescriptionBlock, InterfaceDescriptionOption,
+};
 
 use handshake_common::{DropEvent, Reason};
 use handshake_user::gate::Gate;
@@ -22,15 +32,27 @@ pub fn run(a: EventsArgs, netns: Option<&str>) -> anyhow::Result<()> {
         );
     }
     let mut ring = gate.events()?;
+    let mut pcap = a
+        .pcap
+        .as_deref()
+        .map(|p| Pcap::open(p, &a.iface))
+        .transpose()?;
+    // With the frames on standard output, nothing else goes there.
+    let quiet = a.pcap.as_deref() == Some(std::path::Path::new("-"));
     let deadline = a.timeout.map(|s| Instant::now() + Duration::from_secs(s));
     let mut seen = 0u64;
     loop {
         while let Some(item) = ring.next() {
             let Some(e) = decode(&item) else { continue };
-            if a.json {
-                println!("{}", to_json(&e));
-            } else {
-                println!("{}", to_text(&e));
+            if let Some(p) = pcap.as_mut() {
+                p.write(&e)?;
+            }
+            if !quiet {
+                if a.json {
+                    println!("{}", to_json(&e));
+                } else {
+                    println!("{}", to_text(&e));
+                }
             }
             seen += 1;
             if a.count.is_some_and(|n| seen >= n) {
@@ -45,6 +67,62 @@ pub fn run(a: EventsArgs, netns: Option<&str>) -> anyhow::Result<()> {
             Ok(_) | Err(nix::errno::Errno::EINTR) => {}
             Err(e) => return Err(e.into()),
         }
+    }
+}
+
+/// Dropped frames as pcapng, one Enhanced Packet Block each, with the
+/// event's reason and states in the block's comment; timestamps in
+/// nanoseconds of the wall clock.
+struct Pcap {
+    w: PcapNgWriter<Box<dyn Write>>,
+    /// The wall clock minus the monotonic one, ns (the events carry the latter).
+    offset_ns: i128,
+}
+
+impl Pcap {
+    fn open(path: &std::path::Path, iface: &str) -> anyhow::Result<Pcap> {
+        let out: Box<dyn Write> = if path == std::path::Path::new("-") {
+            Box::new(std::io::stdout())
+        } else {
+            Box::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("could not create {}", path.display()))?,
+            )
+        };
+        let mut w = PcapNgWriter::new(out)?;
+        w.write_pcapng_block(InterfaceDescriptionBlock {
+            linktype: DataLink::ETHERNET,
+            snaplen: FRAME_BYTES as u32,
+            options: vec![
+                InterfaceDescriptionOption::IfName(iface.to_string().into()),
+                // EPB timestamps in nanoseconds.
+                InterfaceDescriptionOption::IfTsResol(9),
+                InterfaceDescriptionOption::IfDescription(
+                    "arriving packets handshake-gate dropped, sampled (event-sample)".into(),
+                ),
+            ],
+        })?;
+        w.get_mut().flush()?;
+        let wall = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos() as i128;
+        let offset_ns = wall - handshake_user::monotonic_ns() as i128;
+        Ok(Pcap { w, offset_ns })
+    }
+
+    fn write(&mut self, e: &DropEvent) -> anyhow::Result<()> {
+        let captured = usize::from(e.captured).min(FRAME_BYTES);
+        let wall = (i128::from(e.time_ns) + self.offset_ns).max(0) as u64;
+        self.w.write_pcapng_block(EnhancedPacketBlock {
+            interface_id: 0,
+            timestamp: Duration::from_nanos(wall),
+            original_len: u32::from(e.wire_len).max(captured as u32),
+            data: e.frame[..captured].into(),
+            options: vec![EnhancedPacketOption::Comment(to_text(e).into())],
+        })?;
+        // Each frame as it comes, for `--pcap - | tcpdump -r -`.
+        self.w.get_mut().flush()?;
+        Ok(())
     }
 }
 
