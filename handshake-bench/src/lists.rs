@@ -6,7 +6,6 @@
 //! packets' own /15 (198.18.0.0/15, lengths /24 to /32), so each lookup
 //! walks as deep a trie as such a list makes.
 
-use handshake_common::flow::AF_INET;
 use handshake_common::prefix::{self, Listed};
 use handshake_common::{Config, Reason, maps};
 use handshake_lab::packet::syn;
@@ -38,14 +37,7 @@ fn prefixes(n: usize) -> Vec<Listed> {
         if host >> 8 == 0x00c6_13ff || !seen.insert((host, len)) {
             continue;
         }
-        let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&host.to_be_bytes());
-        out.push(Listed {
-            family: AF_INET,
-            addr,
-            len,
-            list: prefix::DENY,
-        });
+        out.push(Listed::v4(host.to_be_bytes(), len, prefix::DENY));
     }
     out
 }

@@ -370,16 +370,6 @@ mod tests {
     /// SYN passes a full global cap and takes no count.
     #[test]
     fn prefix_lists_deny_and_allow() {
-        let net = |a: [u8; 4], len, list| {
-            let mut addr = [0; 16];
-            addr[..4].copy_from_slice(&a);
-            Listed {
-                family: AF_INET,
-                addr,
-                len,
-                list,
-            }
-        };
         let cfg = Config {
             mode: crate::Mode::Enforce as u32,
             max_half_open: 1,
@@ -396,8 +386,8 @@ mod tests {
         let early = syn([198, 18, 5, 1], 1000);
         assert_eq!(step(&mut m, &early), Reason::Pass);
         m.prefixes = alloc::vec![
-            net([198, 18, 5, 0], 24, prefix::DENY),
-            net([198, 18, 9, 0], 24, prefix::ALLOW),
+            Listed::v4([198, 18, 5, 0], 24, prefix::DENY),
+            Listed::v4([198, 18, 9, 0], 24, prefix::ALLOW),
         ];
         assert_eq!(step(&mut m, &syn([198, 18, 5, 2], 1000)), Reason::Denied);
         let mut ack = syn([198, 18, 5, 3], 1000);

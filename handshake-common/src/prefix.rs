@@ -72,6 +72,18 @@ pub struct Listed {
 }
 
 impl Listed {
+    /// An IPv4 prefix on `list`.
+    pub fn v4(a: [u8; 4], len: u8, list: u32) -> Listed {
+        let mut addr = [0; 16];
+        addr[..4].copy_from_slice(&a);
+        Listed {
+            family: AF_INET,
+            addr,
+            len,
+            list,
+        }
+    }
+
     /// Whether `addr` (of `family`) is inside this prefix.
     pub fn covers(&self, family: u8, addr: &[u8; 16]) -> bool {
         if family != self.family {
@@ -117,17 +129,6 @@ mod tests {
     use super::*;
     use crate::flow::AF_INET6;
 
-    fn v4net(a: [u8; 4], len: u8, list: u32) -> Listed {
-        let mut addr = [0; 16];
-        addr[..4].copy_from_slice(&a);
-        Listed {
-            family: AF_INET,
-            addr,
-            len,
-            list,
-        }
-    }
-
     fn at(a: [u8; 4]) -> [u8; 16] {
         let mut addr = [0; 16];
         addr[..4].copy_from_slice(&a);
@@ -137,9 +138,9 @@ mod tests {
     #[test]
     fn the_most_specific_prefix_decides() {
         let lists = [
-            v4net([198, 18, 0, 0], 16, DENY),
-            v4net([198, 18, 7, 0], 24, ALLOW),
-            v4net([198, 18, 7, 128], 25, DENY),
+            Listed::v4([198, 18, 0, 0], 16, DENY),
+            Listed::v4([198, 18, 7, 0], 24, ALLOW),
+            Listed::v4([198, 18, 7, 128], 25, DENY),
         ];
         assert_eq!(classify(&lists, AF_INET, &at([198, 18, 1, 1])), DENY);
         assert_eq!(classify(&lists, AF_INET, &at([198, 18, 7, 1])), ALLOW);
@@ -150,10 +151,13 @@ mod tests {
 
     #[test]
     fn odd_lengths_and_the_whole_space() {
-        let lists = [v4net([198, 18, 0, 0], 15, DENY), v4net([0; 4], 0, ALLOW)];
+        let lists = [
+            Listed::v4([198, 18, 0, 0], 15, DENY),
+            Listed::v4([0; 4], 0, ALLOW),
+        ];
         assert_eq!(classify(&lists, AF_INET, &at([198, 19, 255, 1])), DENY);
         assert_eq!(classify(&lists, AF_INET, &at([198, 20, 0, 1])), ALLOW);
-        let host = [v4net([198, 18, 0, 9], 32, ALLOW)];
+        let host = [Listed::v4([198, 18, 0, 9], 32, ALLOW)];
         assert_eq!(classify(&host, AF_INET, &at([198, 18, 0, 9])), ALLOW);
         assert_eq!(classify(&host, AF_INET, &at([198, 18, 0, 8])), 0);
     }

@@ -46,6 +46,11 @@ pub enum Command {
     /// entries, serve Prometheus metrics, log the programs' messages, reload
     /// the config file on SIGHUP and when it changes; serve /healthz and
     /// /readyz beside the metrics; on SIGTERM, detach what it attached.
+    /// Under systemd (`Type=notify`) it says READY=1 once the gate is
+    /// attached and the metrics are served, feeds the watchdog after each
+    /// sweep (WatchdogSec=), and says RELOADING=1 and STOPPING=1. The
+    /// Grafana dashboard `deploy/grafana/handshake-gate.json` charts the
+    /// metrics.
     ///
     /// Example: handshake-gate run eth0 --config /etc/handshake-gate.toml --metrics 127.0.0.1:9464
     Run(RunArgs),

@@ -202,10 +202,7 @@ fn kernel() -> Vec<Item> {
     let release = nix::sys::utsname::uname()
         .map(|u| u.release().to_string_lossy().into_owned())
         .unwrap_or_default();
-    let mut parts = release
-        .split(|c: char| !c.is_ascii_digit())
-        .filter_map(|p| p.parse::<u32>().ok());
-    let version = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
+    let version = kernel_version();
     let at_least = |v: (u32, u32)| version >= v;
     let mut out = vec![if at_least((6, 1)) {
         item(
@@ -484,18 +481,51 @@ fn memory(max_connections: u32, max_prefixes: u32) -> Item {
             .map(|a| format!(", {:.0} MiB available", mib(a)))
             .unwrap_or_default()
     );
+    // Before Linux 5.11 BPF memory counts against RLIMIT_MEMLOCK; since,
+    // against the memory cgroup.
+    let memcg = kernel_version() >= (5, 11);
+    let memlock = nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_MEMLOCK)
+        .map(|(soft, _)| soft)
+        .unwrap_or(u64::MAX);
+    let limit = if memlock == nix::sys::resource::RLIM_INFINITY {
+        "unlimited".to_string()
+    } else {
+        format!("{:.0} MiB", mib(memlock))
+    };
     match available {
         Some(a) if bytes > a => {
             item("memory", Level::Error, detail).fix("a smaller --max-connections, or free memory")
         }
+        _ if !memcg && bytes > memlock => item(
+            "memory",
+            Level::Error,
+            format!("{detail}; this kernel counts it against RLIMIT_MEMLOCK ({limit})"),
+        )
+        .fix("raise it: `ulimit -l unlimited`, or LimitMEMLOCK=infinity in the unit"),
         Some(a) if bytes > a / 2 => item("memory", Level::Warning, detail)
             .fix("the maps would take over half of the available memory"),
-        _ => item(
+        _ if memcg => item(
             "memory",
             Level::Ok,
             format!(
-                "{detail}; charged to the memory cgroup (Linux 5.11 and later), not RLIMIT_MEMLOCK"
+                "{detail}; charged to the memory cgroup (Linux 5.11 and later), not RLIMIT_MEMLOCK ({limit})"
             ),
         ),
+        _ => item(
+            "memory",
+            Level::Ok,
+            format!("{detail}; within RLIMIT_MEMLOCK ({limit})"),
+        ),
     }
+}
+
+/// The running kernel's (major, minor) version.
+fn kernel_version() -> (u32, u32) {
+    let release = nix::sys::utsname::uname()
+        .map(|u| u.release().to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut parts = release
+        .split(|c: char| !c.is_ascii_digit())
+        .filter_map(|p| p.parse::<u32>().ok());
+    (parts.next().unwrap_or(0), parts.next().unwrap_or(0))
 }
