@@ -132,7 +132,12 @@ pub fn run(data: &[u8]) {
         }
         rest = &tail[2 * n..];
         let pkt = &frame[..len];
-        match parse::parse(&Bytes(pkt), &mut facts) {
+        let parsed = parse::parse(&Bytes(pkt), &mut facts);
+        assert!(
+            !parse::surely_not_tcp(&Bytes(pkt)) || parsed == Parsed::NotTcp,
+            "the early check took a packet the parser does not call non-TCP for non-TCP"
+        );
+        match parsed {
             Parsed::Tcp => {
                 assert!(
                     facts.family == AF_INET || facts.family == AF_INET6,

@@ -58,12 +58,11 @@ pub mod maps {
     pub const TALLY_PROGRAM: &str = "tally_conns";
     /// One-entry array holding [`crate::Config`].
     pub const CONFIG: &str = "CONFIG";
-    /// Per-CPU array of `u64` counts of arriving packets (XDP) indexed by
-    /// [`crate::Reason`].
+    /// Per-CPU array of `u64` counts of arriving packets (XDP): slot
+    /// [`crate::Reason`] for those passed (a would-be drop in `monitor` mode
+    /// among them), slot `Reason + Reason::SLOTS` for those dropped, so each
+    /// packet takes one update (see [`crate::Reason::counter_slot`]).
     pub const COUNTERS: &str = "COUNTERS";
-    /// Per-CPU array of `u64` counts of packets actually dropped, indexed by
-    /// [`crate::Reason`] (differs from `COUNTERS` in `monitor` mode).
-    pub const DROPPED: &str = "DROPPED";
     /// Per-CPU array of `u64` counts of leaving packets (TC egress) indexed
     /// by [`crate::Reason`]; the egress program never drops.
     pub const EGRESS: &str = "EGRESS";

@@ -197,6 +197,30 @@ fn l3<C: Packet>(ctx: &C) -> Result<(usize, u16), Parsed> {
     Ok((off, proto))
 }
 
+/// Whether the packet is surely not TCP, from its first headers alone: an
+/// EtherType other than IPv4 or IPv6, or a well-formed IPv4 header of
+/// another protocol. Where this says true, [`parse`] says
+/// [`Parsed::NotTcp`] (the host fuzz checks it); false says nothing. The
+/// XDP program asks it first, so such a packet costs a few reads and one
+/// counter, with no scratch space and no facts written.
+#[inline(always)]
+pub fn surely_not_tcp<C: Packet>(ctx: &C) -> bool {
+    let Ok((off, proto)) = l3(ctx) else {
+        return false;
+    };
+    match proto {
+        ETH_P_IP => {
+            let Some(ip_ptr) = ptr_at::<C, Ipv4Hdr>(ctx, off) else {
+                return false;
+            };
+            let ip = unsafe { &*ip_ptr };
+            ip.version() == 4 && ip.ihl() as usize >= Ipv4Hdr::LEN && ip.proto != IPPROTO_TCP
+        }
+        ETH_P_IPV6 => false,
+        _ => true,
+    }
+}
+
 /// Classifies a packet, filling `out` for TCP.
 #[inline(always)]
 pub fn parse<C: Packet>(ctx: &C, out: &mut Facts) -> Parsed {

@@ -1,7 +1,7 @@
 //! Why a packet got its verdict. Every packet the XDP program sees is counted
 //! under exactly one reason, at its single exit point.
 
-/// Index into the `COUNTERS` and `DROPPED` per-CPU arrays.
+/// Index into the `COUNTERS` (see [`Reason::counter_slot`]) and `EGRESS` per-CPU arrays.
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
@@ -117,6 +117,12 @@ impl Reason {
         Reason::Denied,
         Reason::Allowed,
     ];
+
+    /// The `COUNTERS` slot of an arriving packet with this reason: the
+    /// reason's index if it passed, plus [`Reason::SLOTS`] if it was dropped.
+    pub const fn counter_slot(self, dropped: bool) -> u32 {
+        self as u32 + if dropped { Self::SLOTS } else { 0 }
+    }
 
     /// The reason with this index, if there is one.
     pub const fn from_u32(v: u32) -> Option<Reason> {

@@ -48,13 +48,11 @@ use parse::Facts;
 #[map(name = "CONFIG")]
 static CONFIG: Array<Config> = Array::with_max_entries(1, 0);
 
-/// Arriving packets per reason. Per CPU: the controller sums the CPUs.
+/// Arriving packets per reason, passed in the first half, dropped in the
+/// second (`Reason::counter_slot`): one update a packet. Per CPU: the
+/// controller sums the CPUs.
 #[map(name = "COUNTERS")]
-static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::SLOTS, 0);
-
-/// Arriving packets actually dropped per reason (0 in `monitor` mode). Per CPU.
-#[map(name = "DROPPED")]
-static DROPPED: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::SLOTS, 0);
+static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * Reason::SLOTS, 0);
 
 /// Leaving packets per reason. Per CPU. The egress program never drops, so
 /// a drop reason here (say `bad_ack` on a SYN-ACK) means this host's own
@@ -156,6 +154,10 @@ const EGRESS_PULL: u32 = 256;
 
 #[xdp]
 pub fn handshake_in(ctx: XdpContext) -> u32 {
+    // What is surely not TCP goes first: a few reads and one counter.
+    if parse::surely_not_tcp(&parse::Xdp(&ctx)) {
+        return finish_in(Reason::NotTcp, Mode::Off);
+    }
     let (Some(cfg), Some(facts)) = (CONFIG.get(0), SCRATCH.get_ptr_mut(0)) else {
         return finish_in(Reason::FailOpen, Mode::Off);
     };
@@ -522,9 +524,9 @@ fn capture_len(len: usize) -> u32 {
 /// turns the reason into an action according to the mode.
 #[inline(always)]
 fn finish_in(reason: Reason, mode: Mode) -> u32 {
-    bump(&COUNTERS, reason);
-    if reason.is_drop() && mode == Mode::Enforce {
-        bump(&DROPPED, reason);
+    let drop = reason.is_drop() && mode == Mode::Enforce;
+    bump_slot(&COUNTERS, reason.counter_slot(drop));
+    if drop {
         xdp_action::XDP_DROP
     } else {
         xdp_action::XDP_PASS
@@ -542,7 +544,12 @@ fn finish_out(reason: Reason) -> i32 {
 
 #[inline(always)]
 fn bump(counters: &PerCpuArray<u64>, reason: Reason) {
-    if let Some(c) = counters.get_ptr_mut(reason as u32) {
+    bump_slot(counters, reason as u32);
+}
+
+#[inline(always)]
+fn bump_slot(counters: &PerCpuArray<u64>, slot: u32) {
+    if let Some(c) = counters.get_ptr_mut(slot) {
         // Per CPU: no other CPU writes this slot.
         unsafe { *c += 1 };
     }

@@ -238,19 +238,25 @@ impl Harness {
         self.ebpf.program(name).unwrap().try_into().unwrap()
     }
 
-    fn per_cpu_sum(&self, map: &str, r: Reason) -> u64 {
+    fn per_cpu_sum(&self, map: &str, slot: u32) -> u64 {
         let a: PerCpuArray<_, u64> = PerCpuArray::try_from(self.ebpf.map(map).unwrap()).unwrap();
-        a.get(&(r as u32), 0).unwrap().iter().sum()
+        a.get(&slot, 0).unwrap().iter().sum()
     }
 
-    /// Arriving packets counted under `r`, summed over CPUs.
+    /// Arriving packets counted under `r` (passed and dropped), summed
+    /// over CPUs.
     pub fn count(&self, r: Reason) -> u64 {
-        self.per_cpu_sum(maps::COUNTERS, r)
+        self.count_dropped(r) + self.per_cpu_sum(maps::COUNTERS, r.counter_slot(false))
+    }
+
+    /// Arriving packets dropped under `r`, summed over CPUs.
+    pub fn count_dropped(&self, r: Reason) -> u64 {
+        self.per_cpu_sum(maps::COUNTERS, r.counter_slot(true))
     }
 
     /// Leaving packets counted under `r`, summed over CPUs.
     pub fn count_out(&self, r: Reason) -> u64 {
-        self.per_cpu_sum(maps::EGRESS, r)
+        self.per_cpu_sum(maps::EGRESS, r as u32)
     }
 
     /// Every entry of the connection map `name` (`maps::HALF_OPEN` or
@@ -412,13 +418,13 @@ impl Harness {
 
     /// Zeroes every verdict counter.
     pub fn reset_counters(&mut self) {
-        for name in [maps::COUNTERS, maps::DROPPED, maps::EGRESS] {
+        for name in [maps::COUNTERS, maps::EGRESS] {
             let mut a: PerCpuArray<_, u64> =
                 PerCpuArray::try_from(self.ebpf.map_mut(name).unwrap()).unwrap();
             let cpus = aya::util::nr_cpus().expect("the number of CPUs");
-            for r in Reason::ALL {
+            for slot in 0..a.len() {
                 let zeros = PerCpuValues::try_from(vec![0u64; cpus]).unwrap();
-                a.set(r as u32, zeros, 0).unwrap();
+                a.set(slot, zeros, 0).unwrap();
             }
         }
     }

@@ -71,10 +71,9 @@ pub const MIN_CONNECTIONS: u32 = 1_024;
 pub const MAX_CONNECTIONS: u32 = 16 * 1_048_576;
 
 /// Every map the controller pins, by name.
-pub const MAP_NAMES: [&str; 19] = [
+pub const MAP_NAMES: [&str; 18] = [
     maps::CONFIG,
     maps::COUNTERS,
-    maps::DROPPED,
     maps::EGRESS,
     maps::HALF_OPEN,
     maps::ESTABLISHED,

@@ -63,7 +63,6 @@ pub struct Gate {
     pub dir: PathBuf,
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
-    dropped: PerCpuArray<MapData, u64>,
     egress: PerCpuArray<MapData, u64>,
     half_open: HashMap<MapData, FlowKey, FlowEntry>,
     established: HashMap<MapData, FlowKey, FlowEntry>,
@@ -98,7 +97,6 @@ impl Gate {
         Ok(Gate {
             config: open_map(&dir, maps::CONFIG)?,
             counters: open_map(&dir, maps::COUNTERS)?,
-            dropped: open_map(&dir, maps::DROPPED)?,
             egress: open_map(&dir, maps::EGRESS)?,
             half_open: open_map(&dir, maps::HALF_OPEN)?,
             established: open_map(&dir, maps::ESTABLISHED)?,
@@ -187,17 +185,21 @@ impl Gate {
 
     pub fn counters(&self) -> Result<Counters, GateError> {
         let mut c = Counters::default();
+        let sum = |m: &PerCpuArray<MapData, u64>, slot: u32| -> Result<u64, GateError> {
+            Ok(m.get(&slot, 0)
+                .map_err(GateError::step("read the counters"))?
+                .iter()
+                .sum())
+        };
         for r in Reason::ALL {
-            let i = r as u32;
-            let sum = |m: &PerCpuArray<MapData, u64>| -> Result<u64, GateError> {
-                Ok(m.get(&i, 0)
-                    .map_err(GateError::step("read the counters"))?
-                    .iter()
-                    .sum())
-            };
-            c.packets[i as usize] = sum(&self.counters)?;
-            c.dropped[i as usize] = sum(&self.dropped)?;
-            c.egress[i as usize] = sum(&self.egress)?;
+            let i = r as usize;
+            let (passed, dropped) = (
+                sum(&self.counters, r.counter_slot(false))?,
+                sum(&self.counters, r.counter_slot(true))?,
+            );
+            c.packets[i] = passed + dropped;
+            c.dropped[i] = dropped;
+            c.egress[i] = sum(&self.egress, r as u32)?;
         }
         Ok(c)
     }
