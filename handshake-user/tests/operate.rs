@@ -299,7 +299,11 @@ fn the_daemon_tells_systemd_ready_reloading_stopping_and_feeds_the_watchdog() {
         next("WATCHDOG=1");
     }
 
-    std::fs::write(&cfg, "max-half-open-per-source = 12\n").unwrap();
+    std::fs::write(
+        &cfg,
+        "max-half-open-per-source = 12\ndeny = [\"198.18.66.0/24 # scanners\"]\n",
+    )
+    .unwrap();
     d.signal(Signal::SIGHUP);
     let reloading = next("RELOADING=1");
     assert!(
@@ -307,7 +311,11 @@ fn the_daemon_tells_systemd_ready_reloading_stopping_and_feeds_the_watchdog() {
         "{reloading:?}"
     );
     next("READY=1");
-    assert_eq!(status(&lab)["limits"]["max-half-open-per-source"], 12);
+    let s = status(&lab);
+    assert_eq!(s["limits"]["max-half-open-per-source"], 12);
+    // The file's deny list, applied with the reload, and said so.
+    assert_eq!(s["prefix_lists"]["deny"], 1, "{s:#}");
+    d.wait_for_log("prefix lists: 1 added, 0 removed");
 
     d.signal(Signal::SIGTERM);
     next("STOPPING=1");

@@ -19,13 +19,20 @@ impl Gate {
         crate::settings::validate(s)?;
         // First, as they may still be refused (full, or a prefix on the
         // other list from the command line) with nothing else changed.
+        let mut notes = Vec::new();
         if s.allow.is_some() || s.deny.is_some() {
-            self.set_lists(s.allow.as_deref(), s.deny.as_deref())?;
+            let c = self.set_lists(s.allow.as_deref(), s.deny.as_deref())?;
+            if c != super::Changed::default() {
+                let (allow, deny) = self.list_counts()?;
+                notes.push(format!(
+                    "prefix lists: {} added, {} removed, {} with a new comment; allow {allow}, deny {deny}",
+                    c.added, c.removed, c.updated
+                ));
+            }
         }
         let mut config = s.config;
         config.prefix_lists = self.list_flags()?;
         let cookie = config.overflow() == Overflow::Cookie;
-        let mut notes = Vec::new();
         if cookie {
             config.cookie_options = self.cookie_sysctls(&config, &mut notes)?.to_bits();
         } else {
