@@ -510,14 +510,18 @@ fn report(ctx: *mut xdp_md, facts: &Facts, tcp: bool, reason: Reason, cfg: &Conf
 }
 
 /// How many bytes of a frame of `len` an event carries: all of it up to
-/// [`FRAME_BYTES`], masked on the very value passed so the verifier knows
-/// it is 0 to 128.
+/// [`FRAME_BYTES`], computed so the verifier sees 1 to 128 on the very
+/// value passed (the length argument may not be 0 before Linux 6.2's
+/// verifier); 0 only for an empty frame, which the caller skips.
 #[inline(always)]
 fn capture_len(len: usize) -> u32 {
+    if len == 0 {
+        return 0;
+    }
     if len >= FRAME_BYTES {
         return FRAME_BYTES as u32;
     }
-    core::hint::black_box(len as u32) & (FRAME_BYTES as u32 - 1)
+    1 + (core::hint::black_box(len as u32 - 1) & (FRAME_BYTES as u32 - 1))
 }
 
 /// The XDP program's one exit point: counts the packet under its reason and
