@@ -283,6 +283,7 @@ pub enum ListAction {
     },
     /// Take prefixes off the list.
     Del {
+        /// Prefixes on the list, as added (a bare address is its /32 or /128).
         #[arg(required = true, value_name = "CIDR", value_parser = parse_cidr)]
         prefixes: Vec<ipnet::IpNet>,
     },
@@ -296,6 +297,7 @@ pub enum ListAction {
     /// (a comment after a prefix becomes its note), the FireHOL netset
     /// format; `-` reads standard input. All or nothing.
     Load {
+        /// The file of prefixes (`-`: standard input).
         #[arg(value_name = "FILE")]
         file: PathBuf,
         /// Make the list exactly the file's prefixes (others come off).

@@ -378,7 +378,10 @@ fn driver(iface: &str) -> Option<String> {
     if fd < 0 {
         return None;
     }
-    let r = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &raw mut req) };
+    // The request's type is the C library's: glibc's c_ulong, musl's c_int.
+    #[allow(clippy::unnecessary_cast, reason = "a cast only under musl")]
+    let request = libc::SIOCETHTOOL as libc::Ioctl;
+    let r = unsafe { libc::ioctl(fd, request, &raw mut req) };
     unsafe { libc::close(fd) };
     if r < 0 {
         return None;
