@@ -104,7 +104,8 @@ impl Gate {
     /// Refuses, changing nothing, a prefix that is on the other list, or
     /// more than the list holds.
     pub fn add_prefixes(&mut self, list: List, add: &[Prefix]) -> Result<Changed, GateError> {
-        let mut want = self.read_lists()?;
+        let have = self.read_lists()?;
+        let mut want = have.clone();
         let now = prefixes::unix_now();
         for p in add {
             match want.get(&p.net) {
@@ -129,13 +130,14 @@ impl Gate {
                 }
             }
         }
-        self.write_lists(&want)
+        self.write_lists(&have, &want)
     }
 
     /// Takes `nets` off `list`; a prefix not on it is an error, and
     /// nothing changes.
     pub fn del_prefixes(&mut self, list: List, nets: &[IpNet]) -> Result<Changed, GateError> {
-        let mut want = self.read_lists()?;
+        let have = self.read_lists()?;
+        let mut want = have.clone();
         for net in nets {
             match want.get(net) {
                 Some((l, ..)) if *l == list => {
@@ -144,7 +146,7 @@ impl Gate {
                 _ => return Err(list_error(list, format!("{net} is not on it"))),
             }
         }
-        self.write_lists(&want)
+        self.write_lists(&have, &want)
     }
 
     /// Makes the lists `allow` and `deny` say exactly what they hold
@@ -183,13 +185,13 @@ impl Gate {
                 }
             }
         }
-        self.write_lists(&want)
+        self.write_lists(&have, &want)
     }
 
-    /// Writes the tries to hold `want`: checked against the capacity
-    /// first; what the kernel then refuses is undone before the error.
-    /// Keeps `Config::prefix_lists` in step.
-    fn write_lists(&mut self, want: &Lists) -> Result<Changed, GateError> {
+    /// Writes the tries, which hold `have`, to hold `want`: checked
+    /// against the capacity first; what the kernel then refuses is undone
+    /// before the error. Keeps `Config::prefix_lists` in step.
+    fn write_lists(&mut self, have: &Lists, want: &Lists) -> Result<Changed, GateError> {
         let cap = self.list_capacity()? as usize;
         for list in List::BOTH {
             let n = want.values().filter(|(l, ..)| *l == list).count();
@@ -202,13 +204,12 @@ impl Gate {
                 ));
             }
         }
-        let have = self.read_lists()?;
         let (mut v4, mut v6) = self.tries()?;
         let mut changed = Changed::default();
         // (prefix, what it held before) for each change, to undo.
         let mut done: Vec<(IpNet, Option<PrefixRule>)> = Vec::new();
         let mut result = Ok(());
-        for (net, old) in &have {
+        for (net, old) in have {
             if !want.contains_key(net) {
                 result = remove(&mut v4, &mut v6, net);
                 if result.is_err() {
