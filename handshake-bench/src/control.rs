@@ -14,7 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use aya::maps::{HashMap, Map, MapData};
-use handshake_common::{FlowEntry, FlowKey, maps};
+use handshake_common::{FlowEntry, FlowKeyV4, maps};
 use handshake_lab::Lab;
 
 use crate::memory::{Attached, attach, fill};
@@ -255,8 +255,8 @@ pub fn run(gate: &Path, runs: usize) -> anyhow::Result<Control> {
     const MILLION: u32 = 1 << 20;
     let lab = Lab::new("bctl")?;
     let a = attach(gate, &lab, &["--max-connections", &MILLION.to_string()])?;
-    let data = MapData::from_pin(a.dir().join(maps::ESTABLISHED))?;
-    let mut est: HashMap<MapData, FlowKey, FlowEntry> = HashMap::try_from(Map::LruHashMap(data))?;
+    let data = MapData::from_pin(a.dir().join(maps::ESTABLISHED_V4))?;
+    let mut est: HashMap<MapData, FlowKeyV4, FlowEntry> = HashMap::try_from(Map::LruHashMap(data))?;
     // One connection, so `conns` has a first row to time.
     fill(&mut est, 0, 1)?;
     eprintln!("bench: control plane, empty gate");

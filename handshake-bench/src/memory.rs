@@ -7,7 +7,7 @@ use std::process::{Command, Stdio};
 
 use aya::maps::{HashMap, IterableMap as _, Map, MapData};
 use handshake_common::flow::AF_INET;
-use handshake_common::{FlowEntry, FlowKey, TcpState, maps};
+use handshake_common::{FlowEntry, FlowKey, FlowKeyV4, TcpState, maps};
 use handshake_lab::Lab;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -22,8 +22,8 @@ pub struct Memory {
     /// Every map at the default sizes.
     pub default_maps: Vec<MapMemory>,
     pub default_total: u64,
-    /// The established map sized for 1M connections, after 100k and after
-    /// 1M were stored: (connections, bytes of the map, bytes per connection).
+    /// The IPv4 established map sized for 1M connections, after 100k and
+    /// after 1M were stored: (connections, bytes of the map, bytes per connection).
     pub at: Vec<(u64, u64, f64)>,
 }
 
@@ -89,9 +89,10 @@ pub(crate) fn attach<'a>(
     Ok(a)
 }
 
-/// Stores established connections `from..to` (198.19.x.y to 198.18.0.1:80).
+/// Stores established connections `from..to` (198.19.x.y to 198.18.0.1:80)
+/// in the IPv4 established map.
 pub fn fill<T: std::borrow::BorrowMut<MapData>>(
-    map: &mut HashMap<T, FlowKey, FlowEntry>,
+    map: &mut HashMap<T, FlowKeyV4, FlowEntry>,
     from: u32,
     to: u32,
 ) -> anyhow::Result<()> {
@@ -114,7 +115,7 @@ pub fn fill<T: std::borrow::BorrowMut<MapData>>(
             server_state: TcpState::Established as u8,
             ..FlowEntry::default()
         };
-        map.insert(k, e, 0)?;
+        map.insert(k.v4(), e, 0)?;
     }
     Ok(())
 }
@@ -138,8 +139,8 @@ pub fn run(gate: &Path) -> anyhow::Result<Memory> {
 
     const MILLION: u32 = 1 << 20;
     let a = attach(gate, &lab, &["--max-connections", &MILLION.to_string()])?;
-    let data = MapData::from_pin(a.dir().join(maps::ESTABLISHED))?;
-    let mut est: HashMap<MapData, FlowKey, FlowEntry> = HashMap::try_from(Map::LruHashMap(data))?;
+    let data = MapData::from_pin(a.dir().join(maps::ESTABLISHED_V4))?;
+    let mut est: HashMap<MapData, FlowKeyV4, FlowEntry> = HashMap::try_from(Map::LruHashMap(data))?;
     let mut at = Vec::new();
     let mut stored = 0;
     for n in [100_000u32, 1_000_000] {

@@ -122,8 +122,11 @@ pub fn run(o: &Options) -> anyhow::Result<(Vec<Growth>, Parallel)> {
     let mut full = Harness::sized(cfg, CONNECTIONS);
     eprintln!("bench: storing {CONNECTIONS} connections and {SOURCES} sources");
     {
-        let mut est: HashMap<&mut MapData, _, _> =
-            HashMap::try_from(full.ebpf.map_mut(maps::ESTABLISHED).expect("ESTABLISHED"))?;
+        let mut est: HashMap<&mut MapData, _, _> = HashMap::try_from(
+            full.ebpf
+                .map_mut(maps::ESTABLISHED_V4)
+                .expect("ESTABLISHED_V4"),
+        )?;
         crate::memory::fill(&mut est, 0, CONNECTIONS - 1)?;
     }
     fill_sources(&mut full, SOURCES - 1)?;

@@ -68,6 +68,7 @@ pub fn empty_facts() -> Facts {
             csum: crate::machine::csum::UNCHECKED,
         },
         key: Default::default(),
+        key_v4: Default::default(),
         src_is_lo: 0,
         key_found: 0,
         listed: 0,

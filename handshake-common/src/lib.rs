@@ -36,7 +36,7 @@ pub mod window;
 
 pub use config::{Config, Mode, Overflow, UnknownFlows};
 pub use event::DropEvent;
-pub use flow::{FlowEntry, FlowKey, SeqState, SourceKey, SourceState, TcpState};
+pub use flow::{FlowEntry, FlowKey, FlowKeyV4, SeqState, SourceKey, SourceState, TcpState};
 pub use reason::Reason;
 pub use window::WindowCounter;
 
@@ -66,11 +66,23 @@ pub mod maps {
     /// Per-CPU array of `u64` counts of leaving packets (TC egress) indexed
     /// by [`crate::Reason`]; the egress program never drops.
     pub const EGRESS: &str = "EGRESS";
-    /// LRU hash [`crate::FlowKey`] → [`crate::FlowEntry`] of half-open attempts.
-    pub const HALF_OPEN: &str = "HALF_OPEN";
-    /// LRU hash [`crate::FlowKey`] → [`crate::FlowEntry`] of connections past
-    /// the handshake (established and closing).
-    pub const ESTABLISHED: &str = "ESTABLISHED";
+    /// LRU hash [`crate::FlowKeyV4`] → [`crate::FlowEntry`] of IPv4
+    /// half-open attempts.
+    pub const HALF_OPEN_V4: &str = "HALF_OPEN_V4";
+    /// LRU hash [`crate::FlowKey`] → [`crate::FlowEntry`] of IPv6 half-open
+    /// attempts.
+    pub const HALF_OPEN_V6: &str = "HALF_OPEN_V6";
+    /// LRU hash [`crate::FlowKeyV4`] → [`crate::FlowEntry`] of IPv4
+    /// connections past the handshake (established and closing).
+    pub const ESTABLISHED_V4: &str = "ESTABLISHED_V4";
+    /// LRU hash [`crate::FlowKey`] → [`crate::FlowEntry`] of IPv6
+    /// connections past the handshake.
+    pub const ESTABLISHED_V6: &str = "ESTABLISHED_V6";
+    /// The half-open table: its IPv4 map, then its IPv6 map. Each family
+    /// has a map of its own so that an IPv4 key is 12 bytes, not 40.
+    pub const HALF_OPEN: [&str; 2] = [HALF_OPEN_V4, HALF_OPEN_V6];
+    /// The established table, likewise.
+    pub const ESTABLISHED: [&str; 2] = [ESTABLISHED_V4, ESTABLISHED_V6];
     /// LRU hash [`crate::SourceKey`] → [`crate::SourceState`].
     pub const SOURCES: &str = "SOURCES";
     /// One-entry array holding the global half-open [`crate::WindowCounter`].
@@ -141,13 +153,25 @@ pub mod meta {
 /// programs over the pinned maps only when this matches (and every map's
 /// type and key and value sizes do), so bump it whenever a shared type keeps
 /// its size but changes its meaning.
-pub const LAYOUT_VERSION: u64 = 4;
+pub const LAYOUT_VERSION: u64 = 5;
 
-/// Capacity of the half-open map. `max-half-open` may not exceed it, so with a
-/// global cap in force the LRU only ever evicts entries that already expired.
+/// Capacity of each family's half-open map. `max-half-open` may not exceed
+/// it, so with a global cap in force the LRU only ever evicts entries that
+/// already expired.
 pub const HALF_OPEN_CAPACITY: u32 = 65_536;
-/// Capacity of the established map (connections past the handshake).
+/// Capacity of the IPv4 established map (connections past the handshake);
+/// `attach --max-connections` sizes it anew.
 pub const ESTABLISHED_CAPACITY: u32 = 262_144;
+/// Capacity of the IPv6 established map: a quarter of the IPv4 one's unless
+/// `attach --max-connections-v6` says otherwise.
+pub const ESTABLISHED_V6_CAPACITY: u32 = v6_share(ESTABLISHED_CAPACITY);
+
+/// The IPv6 established map's default size for an IPv4 one of `v4`: a
+/// quarter, and at least 1,024.
+pub const fn v6_share(v4: u32) -> u32 {
+    let q = v4 / 4;
+    if q < 1024 { 1024 } else { q }
+}
 /// Capacity of the per-source map; LRU, so the least recently seen sources go first.
 pub const SOURCES_CAPACITY: u32 = 65_536;
 /// Capacity of the verified-source map; LRU.
@@ -158,7 +182,8 @@ pub const PORT_COUNT: u32 = 65_536;
 /// capacities (`attach --max-connections` sizes it anew).
 pub const KNOWN_LOG2_BITS: u32 = known::log2_bits_for(
     ESTABLISHED_CAPACITY as u64
-        + HALF_OPEN_CAPACITY as u64
+        + ESTABLISHED_V6_CAPACITY as u64
+        + 2 * HALF_OPEN_CAPACITY as u64
         + SOURCES_CAPACITY as u64
         + VERIFIED_CAPACITY as u64,
 );

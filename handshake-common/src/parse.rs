@@ -57,6 +57,10 @@ pub struct Facts {
     /// The flow's normalised key, filled in by the tracker (kept here, off
     /// the stack).
     pub key: FlowKey,
+    /// `key` as the IPv4 maps take it, for the data fast path's lookup
+    /// (which runs in the program itself, where a key in map memory will
+    /// do; a global function's lookups take theirs from the stack).
+    pub key_v4: crate::FlowKeyV4,
     /// 1 when the source is the key's `lo` end (filled in with `key`).
     pub src_is_lo: u8,
     /// 1 when the kernel programs' data fast path found `key` in the

@@ -13,6 +13,7 @@
     reason = "atomic_cxchg: the BPF target has no AtomicU64::compare_exchange"
 )]
 
+mod conns;
 mod cookie;
 mod known;
 mod parse;
@@ -37,9 +38,10 @@ use handshake_common::machine::Expiry;
 use handshake_common::prefix::{DEFAULT_MAX_PREFIXES, PrefixRule, trie_entries};
 use handshake_common::tally::{Counted, Tally, TallyPacket};
 use handshake_common::{
-    Config, DropEvent, ESTABLISHED_CAPACITY, FlowEntry, FlowKey, HALF_OPEN_CAPACITY, KNOWN_WORDS,
-    Mode, PORT_COUNT, PORT_WORDS, Reason, SOURCES_CAPACITY, SourceKey, SourceState,
-    VERIFIED_CAPACITY, WindowCounter, event::FRAME_BYTES, meta,
+    Config, DropEvent, ESTABLISHED_CAPACITY, ESTABLISHED_V6_CAPACITY, FlowEntry, FlowKey,
+    FlowKeyV4, HALF_OPEN_CAPACITY, KNOWN_WORDS, Mode, PORT_COUNT, PORT_WORDS, Reason,
+    SOURCES_CAPACITY, SourceKey, SourceState, VERIFIED_CAPACITY, WindowCounter, event::FRAME_BYTES,
+    meta,
 };
 use parse::Facts;
 
@@ -60,16 +62,27 @@ static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(2 * Reason::SL
 #[map(name = "EGRESS")]
 static EGRESS: PerCpuArray<u64> = PerCpuArray::with_max_entries(Reason::SLOTS, 0);
 
-/// Half-open attempts. Separate from `ESTABLISHED`, so a SYN flood can only
-/// evict other half-open attempts, never an established connection.
-#[map(name = "HALF_OPEN")]
-static HALF_OPEN: LruHashMap<FlowKey, FlowEntry> =
+/// IPv4 half-open attempts (`conns` picks the map by family). Separate
+/// from the established maps, so a SYN flood can only evict other
+/// half-open attempts, never an established connection.
+#[map(name = "HALF_OPEN_V4")]
+static HALF_OPEN_V4: LruHashMap<FlowKeyV4, FlowEntry> =
     LruHashMap::with_max_entries(HALF_OPEN_CAPACITY, 0);
 
-/// Connections past the handshake, until 2·MSL after they close.
-#[map(name = "ESTABLISHED")]
-static ESTABLISHED: LruHashMap<FlowKey, FlowEntry> =
+/// IPv6 half-open attempts.
+#[map(name = "HALF_OPEN_V6")]
+static HALF_OPEN_V6: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(HALF_OPEN_CAPACITY, 0);
+
+/// IPv4 connections past the handshake, until 2·MSL after they close.
+#[map(name = "ESTABLISHED_V4")]
+static ESTABLISHED_V4: LruHashMap<FlowKeyV4, FlowEntry> =
     LruHashMap::with_max_entries(ESTABLISHED_CAPACITY, 0);
+
+/// IPv6 connections past the handshake.
+#[map(name = "ESTABLISHED_V6")]
+static ESTABLISHED_V6: LruHashMap<FlowKey, FlowEntry> =
+    LruHashMap::with_max_entries(ESTABLISHED_V6_CAPACITY, 0);
 
 /// Per-source half-open counts. Shared by all CPUs (updated atomically).
 #[map(name = "SOURCES")]
@@ -267,14 +280,26 @@ pub fn tally_conns(ctx: XdpContext) -> u32 {
     let ctx_ptr = (&raw mut t).cast::<c_void>();
     unsafe {
         bpf_for_each_map_elem(
-            (&raw const HALF_OPEN).cast_mut().cast(),
-            count_half_open as *mut c_void,
+            (&raw const HALF_OPEN_V4).cast_mut().cast(),
+            count_half_open_v4 as *mut c_void,
             ctx_ptr,
             0,
         );
         bpf_for_each_map_elem(
-            (&raw const ESTABLISHED).cast_mut().cast(),
-            count_established as *mut c_void,
+            (&raw const HALF_OPEN_V6).cast_mut().cast(),
+            count_half_open_v6 as *mut c_void,
+            ctx_ptr,
+            0,
+        );
+        bpf_for_each_map_elem(
+            (&raw const ESTABLISHED_V4).cast_mut().cast(),
+            count_established_v4 as *mut c_void,
+            ctx_ptr,
+            0,
+        );
+        bpf_for_each_map_elem(
+            (&raw const ESTABLISHED_V6).cast_mut().cast(),
+            count_established_v6 as *mut c_void,
             ctx_ptr,
             0,
         );
@@ -290,14 +315,26 @@ pub fn tally_conns(ctx: XdpContext) -> u32 {
         let rebuilt = if build.on != 0 {
             let b_ptr = (&raw mut build).cast::<c_void>();
             bpf_for_each_map_elem(
-                (&raw const HALF_OPEN).cast_mut().cast(),
-                mark_flow as *mut c_void,
+                (&raw const HALF_OPEN_V4).cast_mut().cast(),
+                mark_flow_v4 as *mut c_void,
                 b_ptr,
                 0,
             );
             bpf_for_each_map_elem(
-                (&raw const ESTABLISHED).cast_mut().cast(),
-                mark_flow as *mut c_void,
+                (&raw const ESTABLISHED_V4).cast_mut().cast(),
+                mark_flow_v4 as *mut c_void,
+                b_ptr,
+                0,
+            );
+            bpf_for_each_map_elem(
+                (&raw const HALF_OPEN_V6).cast_mut().cast(),
+                mark_flow_v6 as *mut c_void,
+                b_ptr,
+                0,
+            );
+            bpf_for_each_map_elem(
+                (&raw const ESTABLISHED_V6).cast_mut().cast(),
+                mark_flow_v6 as *mut c_void,
                 b_ptr,
                 0,
             );
@@ -368,34 +405,43 @@ impl Counting {
     }
 }
 
-/// `bpf_for_each_map_elem`'s callback over the half-open map: 0 goes on.
-#[inline(never)]
-extern "C" fn count_half_open(
-    _map: *mut c_void,
-    key: *mut FlowKey,
-    e: *mut FlowEntry,
-    t: *mut Counting,
-) -> i64 {
-    unsafe { (*t).visit(&*e, true, || HALF_OPEN.remove(&*key).is_ok()) };
-    0
+/// `bpf_for_each_map_elem`'s callbacks over the connection maps: 0 goes on.
+macro_rules! count_callback {
+    ($name:ident, $key:ty, $map:ident, $half_open:expr) => {
+        #[inline(never)]
+        extern "C" fn $name(
+            _map: *mut c_void,
+            key: *mut $key,
+            e: *mut FlowEntry,
+            t: *mut Counting,
+        ) -> i64 {
+            unsafe { (*t).visit(&*e, $half_open, || $map.remove(&*key).is_ok()) };
+            0
+        }
+    };
 }
 
-/// The same over the established map.
-#[inline(never)]
-extern "C" fn count_established(
-    _map: *mut c_void,
-    key: *mut FlowKey,
-    e: *mut FlowEntry,
-    t: *mut Counting,
-) -> i64 {
-    unsafe { (*t).visit(&*e, false, || ESTABLISHED.remove(&*key).is_ok()) };
-    0
-}
+count_callback!(count_half_open_v4, FlowKeyV4, HALF_OPEN_V4, true);
+count_callback!(count_half_open_v6, FlowKey, HALF_OPEN_V6, true);
+count_callback!(count_established_v4, FlowKeyV4, ESTABLISHED_V4, false);
+count_callback!(count_established_v6, FlowKey, ESTABLISHED_V6, false);
 
-/// `bpf_for_each_map_elem`'s callback over either connection map in a
+/// `bpf_for_each_map_elem`'s callback over an IPv4 connection map in a
 /// rebuild of the known-source filter.
 #[inline(never)]
-extern "C" fn mark_flow(
+extern "C" fn mark_flow_v4(
+    _map: *mut c_void,
+    key: *mut FlowKeyV4,
+    _e: *mut FlowEntry,
+    b: *mut known::Build,
+) -> i64 {
+    unsafe { (*b).flow(&(*key).widen()) };
+    0
+}
+
+/// The same over an IPv6 one.
+#[inline(never)]
+extern "C" fn mark_flow_v6(
     _map: *mut c_void,
     key: *mut FlowKey,
     _e: *mut FlowEntry,

@@ -5,7 +5,7 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
 use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
 use handshake_common::{
-    Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter,
+    Config, FlowEntry, FlowKey, FlowKeyV4, Reason, SourceKey, SourceState, WindowCounter,
     admit::{self, Admission},
     flow::flags,
     machine::{self, Dir, Lookup, Segment, Step, Untracked, tcp},
@@ -14,10 +14,12 @@ use handshake_common::{
 
 pub use handshake_common::machine::Side;
 
+use crate::conns::{ESTABLISHED, HALF_OPEN, Key};
 use crate::known;
 use crate::parse::Facts;
 use crate::prefix;
-use crate::{ALLOWED_PORTS, ESTABLISHED, GLOBAL, HALF_OPEN, PORTS, SOURCES, VERIFIED};
+use crate::{ALLOWED_PORTS, ESTABLISHED_V4, ESTABLISHED_V6, GLOBAL, PORTS, SOURCES, VERIFIED};
+use handshake_common::flow::AF_INET;
 use handshake_common::prefix::{ALLOW, DENY};
 
 /// Compare-and-exchange attempts on a contended bucket before giving up (a
@@ -138,9 +140,16 @@ fn fast_data(f: &mut Facts, side: Side) -> Option<Reason> {
     if machine::check(u16::from_be(f.src.port), u16::from_be(f.dst.port), &f.seg).is_err() {
         return None;
     }
+    // The key is made here for this lookup only (an IPv4 one straight
+    // from the ends); the full path makes `f.key` again.
     let src_is_lo;
-    (f.key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
-    let p = ESTABLISHED.get_ptr_mut(&f.key)?;
+    let p = if f.family == AF_INET {
+        (f.key_v4, src_is_lo) = FlowKeyV4::normalise(&f.src, &f.dst);
+        ESTABLISHED_V4.get_ptr_mut(&f.key_v4)
+    } else {
+        (f.key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
+        ESTABLISHED_V6.get_ptr_mut(&f.key)
+    }?;
     f.key_found = 1;
     let e = unsafe { &mut *p };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
@@ -311,6 +320,7 @@ fn untracked(
 #[inline(never)]
 fn established(f: &Facts, key: &FlowKey, cfg: &Config) -> Option<Reason> {
     let (src_is_lo, now) = (f.src_is_lo != 0, f.now_ns);
+    let key = &Key::of(key);
     let p = ESTABLISHED.get_ptr_mut(key)?;
     let e = unsafe { &mut *p };
     if machine::finished_expired(e, now, cfg) {
@@ -335,7 +345,8 @@ fn established(f: &Facts, key: &FlowKey, cfg: &Config) -> Option<Reason> {
 #[inline(never)]
 fn half_open(f: &Facts, key: &FlowKey, cfg: &Config) -> Option<Reason> {
     let (src_is_lo, now) = (f.src_is_lo != 0, f.now_ns);
-    let p = HALF_OPEN.get_ptr_mut(key)?;
+    let key_at = &Key::of(key);
+    let p = HALF_OPEN.get_ptr_mut(key_at)?;
     let e = unsafe { &mut *p };
     let (client_is_lo, epoch) = (e.client_is_lo, e.epoch);
     let epoch = if e.has(flags::COUNTED) {
@@ -350,7 +361,7 @@ fn half_open(f: &Facts, key: &FlowKey, cfg: &Config) -> Option<Reason> {
     Some(match step(e, src_is_lo, &f.seg, now) {
         Step::Update => Reason::Pass,
         Step::Promote => {
-            let stored = ESTABLISHED.insert(key, e, 0);
+            let stored = ESTABLISHED.insert(key_at, e, 0);
             // Only an arriving SYN holds a count: its client is remote.
             if epoch.is_some() {
                 verify(key, client_is_lo, cfg, now);
@@ -442,7 +453,7 @@ fn pick_up(f: &Facts, key: &FlowKey, cfg: &Config, cookie: bool) -> Reason {
     // The first segment's numbers learnt, its FIN (if any) followed, as
     // `machine::first_segment` does.
     let _ = step(&mut n, src_is_lo, &f.seg, now);
-    if ESTABLISHED.insert(key, &n, 0).is_err() {
+    if ESTABLISHED.insert(&Key::of(key), &n, 0).is_err() {
         return Reason::FailOpen;
     }
     // After the insert, so a rebuild that clears these bits walks the entry.
@@ -465,6 +476,7 @@ fn pick_up(f: &Facts, key: &FlowKey, cfg: &Config, cookie: bool) -> Reason {
 /// For drop events only: a cold path.
 #[inline(never)]
 pub fn states_of(key: &FlowKey) -> (u8, u8) {
+    let key = &Key::of(key);
     let found = match unsafe { ESTABLISHED.get(key) } {
         Some(e) => Some(e),
         None => unsafe { HALF_OPEN.get(key) },
@@ -502,7 +514,7 @@ fn new_syn(
     if f.listed == ALLOW as u8 {
         // Past every cap and rate, holding no half-open count.
         let e = machine::open(&f.seg, src_is_lo, now, 0, false);
-        let _ = HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64);
+        let _ = HALF_OPEN.insert(&Key::of(key), &e, BPF_NOEXIST as u64);
         known::mark_flow(cfg, key, &f.src.addr);
         return Reason::Allowed;
     }
@@ -553,7 +565,10 @@ fn new_syn(
                 },
             };
             let e = machine::open(&f.seg, src_is_lo, now, ep, true);
-            if HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64).is_ok() {
+            if HALF_OPEN
+                .insert(&Key::of(key), &e, BPF_NOEXIST as u64)
+                .is_ok()
+            {
                 add(unsafe { &raw mut (*src).half_open }, ep);
                 add(port_count, ep);
                 add(global, ep);
@@ -615,7 +630,7 @@ fn outbound_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u6
     let e = machine::open(&f.seg, src_is_lo, now, 0, false);
     // Not stored: another CPU stored this very SYN first, or the map is full
     // of half-open attempts (the LRU evicts one, so that is rare).
-    let _ = HALF_OPEN.insert(key, &e, BPF_NOEXIST as u64);
+    let _ = HALF_OPEN.insert(&Key::of(key), &e, BPF_NOEXIST as u64);
     known::mark_flow(cfg, key, &f.dst.addr);
     Reason::Pass
 }
@@ -626,7 +641,7 @@ fn outbound_syn(f: &Facts, key: &FlowKey, src_is_lo: bool, cfg: &Config, now: u6
 /// own, so its source key does not sit on its callers' stack frames.
 #[inline(never)]
 fn forget(key: &FlowKey, client_is_lo: u8, epoch: Option<u32>, cfg: &Config) {
-    if HALF_OPEN.remove(key).is_err() {
+    if HALF_OPEN.remove(&Key::of(key)).is_err() {
         return;
     }
     let Some(epoch) = epoch else {

@@ -117,10 +117,15 @@ pub struct AttachArgs {
     /// XDP attach mode.
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub mode: ModeArg,
-    /// Connections tracked past their handshake (the established map's
-    /// size, fixed until detach; the least recently seen go first when full).
+    /// IPv4 connections tracked past their handshake (the IPv4 established
+    /// map's size, fixed until detach; the least recently seen go first when
+    /// full).
     #[arg(long, value_name = "N", default_value_t = handshake_common::ESTABLISHED_CAPACITY)]
     pub max_connections: u32,
+    /// IPv6 connections tracked past their handshake (the IPv6 map's size;
+    /// by default a quarter of --max-connections, at least 1024).
+    #[arg(long, value_name = "N")]
+    pub max_connections_v6: Option<u32>,
     /// Prefixes each of the allow and deny lists may hold (fixed until
     /// detach; kernel memory is taken only as prefixes are added).
     #[arg(long, value_name = "N", default_value_t = handshake_common::prefix::DEFAULT_MAX_PREFIXES)]
@@ -135,7 +140,7 @@ pub struct AttachArgs {
     /// atomically, over the pinned maps (tracked connections, counts and
     /// settings stay; --config and --set, if given, are applied after).
     /// Refuses when the pinned maps' layout differs from this version's.
-    #[arg(long, conflicts_with_all = ["mode", "max_connections", "max_prefixes", "multiprog"])]
+    #[arg(long, conflicts_with_all = ["mode", "max_connections", "max_connections_v6", "max_prefixes", "multiprog"])]
     pub replace: bool,
     #[command(flatten)]
     pub multiprog: MultiprogArgs,
@@ -191,9 +196,13 @@ pub struct RunArgs {
     /// XDP attach mode, when the daemon attaches.
     #[arg(long, value_enum, default_value_t = ModeArg::Auto)]
     pub mode: ModeArg,
-    /// Connections tracked past their handshake, when the daemon attaches.
+    /// IPv4 connections tracked past their handshake, when the daemon attaches.
     #[arg(long, value_name = "N", default_value_t = handshake_common::ESTABLISHED_CAPACITY)]
     pub max_connections: u32,
+    /// IPv6 connections tracked past their handshake (the IPv6 map's size;
+    /// by default a quarter of --max-connections, at least 1024).
+    #[arg(long, value_name = "N")]
+    pub max_connections_v6: Option<u32>,
     /// Prefixes each list may hold, when the daemon attaches.
     #[arg(long, value_name = "N", default_value_t = handshake_common::prefix::DEFAULT_MAX_PREFIXES)]
     pub max_prefixes: u32,
@@ -246,9 +255,13 @@ pub struct CheckArgs {
     /// A TOML file of settings to check (and whose needs to check).
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// The established map's size the attach would use.
+    /// The IPv4 established map's size the attach would use.
     #[arg(long, value_name = "N", default_value_t = handshake_common::ESTABLISHED_CAPACITY)]
     pub max_connections: u32,
+    /// IPv6 connections tracked past their handshake (the IPv6 map's size;
+    /// by default a quarter of --max-connections, at least 1024).
+    #[arg(long, value_name = "N")]
+    pub max_connections_v6: Option<u32>,
     /// The prefix lists' size the attach would use.
     #[arg(long, value_name = "N", default_value_t = handshake_common::prefix::DEFAULT_MAX_PREFIXES)]
     pub max_prefixes: u32,

@@ -3,6 +3,7 @@
 //! reads back their state.
 
 pub mod batch;
+pub mod conns;
 pub mod dispatcher;
 pub mod error;
 pub mod gate;

@@ -43,7 +43,9 @@ pub type Swept = (u64, u64);
 #[derive(Debug)]
 struct Scrape {
     snap: Snapshot,
-    capacity: (u32, u32),
+    /// Capacities of the half-open and established tables, both
+    /// families' maps together.
+    capacity: (u64, u64),
     swept: Swept,
 }
 
@@ -51,7 +53,11 @@ struct Scrape {
 pub fn render(gate: &Gate, swept: Swept) -> Result<String, GateError> {
     let scrape = Scrape {
         snap: gate.snapshot(0, false)?,
-        capacity: gate.map_capacity()?,
+        capacity: {
+            let (h, e) = gate.map_capacity()?;
+            let sum = |c: [u32; 2]| u64::from(c[0]) + u64::from(c[1]);
+            (sum(h), sum(e))
+        },
         swept,
     };
     let mut registry = Registry::default();
@@ -219,8 +225,8 @@ impl Collector for Scrape {
         gauge(
             &mut enc,
             "handshake_gate_map_capacity",
-            "Capacity of each connection map.",
-            maps(self.capacity.0.into(), self.capacity.1.into()),
+            "Capacity of each connection table (its IPv4 and IPv6 maps together).",
+            maps(self.capacity.0 as i64, self.capacity.1 as i64),
         )?;
         counter(
             &mut enc,

@@ -4,6 +4,7 @@
 
 use std::time::Duration;
 
+use crate::conns::ConnMap;
 use aya::maps::{Array, HashMap, MapData, PerCpuArray, PerCpuValues};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use aya::{Ebpf, EbpfLoader};
@@ -28,12 +29,14 @@ impl Harness {
         Harness::sized(cfg, handshake_common::ESTABLISHED_CAPACITY)
     }
 
-    /// A harness whose established map holds `max_connections` (as
-    /// `attach --max-connections` sizes it).
+    /// A harness whose IPv4 established map holds `max_connections` (as
+    /// `attach --max-connections` sizes it; the IPv6 one its default share).
     pub fn sized(cfg: Config, max_connections: u32) -> Harness {
+        let v6 = handshake_common::v6_share(max_connections);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::ESTABLISHED, max_connections)
-            .map_max_entries(maps::KNOWN, crate::gate::known_words(max_connections))
+            .map_max_entries(maps::ESTABLISHED_V4, max_connections)
+            .map_max_entries(maps::ESTABLISHED_V6, v6)
+            .map_max_entries(maps::KNOWN, crate::gate::known_words(max_connections, v6))
             .load(crate::ebpf_object())
             .expect("load the BPF object");
         let xdp: &mut Xdp = ebpf
@@ -259,12 +262,17 @@ impl Harness {
         self.per_cpu_sum(maps::EGRESS, r as u32)
     }
 
-    /// Every entry of the connection map `name` (`maps::HALF_OPEN` or
-    /// `maps::ESTABLISHED`), with its key.
-    pub fn flows(&self, name: &str) -> Vec<(FlowKey, FlowEntry)> {
-        let m: HashMap<&MapData, FlowKey, FlowEntry> =
-            HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
-        m.iter().map(Result::unwrap).collect()
+    /// Every entry of the connection table `names` (`maps::HALF_OPEN` or
+    /// `maps::ESTABLISHED`), both families, with its key.
+    pub fn flows(&self, names: [&str; 2]) -> Vec<(FlowKey, FlowEntry)> {
+        self.table(names)
+            .entries()
+            .expect("read a connection table")
+    }
+
+    /// The connection table `names`.
+    pub fn table(&self, names: [&str; 2]) -> ConnMap<&MapData> {
+        ConnMap::of(&self.ebpf, names).expect("the object has the table's maps")
     }
 
     /// What the known-source filter says of `addr` under the configuration
@@ -349,10 +357,8 @@ impl Harness {
     /// The entry of `key`, and whether it is in the half-open map (the
     /// established map is looked in first, as the programs do).
     pub fn entry(&self, key: &FlowKey) -> Option<(FlowEntry, bool)> {
-        for (name, half_open) in [(maps::ESTABLISHED, false), (maps::HALF_OPEN, true)] {
-            let m: HashMap<&MapData, FlowKey, FlowEntry> =
-                HashMap::try_from(self.ebpf.map(name).unwrap()).unwrap();
-            if let Ok(e) = m.get(key, 0) {
+        for (names, half_open) in [(maps::ESTABLISHED, false), (maps::HALF_OPEN, true)] {
+            if let Some(e) = self.table(names).get(key).expect("read a connection entry") {
                 return Some((e, half_open));
             }
         }
@@ -373,7 +379,11 @@ impl Harness {
         }
         let cfg = self.config();
         let mut flows = Vec::new();
-        for name in [maps::HALF_OPEN, maps::ESTABLISHED] {
+        for name in [maps::HALF_OPEN_V4, maps::ESTABLISHED_V4] {
+            let keys = clear::<handshake_common::FlowKeyV4, FlowEntry>(&mut self.ebpf, name);
+            flows.extend(keys.iter().map(|k| k.widen()));
+        }
+        for name in [maps::HALF_OPEN_V6, maps::ESTABLISHED_V6] {
             flows.extend(clear::<FlowKey, FlowEntry>(&mut self.ebpf, name));
         }
         let mut sources = clear::<SourceKey, SourceState>(&mut self.ebpf, maps::SOURCES);

@@ -14,7 +14,6 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
-use aya::maps::{HashMap, Map, MapData};
 use common::daemon::{Daemon, metric};
 use common::{Attached, cli, pin_dir};
 use handshake_common::flow::AF_INET;
@@ -22,6 +21,7 @@ use handshake_common::machine::Expiry;
 use handshake_common::tally::Tally;
 use handshake_common::{FlowEntry, FlowKey, TcpState, maps};
 use handshake_lab::{EchoServer, Lab};
+use handshake_user::conns::ConnMap;
 use handshake_user::gate::Gate;
 use serde_json::Value;
 
@@ -32,9 +32,9 @@ fn count_maps(dir: &Path) -> Tally {
     let cfg = Gate::open_dir(dir.to_path_buf()).unwrap().config().unwrap();
     let x = Expiry::of(&cfg, handshake_user::monotonic_ns());
     let mut t = Tally::default();
-    for (name, half_open) in [(maps::HALF_OPEN, true), (maps::ESTABLISHED, false)] {
-        let m = MapData::from_pin(dir.join(name)).unwrap();
-        for (_, e) in handshake_user::batch::read_all::<FlowKey, FlowEntry>(&m).unwrap() {
+    for (names, half_open) in [(maps::HALF_OPEN, true), (maps::ESTABLISHED, false)] {
+        let m = ConnMap::from_pins(dir, names).unwrap();
+        for (_, e) in m.entries().unwrap() {
             t.add(&e, half_open, &x);
         }
     }
@@ -121,9 +121,7 @@ fn check(gate: &Attached, what: &str) -> Tally {
 /// if negative; after it, so that they stay in TIME_WAIT however slowly the
 /// test runs, if positive).
 fn store(dir: &Path, first: u32, n: u32, states: (TcpState, TcpState), changed_s: i64) {
-    let data = MapData::from_pin(dir.join(maps::ESTABLISHED)).unwrap();
-    let mut m: HashMap<MapData, FlowKey, FlowEntry> =
-        HashMap::try_from(Map::LruHashMap(data)).unwrap();
+    let mut m = ConnMap::from_pins(dir, maps::ESTABLISHED).unwrap();
     let now = handshake_user::monotonic_ns();
     for i in first..first + n {
         let mut k = FlowKey {
@@ -142,7 +140,7 @@ fn store(dir: &Path, first: u32, n: u32, states: (TcpState, TcpState), changed_s
             server_state: states.1 as u8,
             ..FlowEntry::default()
         };
-        m.insert(k, e, 0).unwrap();
+        m.insert(&k, &e, 0).unwrap();
     }
     // Written from here, not by packets: the known-source filter learns
     // them so, as it does after `set`.
@@ -166,12 +164,19 @@ fn status_counts_exactly_after_rst_expiry_eviction_and_replace() {
         &lab.server_if,
         "--max-connections",
         "1024",
+        "--max-connections-v6",
+        "2048",
         "--set",
         "msl-ms=1000",
     ]);
     assert!(ok, "attach: {err}");
     let gate = Attached { lab: &lab };
     let dir = pin_dir(&lab);
+    // Each family's established map has the size it was given.
+    for (name, want) in [(maps::ESTABLISHED_V4, 1024), (maps::ESTABLISHED_V6, 2048)] {
+        let info = aya::maps::MapInfo::from_pin(dir.join(name)).unwrap();
+        assert_eq!(info.max_entries(), want, "{name}");
+    }
 
     let conns: Vec<TcpStream> = (0..3)
         .map(|_| {

@@ -567,7 +567,7 @@ fn batched_reads_see_every_entry_once() {
     let n = 2 * handshake_user::batch::BATCH as usize + 123;
     {
         let mut m: HashMap<&mut MapData, FlowKey, FlowEntry> =
-            HashMap::try_from(h.ebpf.map_mut(maps::ESTABLISHED).unwrap()).unwrap();
+            HashMap::try_from(h.ebpf.map_mut(maps::ESTABLISHED_V6).unwrap()).unwrap();
         for i in 0..n as u32 {
             let mut k = FlowKey::default();
             k.lo_addr[..4].copy_from_slice(&i.to_be_bytes());
@@ -579,7 +579,7 @@ fn batched_reads_see_every_entry_once() {
         }
     }
     let m: HashMap<&MapData, FlowKey, FlowEntry> =
-        HashMap::try_from(h.ebpf.map(maps::ESTABLISHED).unwrap()).unwrap();
+        HashMap::try_from(h.ebpf.map(maps::ESTABLISHED_V6).unwrap()).unwrap();
     let mut got: Vec<u64> = handshake_user::batch::read_all::<FlowKey, FlowEntry>(m.map())
         .expect("BPF_MAP_LOOKUP_BATCH")
         .into_iter()

@@ -1,5 +1,5 @@
 use handshake_common::Config;
-use handshake_user::gate::{self, AttachMode, AttachOptions, Gate};
+use handshake_user::gate::{self, AttachMode, AttachOptions, Gate, v6_connections};
 use handshake_user::settings::{self, Settings};
 
 use crate::args::{AttachArgs, ModeArg};
@@ -13,6 +13,7 @@ pub fn run(a: AttachArgs, netns: Option<&str>) -> anyhow::Result<()> {
     let options = AttachOptions {
         mode: attach_mode(a.mode),
         max_connections: a.max_connections,
+        max_connections_v6: v6_connections(a.max_connections, a.max_connections_v6),
         max_prefixes: a.max_prefixes,
         multiprog: a.multiprog.priority(),
     };

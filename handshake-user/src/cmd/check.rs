@@ -5,7 +5,7 @@
 use std::path::Path;
 
 use handshake_common::{maps, prefix};
-use handshake_user::gate::known_words;
+use handshake_user::gate::{known_words, v6_connections};
 use handshake_user::settings::{self, Settings};
 use handshake_user::{pins, sysctl};
 use serde::Serialize;
@@ -94,7 +94,11 @@ pub fn run(a: CheckArgs, netns: Option<&str>) -> anyhow::Result<()> {
         items.extend(interface(&a.iface, netns));
         items.extend(sysctls(&s));
     }
-    items.push(memory(a.max_connections, a.max_prefixes));
+    items.push(memory(
+        a.max_connections,
+        v6_connections(a.max_connections, a.max_connections_v6),
+        a.max_prefixes,
+    ));
 
     let errors = items.iter().filter(|i| i.status == Level::Error).count();
     let warnings = items.iter().filter(|i| i.status == Level::Warning).count();
@@ -433,7 +437,7 @@ fn sysctls(s: &Settings) -> Vec<Item> {
 /// The kernel memory the maps take at these sizes (the hash maps are
 /// preallocated; the tries take memory only as prefixes are added), against
 /// what is free and the memlock limit.
-fn memory(max_connections: u32, max_prefixes: u32) -> Item {
+fn memory(max_connections: u32, max_connections_v6: u32, max_prefixes: u32) -> Item {
     let Ok(obj) = aya_obj::Object::parse(handshake_user::ebpf_object()) else {
         return item(
             "memory",
@@ -449,8 +453,9 @@ fn memory(max_connections: u32, max_prefixes: u32) -> Item {
             continue;
         };
         let entries = u64::from(match name {
-            maps::ESTABLISHED => max_connections,
-            maps::KNOWN => known_words(max_connections),
+            maps::ESTABLISHED_V4 => max_connections,
+            maps::ESTABLISHED_V6 => max_connections_v6,
+            maps::KNOWN => known_words(max_connections, max_connections_v6),
             maps::PREFIXES_V4 | maps::PREFIXES_V6 => prefix::trie_entries(max_prefixes),
             _ => m.max_entries(),
         });
@@ -477,7 +482,7 @@ fn memory(max_connections: u32, max_prefixes: u32) -> Item {
         .map(|kb| kb * 1024);
     let mib = |b: u64| b as f64 / 1_048_576.0;
     let detail = format!(
-        "the maps take about {:.0} MiB (--max-connections {max_connections}, --max-prefixes {max_prefixes}; {:.1} MiB more when both prefix lists are full){}",
+        "the maps take about {:.0} MiB (--max-connections {max_connections}, --max-connections-v6 {max_connections_v6}, --max-prefixes {max_prefixes}; {:.1} MiB more when both prefix lists are full){}",
         mib(bytes),
         mib(u64::from(max_prefixes) * 2 * 96),
         available

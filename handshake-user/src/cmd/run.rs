@@ -35,7 +35,7 @@ use sd_notify::NotifyState;
 use tokio::io::unix::AsyncFd;
 use tokio::signal::unix::{SignalKind, signal};
 
-use handshake_user::gate::{self, AttachOptions, Gate};
+use handshake_user::gate::{self, AttachOptions, Gate, v6_connections};
 use handshake_user::settings::{self, KEYS, Settings};
 use handshake_user::{metrics, pins};
 
@@ -109,6 +109,7 @@ pub fn run(
         let options = AttachOptions {
             mode: attach_mode(a.mode),
             max_connections: a.max_connections,
+            max_connections_v6: v6_connections(a.max_connections, a.max_connections_v6),
             max_prefixes: a.max_prefixes,
             multiprog: a.multiprog.priority(),
         };

@@ -43,9 +43,11 @@ impl AttachMode {
 #[derive(Clone, Copy, Debug)]
 pub struct AttachOptions {
     pub mode: AttachMode,
-    /// Capacity of the established map: connections tracked past their
-    /// handshake before the least recently seen are evicted.
+    /// Capacity of the IPv4 established map: connections tracked past
+    /// their handshake before the least recently seen are evicted.
     pub max_connections: u32,
+    /// Likewise, the IPv6 one.
+    pub max_connections_v6: u32,
     /// Join libxdp's multi-program dispatcher at this run priority instead
     /// of taking the XDP hook alone.
     pub multiprog: Option<u32>,
@@ -58,6 +60,7 @@ impl Default for AttachOptions {
         AttachOptions {
             mode: AttachMode::Auto,
             max_connections: handshake_common::ESTABLISHED_CAPACITY,
+            max_connections_v6: handshake_common::ESTABLISHED_V6_CAPACITY,
             max_prefixes: handshake_common::prefix::DEFAULT_MAX_PREFIXES,
             multiprog: None,
         }
@@ -71,12 +74,14 @@ pub const MIN_CONNECTIONS: u32 = 1_024;
 pub const MAX_CONNECTIONS: u32 = 16 * 1_048_576;
 
 /// Every map the controller pins, by name.
-pub const MAP_NAMES: [&str; 18] = [
+pub const MAP_NAMES: [&str; 20] = [
     maps::CONFIG,
     maps::COUNTERS,
     maps::EGRESS,
-    maps::HALF_OPEN,
-    maps::ESTABLISHED,
+    maps::HALF_OPEN_V4,
+    maps::HALF_OPEN_V6,
+    maps::ESTABLISHED_V4,
+    maps::ESTABLISHED_V6,
     maps::SOURCES,
     maps::GLOBAL,
     maps::PORTS,
@@ -96,9 +101,11 @@ pub const MAP_NAMES: [&str; 18] = [
 /// creates them, and the controller does without them until it does.
 pub const OPTIONAL_MAPS: [&str; 3] = [maps::COUNTED, maps::KNOWN, maps::KNOWN_GEN];
 
-/// Maps whose capacity `--max-connections` or `--max-prefixes` sets.
-const SIZED_MAPS: [&str; 4] = [
-    maps::ESTABLISHED,
+/// Maps whose capacity `--max-connections`, `--max-connections-v6` or
+/// `--max-prefixes` sets.
+const SIZED_MAPS: [&str; 5] = [
+    maps::ESTABLISHED_V4,
+    maps::ESTABLISHED_V6,
     maps::KNOWN,
     maps::PREFIXES_V4,
     maps::PREFIXES_V6,
@@ -108,11 +115,19 @@ const SIZED_MAPS: [&str; 4] = [
 pub const MIN_PREFIXES: u32 = 16;
 pub const MAX_PREFIXES: u32 = 1 << 24;
 
-/// Entries of the known-source filter's map for a gate of `max_connections`.
-pub fn known_words(max_connections: u32) -> u32 {
+/// The IPv6 established map's size: as given, or by default a quarter of
+/// the IPv4 one's (at least 1,024).
+pub fn v6_connections(max_connections: u32, v6: Option<u32>) -> u32 {
+    v6.unwrap_or(handshake_common::v6_share(max_connections))
+}
+
+/// Entries of the known-source filter's map for a gate of
+/// `max_connections` IPv4 and `max_connections_v6` IPv6 connections.
+pub fn known_words(max_connections: u32, max_connections_v6: u32) -> u32 {
     use handshake_common::{HALF_OPEN_CAPACITY, SOURCES_CAPACITY, VERIFIED_CAPACITY, known};
     let entries = u64::from(max_connections)
-        + u64::from(HALF_OPEN_CAPACITY)
+        + u64::from(max_connections_v6)
+        + 2 * u64::from(HALF_OPEN_CAPACITY)
         + u64::from(SOURCES_CAPACITY)
         + u64::from(VERIFIED_CAPACITY);
     known::map_words(known::log2_bits_for(entries))
@@ -180,6 +195,12 @@ pub fn attach(
         (
             "max-connections",
             options.max_connections,
+            MIN_CONNECTIONS,
+            MAX_CONNECTIONS,
+        ),
+        (
+            "max-connections-v6",
+            options.max_connections_v6,
             MIN_CONNECTIONS,
             MAX_CONNECTIONS,
         ),
@@ -381,8 +402,12 @@ fn load(dir: &Path, options: Option<&AttachOptions>, extension: bool) -> Result<
         loader.map_pin_path(name, dir.join(name));
     }
     if let Some(o) = options {
-        loader.map_max_entries(maps::ESTABLISHED, o.max_connections);
-        loader.map_max_entries(maps::KNOWN, known_words(o.max_connections));
+        loader.map_max_entries(maps::ESTABLISHED_V4, o.max_connections);
+        loader.map_max_entries(maps::ESTABLISHED_V6, o.max_connections_v6);
+        loader.map_max_entries(
+            maps::KNOWN,
+            known_words(o.max_connections, o.max_connections_v6),
+        );
         let tries = handshake_common::prefix::trie_entries(o.max_prefixes);
         loader.map_max_entries(maps::PREFIXES_V4, tries);
         loader.map_max_entries(maps::PREFIXES_V6, tries);

@@ -27,12 +27,14 @@ use handshake_common::{
     Config, FlowEntry, FlowKey, Reason, SourceKey, SourceState, WindowCounter, maps,
 };
 
+use crate::conns::ConnMap;
 use crate::settings::Settings;
 use crate::{GateError, pins};
 
 pub use lifecycle::{
     AttachMode, AttachOptions, MAP_NAMES, MAX_CONNECTIONS, MAX_PREFIXES, MIN_CONNECTIONS,
     MIN_PREFIXES, OPTIONAL_MAPS, attach, check_layout, detach, known_words, replace,
+    v6_connections,
 };
 pub use lists::Changed;
 pub use reads::{
@@ -64,8 +66,8 @@ pub struct Gate {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     egress: PerCpuArray<MapData, u64>,
-    half_open: HashMap<MapData, FlowKey, FlowEntry>,
-    established: HashMap<MapData, FlowKey, FlowEntry>,
+    half_open: ConnMap<MapData>,
+    established: ConnMap<MapData>,
     sources: HashMap<MapData, SourceKey, SourceState>,
     global: Array<MapData, WindowCounter>,
     ports: Array<MapData, WindowCounter>,
@@ -88,6 +90,13 @@ where
     )))
 }
 
+fn open_table(dir: &Path, names: [&str; 2]) -> Result<ConnMap<MapData>, GateError> {
+    ConnMap::from_pins(dir, names).map_err(GateError::step(format!(
+        "open the pinned {} and {} maps (were they made by another version?)",
+        names[0], names[1]
+    )))
+}
+
 impl Gate {
     pub fn open(iface: &str, netns: Option<&str>) -> Result<Gate, GateError> {
         Self::open_dir(lifecycle::attached_dir(iface, netns)?)
@@ -98,8 +107,8 @@ impl Gate {
             config: open_map(&dir, maps::CONFIG)?,
             counters: open_map(&dir, maps::COUNTERS)?,
             egress: open_map(&dir, maps::EGRESS)?,
-            half_open: open_map(&dir, maps::HALF_OPEN)?,
-            established: open_map(&dir, maps::ESTABLISHED)?,
+            half_open: open_table(&dir, maps::HALF_OPEN)?,
+            established: open_table(&dir, maps::ESTABLISHED)?,
             sources: open_map(&dir, maps::SOURCES)?,
             global: open_map(&dir, maps::GLOBAL)?,
             ports: open_map(&dir, maps::PORTS)?,
@@ -143,23 +152,28 @@ impl Gate {
     /// the established map), if the gate tracks it.
     pub fn entry(&self, key: &FlowKey) -> Result<Option<(FlowEntry, bool)>, GateError> {
         for (map, established) in [(&self.established, true), (&self.half_open, false)] {
-            match map.get(key, 0) {
-                Ok(e) => return Ok(Some((e, established))),
-                Err(aya::maps::MapError::KeyNotFound) => {}
-                Err(e) => return Err(GateError::step("read a connection entry")(e)),
+            if let Some(e) = map
+                .get(key)
+                .map_err(GateError::step("read a connection entry"))?
+            {
+                return Ok(Some((e, established)));
             }
         }
         Ok(None)
     }
 
-    /// Capacities of the connection maps: (half-open, established).
-    pub fn map_capacity(&self) -> Result<(u32, u32), GateError> {
+    /// Capacities of the connection tables: (half-open, established),
+    /// each its IPv4 and its IPv6 map's.
+    pub fn map_capacity(&self) -> Result<([u32; 2], [u32; 2]), GateError> {
         let cap = |name: &str| -> Result<u32, GateError> {
             Ok(MapInfo::from_pin(self.dir.join(name))
                 .map_err(GateError::step(format!("read the {name} map's size")))?
                 .max_entries())
         };
-        Ok((cap(maps::HALF_OPEN)?, cap(maps::ESTABLISHED)?))
+        let table = |names: [&str; 2]| -> Result<[u32; 2], GateError> {
+            Ok([cap(names[0])?, cap(names[1])?])
+        };
+        Ok((table(maps::HALF_OPEN)?, table(maps::ESTABLISHED)?))
     }
 
     pub fn config(&self) -> Result<Config, GateError> {

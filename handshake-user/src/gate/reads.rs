@@ -23,6 +23,7 @@ use handshake_common::{
 };
 
 use super::{Counters, Gate};
+use crate::conns::ConnMap;
 use crate::settings::Settings;
 use crate::{GateError, pins};
 
@@ -79,17 +80,22 @@ fn for_each_batch<K: Pod, V: Pod>(
 /// just before it goes; how many went. Only the expired keys are kept
 /// while the map is read.
 fn sweep_map(
-    map: &mut HashMap<MapData, FlowKey, FlowEntry>,
+    map: &mut ConnMap<MapData>,
     expired: impl Fn(&FlowEntry) -> bool,
 ) -> Result<usize, GateError> {
     let mut keys = Vec::new();
-    for_each_batch(map, "connection maps", |batch| {
+    map.for_each_batch(|batch| {
         keys.extend(batch.iter().filter(|(_, e)| expired(e)).map(|(k, _)| *k));
         ControlFlow::Continue(())
-    })?;
+    })
+    .map_err(GateError::step("read the connection maps"))?;
     let mut removed = 0;
     for k in keys {
-        if map.get(&k, 0).is_ok_and(|now| expired(&now)) && map.remove(&k).is_ok() {
+        if map
+            .get(&k)
+            .is_ok_and(|now| now.is_some_and(|e| expired(&e)))
+            && map.remove(&k).is_ok()
+        {
             removed += 1;
         }
     }
@@ -412,12 +418,13 @@ impl Gate {
         let x = Expiry::of(cfg, now_ns);
         let mut t = Tally::default();
         for (map, half_open) in [(&self.half_open, true), (&self.established, false)] {
-            for_each_batch(map, "connection maps", |batch| {
+            map.for_each_batch(|batch| {
                 for (_, e) in batch {
                     t.add(e, half_open, &x);
                 }
                 ControlFlow::Continue(())
-            })?;
+            })
+            .map_err(GateError::step("read the connection maps"))?;
         }
         Ok(t)
     }
@@ -540,7 +547,7 @@ impl Gate {
             if stopped {
                 break;
             }
-            for_each_batch(map, "connection maps", |batch| {
+            map.for_each_batch(|batch| {
                 for (k, e) in batch {
                     if !x.expired(e, half_open) && each(&Conn::of(k, e, half_open)).is_break() {
                         stopped = true;
@@ -548,7 +555,8 @@ impl Gate {
                     }
                 }
                 ControlFlow::Continue(())
-            })?;
+            })
+            .map_err(GateError::step("read the connection maps"))?;
         }
         Ok(())
     }
