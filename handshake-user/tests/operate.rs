@@ -647,6 +647,19 @@ fn replace_swaps_the_programs_and_keeps_connections_counts_and_settings() {
     assert!(err.contains("layout version 999"), "{err}");
     assert_eq!(program_ids(&lab), new);
     echo(&mut conn, b"unharmed");
+
+    // A gate attached by a version with one map per connection table (its
+    // pin named so): `status` says what to do, and `detach` still works.
+    let dir = pin_dir(&lab);
+    std::fs::rename(dir.join("HALF_OPEN_V4"), dir.join("HALF_OPEN")).unwrap();
+    let (ok, _, err) = cli(&["--netns", &ns, "conns", &iface]);
+    assert!(!ok, "conns read a gate of another layout");
+    assert!(err.contains("HALF_OPEN_V4"), "{err}");
+    let (ok, _, err) = cli(&["--netns", &ns, "detach", &iface]);
+    assert!(ok, "detach of an older gate: {err}");
+    assert!(!dir.exists(), "pins left behind");
+    assert_eq!(loaded_settles("handshake_in", &[]), Vec::<u32>::new());
+    drop(gate);
 }
 
 #[test]

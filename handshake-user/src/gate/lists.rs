@@ -288,7 +288,8 @@ impl Gate {
                 .any(|a| prefixes::covered(nets, ip_of(k.family, a)))
         };
         let mut gone = 0;
-        for map in [&mut self.half_open, &mut self.established] {
+        let t = self.tables_mut()?;
+        for map in [&mut t.half_open, &mut t.established] {
             let keys: Vec<FlowKey> = map
                 .keys()
                 .filter_map(Result::ok)

@@ -66,8 +66,10 @@ pub struct Gate {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     egress: PerCpuArray<MapData, u64>,
-    half_open: ConnMap<MapData>,
-    established: ConnMap<MapData>,
+    /// The connection tables (half-open, established); `None` for a gate
+    /// attached by a version that kept one map per table, which can still
+    /// be detached.
+    tables: Option<Tables>,
     sources: HashMap<MapData, SourceKey, SourceState>,
     global: Array<MapData, WindowCounter>,
     ports: Array<MapData, WindowCounter>,
@@ -90,6 +92,12 @@ where
     )))
 }
 
+/// A gate's two connection tables.
+pub(crate) struct Tables {
+    pub half_open: ConnMap<MapData>,
+    pub established: ConnMap<MapData>,
+}
+
 fn open_table(dir: &Path, names: [&str; 2]) -> Result<ConnMap<MapData>, GateError> {
     ConnMap::from_pins(dir, names).map_err(GateError::step(format!(
         "open the pinned {} and {} maps (were they made by another version?)",
@@ -107,8 +115,14 @@ impl Gate {
             config: open_map(&dir, maps::CONFIG)?,
             counters: open_map(&dir, maps::COUNTERS)?,
             egress: open_map(&dir, maps::EGRESS)?,
-            half_open: open_table(&dir, maps::HALF_OPEN)?,
-            established: open_table(&dir, maps::ESTABLISHED)?,
+            tables: if dir.join(maps::HALF_OPEN_V4).exists() {
+                Some(Tables {
+                    half_open: open_table(&dir, maps::HALF_OPEN)?,
+                    established: open_table(&dir, maps::ESTABLISHED)?,
+                })
+            } else {
+                None
+            },
             sources: open_map(&dir, maps::SOURCES)?,
             global: open_map(&dir, maps::GLOBAL)?,
             ports: open_map(&dir, maps::PORTS)?,
@@ -121,6 +135,26 @@ impl Gate {
             },
             dir,
         })
+    }
+
+    /// The connection tables, or the error that says the gate predates
+    /// them.
+    pub(crate) fn tables(&self) -> Result<&Tables, GateError> {
+        self.tables.as_ref().ok_or_else(|| self.old_layout())
+    }
+
+    pub(crate) fn tables_mut(&mut self) -> Result<&mut Tables, GateError> {
+        match self.tables {
+            Some(ref mut t) => Ok(t),
+            None => Err(self.old_layout()),
+        }
+    }
+
+    fn old_layout(&self) -> GateError {
+        GateError::IncompatibleLayout {
+            map: maps::HALF_OPEN_V4.to_string(),
+            why: "not pinned (made by an older version?)".into(),
+        }
     }
 
     /// A slot of the `META` array.
@@ -151,7 +185,8 @@ impl Gate {
     /// The entry of one connection, from whichever map holds it (true:
     /// the established map), if the gate tracks it.
     pub fn entry(&self, key: &FlowKey) -> Result<Option<(FlowEntry, bool)>, GateError> {
-        for (map, established) in [(&self.established, true), (&self.half_open, false)] {
+        let t = self.tables()?;
+        for (map, established) in [(&t.established, true), (&t.half_open, false)] {
             if let Some(e) = map
                 .get(key)
                 .map_err(GateError::step("read a connection entry"))?

@@ -417,7 +417,8 @@ impl Gate {
     fn tally_here(&self, cfg: &Config, now_ns: u64) -> Result<Tally, GateError> {
         let x = Expiry::of(cfg, now_ns);
         let mut t = Tally::default();
-        for (map, half_open) in [(&self.half_open, true), (&self.established, false)] {
+        let tables = self.tables()?;
+        for (map, half_open) in [(&tables.half_open, true), (&tables.established, false)] {
             map.for_each_batch(|batch| {
                 for (_, e) in batch {
                     t.add(e, half_open, &x);
@@ -463,8 +464,9 @@ impl Gate {
     /// loses its entry; the flow is picked up again as ESTABLISHED).
     pub fn sweep_here(&mut self, cfg: &Config, now_ns: u64) -> Result<(usize, usize), GateError> {
         let x = Expiry::of(cfg, now_ns);
-        let half_open = sweep_map(&mut self.half_open, |e| x.half_open(e))?;
-        let established = sweep_map(&mut self.established, |e| x.finished(e))?;
+        let t = self.tables_mut()?;
+        let half_open = sweep_map(&mut t.half_open, |e| x.half_open(e))?;
+        let established = sweep_map(&mut t.established, |e| x.finished(e))?;
         Ok((half_open, established))
     }
 
@@ -543,7 +545,8 @@ impl Gate {
     ) -> Result<(), GateError> {
         let x = Expiry::of(cfg, now_ns);
         let mut stopped = false;
-        for (map, half_open) in [(&self.half_open, true), (&self.established, false)] {
+        let tables = self.tables()?;
+        for (map, half_open) in [(&tables.half_open, true), (&tables.established, false)] {
             if stopped {
                 break;
             }
