@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use aya::maps::{HashMap, IterableMap as _, Map, MapData};
-use handshake_common::flow::AF_INET;
+use handshake_common::flow::{AF_INET, tick};
 use handshake_common::{FlowEntry, FlowKey, FlowKeyV4, TcpState, maps};
 use handshake_lab::Lab;
 
@@ -107,14 +107,12 @@ pub fn fill<T: std::borrow::BorrowMut<MapData>>(
         k.lo_addr[..4].copy_from_slice(&[198, 18, 0, 1]);
         k.hi_addr[..4]
             .copy_from_slice(&(u32::from_be_bytes([198, 19, 0, 0]) + i / 60_000).to_be_bytes());
-        let e = FlowEntry {
-            created_ns: now,
-            last_seen_ns: now,
-            changed_ns: now,
-            client_state: TcpState::Established as u8,
-            server_state: TcpState::Established as u8,
+        let mut e = FlowEntry {
+            created: tick(now),
+            last_seen: tick(now),
             ..FlowEntry::default()
         };
+        e.set_states(TcpState::Established, TcpState::Established);
         map.insert(k.v4(), e, 0)?;
     }
     Ok(())

@@ -295,6 +295,8 @@ pub mod flags {
     pub const CLIENT_FIN_PENDING: u16 = 1 << 12;
     /// Likewise from the server.
     pub const SERVER_FIN_PENDING: u16 = 1 << 13;
+    /// The client is the key's `lo` end.
+    pub const CLIENT_IS_LO: u16 = 1 << 14;
 }
 
 /// What the gate has seen of one end's sequence space, from the segments
@@ -322,56 +324,145 @@ pub struct SeqState {
 /// [`crate::machine::Segment::wscale`]).
 pub const NO_WSCALE: u8 = 0xff;
 
-/// A tracked connection. Used by both the half-open and the established map.
+/// Times in a [`FlowEntry`] are the monotonic clock in ticks of 2^20 ns
+/// (1.048576 ms), as a `u32`: it wraps every 52 days, and a time is only
+/// ever compared with now, within ±26 days ([`since_ns`]).
+pub const TICK_SHIFT: u32 = 20;
+
+/// The tick `now_ns` falls in.
+#[inline(always)]
+pub const fn tick(now_ns: u64) -> u32 {
+    (now_ns >> TICK_SHIFT) as u32
+}
+
+/// How long before `now_ns` the tick `then` was, in ns (whole ticks;
+/// negative when `then` is later).
+#[inline(always)]
+pub const fn since_ns(now_ns: u64, then: u32) -> i64 {
+    ((tick(now_ns).wrapping_sub(then) as i32) as i64) << TICK_SHIFT
+}
+
+/// Whether at least `span_ns` went by from the tick `then` to `now_ns`.
+#[inline(always)]
+pub const fn elapsed(now_ns: u64, then: u32, span_ns: u64) -> bool {
+    since_ns(now_ns, then) >= span_ns as i64
+}
+
+/// The nibble of [`FlowEntry::wscales`] that says no scale was offered.
+const NO_SHIFT: u8 = 0xf;
+
+/// A tracked connection. Used by both the half-open and the established
+/// maps. 48 bytes, so that an IPv4 slot (the kernel's 48-byte element
+/// header, the 12-byte key rounded to 16, this, and a 16-byte bucket) is
+/// 128 bytes: two cache lines.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct FlowEntry {
-    /// When the first packet was seen (monotonic ns, `bpf_ktime_get_ns`).
-    pub created_ns: u64,
-    /// When the last packet was seen.
-    pub last_seen_ns: u64,
-    /// When either state last changed (TIME_WAIT is timed from here).
-    pub changed_ns: u64,
     /// The client's sequence space. In the handshake, `client.end` is
     /// J+1, what the SYN-ACK must acknowledge.
     pub client: SeqState,
     /// The server's; `server.end` is K+1 once [`flags::SERVER_SEEN`],
     /// what the final ACK must acknowledge.
     pub server: SeqState,
-    /// Half-open bucket epoch the attempt was counted in (see [`crate::window`]),
-    /// if [`flags::COUNTED`].
-    pub epoch: u32,
+    /// When the first packet was seen ([`tick`]s).
+    pub created: u32,
+    /// When the last packet was seen ([`tick`]s; on the data fast path at
+    /// most once a second). A finished connection's TIME_WAIT is timed
+    /// from here, so a segment that arrives in it (a retransmitted FIN)
+    /// starts it again, as the kernel's does.
+    pub last_seen: u32,
+    /// Two numbers that are never needed at once: while the entry holds a
+    /// half-open count ([`flags::COUNTED`], before the handshake is done),
+    /// the bucket epoch it was counted in ([`FlowEntry::epoch`]); once an
+    /// arriving FIN waits ([`flags::CLIENT_FIN_PENDING`] or
+    /// [`flags::SERVER_FIN_PENDING`]), that FIN's sequence number
+    /// ([`FlowEntry::fin_pending`]). A FIN before the final ACK overwrites
+    /// the epoch: the count then ages out with its bucket rather than
+    /// being given back.
+    pub epoch_or_fin: u32,
     /// [`flags`] bits.
     pub flags: u16,
-    /// A [`TcpState`].
-    pub client_state: u8,
-    /// A [`TcpState`].
-    pub server_state: u8,
-    /// 1 when the client is the key's `lo` end.
-    pub client_is_lo: u8,
-    /// The client's window shift: what it offered in its SYN until the
-    /// SYN-ACK settles it (0 unless both ends offered one), or
-    /// [`NO_WSCALE`].
-    pub client_wscale: u8,
-    /// The server's window shift, likewise.
-    pub server_wscale: u8,
-    pub _pad: [u8; 1],
+    /// The client's [`TcpState`] in the low four bits, the server's in the
+    /// high four.
+    pub states: u8,
+    /// The client's window shift in the low four bits, the server's in the
+    /// high four: what the client offered in its SYN (at most 14) until
+    /// the SYN-ACK settles both (0 unless both ends offered one); 15 for
+    /// none ([`NO_WSCALE`] as [`FlowEntry::client_wscale`] says it).
+    pub wscales: u8,
+}
+
+const _: () = assert!(core::mem::size_of::<FlowEntry>() == 48);
+
+impl FlowEntry {
+    pub fn client_state(&self) -> TcpState {
+        TcpState::from_u8(self.client_state_raw()).unwrap_or(TcpState::Closed)
+    }
+
+    pub fn server_state(&self) -> TcpState {
+        TcpState::from_u8(self.server_state_raw()).unwrap_or(TcpState::Closed)
+    }
+
+    /// The client's state as stored (a [`TcpState`]'s number).
+    #[inline(always)]
+    pub const fn client_state_raw(&self) -> u8 {
+        self.states & 0xf
+    }
+
+    /// The server's, likewise.
+    #[inline(always)]
+    pub const fn server_state_raw(&self) -> u8 {
+        self.states >> 4
+    }
+
+    #[inline(always)]
+    pub fn set_states(&mut self, client: TcpState, server: TcpState) {
+        self.states = client as u8 | (server as u8) << 4;
+    }
+
+    /// The client's window shift (0 to 14), or [`NO_WSCALE`].
+    #[inline(always)]
+    pub const fn client_wscale(&self) -> u8 {
+        shift_of(self.wscales & 0xf)
+    }
+
+    /// The server's, likewise.
+    #[inline(always)]
+    pub const fn server_wscale(&self) -> u8 {
+        shift_of(self.wscales >> 4)
+    }
+
+    /// Stores both shifts ([`NO_WSCALE`] for none; above 14 is 14).
+    #[inline(always)]
+    pub fn set_wscales(&mut self, client: u8, server: u8) {
+        self.wscales = nibble_of(client) | nibble_of(server) << 4;
+    }
+
+    /// Whether the client is the key's `lo` end.
+    #[inline(always)]
+    pub const fn client_is_lo(&self) -> bool {
+        self.has(flags::CLIENT_IS_LO)
+    }
+
+    /// The half-open bucket epoch the attempt was counted in; meaningful
+    /// while [`flags::COUNTED`] (see [`FlowEntry::epoch_or_fin`]).
+    #[inline(always)]
+    pub const fn epoch(&self) -> u32 {
+        self.epoch_or_fin
+    }
+
     /// The sequence number of an arriving FIN the receiving kernel has not
     /// acknowledged yet, if [`flags::CLIENT_FIN_PENDING`] or
     /// [`flags::SERVER_FIN_PENDING`]: it moves the teardown once this
     /// host's ACK covers it (the kernel took it: in order, checksum good).
-    pub fin_pending: u32,
-}
-
-const _: () = assert!(core::mem::size_of::<FlowEntry>() == 72);
-
-impl FlowEntry {
-    pub fn client_state(&self) -> TcpState {
-        TcpState::from_u8(self.client_state).unwrap_or(TcpState::Closed)
+    #[inline(always)]
+    pub const fn fin_pending(&self) -> u32 {
+        self.epoch_or_fin
     }
 
-    pub fn server_state(&self) -> TcpState {
-        TcpState::from_u8(self.server_state).unwrap_or(TcpState::Closed)
+    #[inline(always)]
+    pub fn set_fin_pending(&mut self, seq: u32) {
+        self.epoch_or_fin = seq;
     }
 
     pub const fn has(&self, flag: u16) -> bool {
@@ -382,11 +473,29 @@ impl FlowEntry {
     /// `src_is_lo`.
     #[inline(always)]
     pub const fn dir_of(&self, src_is_lo: bool) -> crate::machine::Dir {
-        if (self.client_is_lo != 0) == src_is_lo {
+        if self.client_is_lo() == src_is_lo {
             crate::machine::Dir::FromClient
         } else {
             crate::machine::Dir::FromServer
         }
+    }
+}
+
+const fn shift_of(nibble: u8) -> u8 {
+    if nibble == NO_SHIFT {
+        NO_WSCALE
+    } else {
+        nibble
+    }
+}
+
+const fn nibble_of(shift: u8) -> u8 {
+    if shift == NO_WSCALE {
+        NO_SHIFT
+    } else if shift > crate::machine::MAX_WSCALE {
+        crate::machine::MAX_WSCALE
+    } else {
+        shift
     }
 }
 

@@ -9,7 +9,7 @@
 //! so one packet moves both columns.
 
 use crate::config::Config;
-use crate::flow::{FlowEntry, NO_WSCALE, SeqState, TcpState, flags};
+use crate::flow::{FlowEntry, NO_WSCALE, SeqState, TcpState, elapsed, flags, tick};
 use crate::reason::Reason;
 
 mod seq;
@@ -162,17 +162,14 @@ pub fn open(
     counted: bool,
 ) -> FlowEntry {
     let mut e = FlowEntry {
-        created_ns: now_ns,
-        last_seen_ns: now_ns,
-        changed_ns: now_ns,
-        epoch,
-        flags: if counted { flags::COUNTED } else { 0 },
-        client_state: TcpState::SynSent as u8,
-        server_state: TcpState::Listen as u8,
-        client_is_lo: client_is_lo as u8,
-        server_wscale: NO_WSCALE,
+        created: tick(now_ns),
+        last_seen: tick(now_ns),
+        epoch_or_fin: epoch,
+        flags: if counted { flags::COUNTED } else { 0 }
+            | if client_is_lo { flags::CLIENT_IS_LO } else { 0 },
         ..FlowEntry::default()
     };
+    e.set_states(TcpState::SynSent, TcpState::Listen);
     client_syn(&mut e, seg);
     e
 }
@@ -186,7 +183,7 @@ fn client_syn(e: &mut FlowEntry, seg: &Segment) {
         edge: 0,
         maxwin: max1(seg.window as u32),
     };
-    e.client_wscale = seg.wscale;
+    e.set_wscales(seg.wscale, NO_WSCALE);
     e.flags |= flags::CLIENT_SEEN;
     e.flags &= !(flags::SERVER_SEEN | flags::SERVER_ACKED);
 }
@@ -289,20 +286,22 @@ pub const fn cookie_candidate(seg: &Segment) -> bool {
 /// sequence numbers are learnt from its first segment.
 pub fn pick_up(src_port: u16, dst_port: u16, src_is_lo: bool, now_ns: u64) -> FlowEntry {
     let src_is_client = src_port > dst_port;
-    FlowEntry {
-        created_ns: now_ns,
-        last_seen_ns: now_ns,
-        changed_ns: now_ns,
-        client_state: TcpState::Established as u8,
-        server_state: TcpState::Established as u8,
-        client_is_lo: (src_is_client == src_is_lo) as u8,
-        flags: flags::PICKED_UP,
-        // Not known without the SYNs: the largest there is, so the window
-        // is never narrower than the real one.
-        client_wscale: MAX_WSCALE,
-        server_wscale: MAX_WSCALE,
+    let mut e = FlowEntry {
+        created: tick(now_ns),
+        last_seen: tick(now_ns),
+        flags: flags::PICKED_UP
+            | if src_is_client == src_is_lo {
+                flags::CLIENT_IS_LO
+            } else {
+                0
+            },
         ..FlowEntry::default()
-    }
+    };
+    e.set_states(TcpState::Established, TcpState::Established);
+    // Not known without the SYNs: the largest there is, so the window is
+    // never narrower than the real one.
+    e.set_wscales(MAX_WSCALE, MAX_WSCALE);
+    e
 }
 
 /// An entry for a cookie handshake's final ACK from `src`: it is the
@@ -310,10 +309,9 @@ pub fn pick_up(src_port: u16, dst_port: u16, src_is_lo: bool, now_ns: u64) -> Fl
 /// scales are in the cookie, not in anything the gate saw: assumed the
 /// largest, as for a picked-up flow.
 pub fn cookie_pick_up(src_is_lo: bool, now_ns: u64) -> FlowEntry {
-    FlowEntry {
-        client_is_lo: src_is_lo as u8,
-        ..pick_up(1, 0, src_is_lo, now_ns)
-    }
+    let mut e = pick_up(1, 0, src_is_lo, now_ns);
+    e.flags = e.flags & !flags::CLIENT_IS_LO | if src_is_lo { flags::CLIENT_IS_LO } else { 0 };
+    e
 }
 
 /// Applies the first segment of a picked-up entry (the one that picked it
@@ -349,12 +347,12 @@ impl Expiry {
 
     /// [`half_open_expired`].
     pub fn half_open(&self, e: &FlowEntry) -> bool {
-        self.now_ns.saturating_sub(e.created_ns) >= self.half_open_timeout_ns
+        elapsed(self.now_ns, e.created, self.half_open_timeout_ns)
     }
 
     /// [`finished_expired`].
     pub fn finished(&self, e: &FlowEntry) -> bool {
-        finished(e) && self.now_ns.saturating_sub(e.changed_ns) >= self.time_wait_ns
+        finished(e) && elapsed(self.now_ns, e.last_seen, self.time_wait_ns)
     }
 
     /// Whether an entry of the half-open map (`half_open`) or of the
@@ -436,13 +434,13 @@ pub fn step(e: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Step {
     if !local && let Err(r) = acceptable(e, dir, seg) {
         return Step::Reject(r);
     }
-    e.last_seen_ns = now_ns;
+    e.last_seen = tick(now_ns);
     learn(e, dir, seg);
-    teardown(e, dir, seg, now_ns);
+    teardown(e, dir, seg);
     Step::Update
 }
 
-/// How often a connection's `last_seen_ns` is written on the data fast
+/// How often a connection's `last_seen` is written on the data fast
 /// path: a busy connection's record is not rewritten for every segment
 /// just for the time (`conns` shows its idle time to within this).
 pub const TOUCH_NS: u64 = 1_000_000_000;
@@ -458,23 +456,23 @@ const NOT_FAST: u16 =
 /// take inline before anything else: a segment with only ACK (and PSH) set
 /// of a connection past its handshake with no FIN in flight, inside its
 /// window. Its numbers are learnt as [`step`] learns them (nothing else can
-/// change: no FIN, so no teardown), and `last_seen_ns` is written at most
+/// change: no FIN, so no teardown), and `last_seen` is written at most
 /// once per [`TOUCH_NS`]. `None`: not such a segment, or outside the
 /// window; [`step`] decides the rest.
 #[inline(always)]
 pub fn fast_step(e: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) -> Option<Step> {
     if seg.flags & !tcp::PSH != tcp::ACK
         || e.flags & (FAST_FLAGS | NOT_FAST) != FAST_FLAGS
-        || e.client_state != TcpState::Established as u8
-        || e.server_state != TcpState::Established as u8
+        || e.client_state_raw() != TcpState::Established as u8
+        || e.server_state_raw() != TcpState::Established as u8
     {
         return None;
     }
     if matches!(seg.side, Side::Ingress) && acceptable(e, dir, seg).is_err() {
         return None;
     }
-    if now_ns.saturating_sub(e.last_seen_ns) >= TOUCH_NS {
-        e.last_seen_ns = now_ns;
+    if elapsed(now_ns, e.last_seen, TOUCH_NS) {
+        e.last_seen = tick(now_ns);
     }
     learn(e, dir, seg);
     Some(Step::Update)
@@ -491,12 +489,8 @@ fn arriving_rst(seg: &Segment) -> Result<(), Reason> {
     }
 }
 
-fn set_states(n: &mut FlowEntry, client: TcpState, server: TcpState, now_ns: u64) {
-    if n.client_state != client as u8 || n.server_state != server as u8 {
-        n.client_state = client as u8;
-        n.server_state = server as u8;
-        n.changed_ns = now_ns;
-    }
+fn set_states(n: &mut FlowEntry, client: TcpState, server: TcpState) {
+    n.set_states(client, server);
 }
 
 fn handshake(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64, local: bool) -> Step {
@@ -514,11 +508,11 @@ fn handshake(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64, local: boo
     let ack = seg.has(tcp::ACK);
     match dir {
         Dir::FromClient if syn && !ack => {
-            n.last_seen_ns = now_ns;
+            n.last_seen = tick(now_ns);
             if seg.end_seq() != n.client.end {
                 // A new attempt on the same tuple replaces the old one.
                 client_syn(n, seg);
-                set_states(n, TcpState::SynSent, TcpState::Listen, now_ns);
+                set_states(n, TcpState::SynSent, TcpState::Listen);
             }
             Step::Update
         }
@@ -526,20 +520,20 @@ fn handshake(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64, local: boo
             if !n.has(flags::SERVER_SEEN) || seg.ack != n.server.end {
                 return Step::Reject(Reason::BadAck);
             }
-            n.last_seen_ns = now_ns;
-            set_states(n, TcpState::Established, TcpState::Established, now_ns);
+            n.last_seen = tick(now_ns);
+            set_states(n, TcpState::Established, TcpState::Established);
             // Its half-open count is given back as it leaves the half-open map.
             n.flags &= !flags::COUNTED;
             // The final ACK may already carry data or a FIN.
             learn(n, dir, seg);
-            teardown(n, dir, seg, now_ns);
+            teardown(n, dir, seg);
             Step::Promote
         }
         Dir::FromServer if syn && ack => {
             if seg.ack != n.client.end {
                 return Step::Reject(Reason::BadAck);
             }
-            n.last_seen_ns = now_ns;
+            n.last_seen = tick(now_ns);
             // A retransmitted SYN-ACK carries the same K; a different K
             // (the server restarted the attempt) replaces it. Windows
             // scale only when both ends offered it (RFC 7323 §2.2).
@@ -551,18 +545,17 @@ fn handshake(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64, local: boo
                 maxwin: max1(win),
             };
             n.flags |= flags::SERVER_SEEN | flags::SERVER_ACKED;
-            let offered = n.client_wscale != NO_WSCALE && seg.wscale != NO_WSCALE;
-            let cap = |s: u8| if s > MAX_WSCALE { MAX_WSCALE } else { s };
-            (n.client_wscale, n.server_wscale) = if offered {
-                (cap(n.client_wscale), cap(seg.wscale))
+            let offered = n.client_wscale() != NO_WSCALE && seg.wscale != NO_WSCALE;
+            if offered {
+                n.set_wscales(n.client_wscale(), seg.wscale);
             } else {
-                (0, 0)
-            };
-            set_states(n, TcpState::Established, TcpState::SynRcvd, now_ns);
+                n.set_wscales(0, 0);
+            }
+            set_states(n, TcpState::Established, TcpState::SynRcvd);
             Step::Update
         }
         _ => {
-            n.last_seen_ns = now_ns;
+            n.last_seen = tick(now_ns);
             Step::Update
         }
     }
@@ -616,14 +609,14 @@ const FROM_SERVER: Ends = Ends {
 /// then it waits in `fin_pending` (the lowest such); in-order data past it,
 /// or an acknowledgement past it, shows it was no FIN of that connection,
 /// and it is forgotten.
-fn teardown(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) {
+fn teardown(n: &mut FlowEntry, dir: Dir, seg: &Segment) {
     let arriving = matches!(seg.side, Side::Ingress);
     let ends = match dir {
         Dir::FromClient => &FROM_CLIENT,
         Dir::FromServer => &FROM_SERVER,
     };
     if !arriving && seg.has(tcp::ACK) && n.has(ends.peer_pending) {
-        let fin_next = n.fin_pending.wrapping_add(1);
+        let fin_next = n.fin_pending().wrapping_add(1);
         if seg.ack == fin_next {
             n.flags &= !ends.peer_pending;
             n.flags |= ends.peer_fin;
@@ -649,7 +642,7 @@ fn teardown(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) {
         n.flags |= ends.peer_acked;
     }
     if arriving {
-        if n.has(ends.me_pending) && seq_gt(my_end, n.fin_pending) {
+        if n.has(ends.me_pending) && seq_gt(my_end, n.fin_pending()) {
             n.flags &= !ends.me_pending;
         }
         if seg.has(tcp::FIN) && !n.has(ends.me_fin) {
@@ -670,8 +663,8 @@ fn teardown(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) {
                 if !acks_peer_fin {
                     n.flags |= ends.me_first;
                 }
-            } else if takeable && (!n.has(ends.me_pending) || seq_gt(n.fin_pending, fin)) {
-                n.fin_pending = fin;
+            } else if takeable && (!n.has(ends.me_pending) || seq_gt(n.fin_pending(), fin)) {
+                n.set_fin_pending(fin);
                 n.flags = (n.flags & !ends.peer_pending) | ends.me_pending;
             }
         }
@@ -684,7 +677,7 @@ fn teardown(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64) {
     }
     let client = side_state(n, &FROM_CLIENT);
     let server = side_state(n, &FROM_SERVER);
-    set_states(n, client, server, now_ns);
+    set_states(n, client, server);
 }
 
 /// One end's state, derived from who sent a FIN, who had theirs acknowledged

@@ -147,11 +147,11 @@ impl Model {
     pub fn states(&self, p: &Packet) -> Option<(u8, u8, bool)> {
         let (key, _) = FlowKey::normalise(p.family, &p.src, &p.dst);
         if let Some(e) = self.established.get(&key) {
-            return Some((e.client_state, e.server_state, false));
+            return Some((e.client_state_raw(), e.server_state_raw(), false));
         }
         self.half_open
             .get(&key)
-            .map(|e| (e.client_state, e.server_state, true))
+            .map(|e| (e.client_state_raw(), e.server_state_raw(), true))
     }
 
     /// The daemon's sweep at `now_ns` under `cfg`, as the counting program
@@ -209,9 +209,9 @@ impl Model {
         now: u64,
     ) -> Option<Reason> {
         let mut e = *self.half_open.get(key)?;
-        let epoch = e.has(flags::COUNTED).then_some(e.epoch);
+        let epoch = e.has(flags::COUNTED).then_some(e.epoch());
         if machine::half_open_expired(&e, now, cfg) {
-            self.forget(key, e.client_is_lo, epoch, cfg);
+            self.forget(key, e.client_is_lo() as u8, epoch, cfg);
             return None;
         }
         let dir = e.dir_of(src_is_lo);
@@ -223,15 +223,15 @@ impl Model {
             Step::Promote => {
                 self.established.insert(*key, e);
                 if epoch.is_some() {
-                    let client = key.client_addr(e.client_is_lo);
+                    let client = key.client_addr(e.client_is_lo() as u8);
                     self.verified
                         .insert(cfg.source_key(key.family, client), now);
                 }
-                self.forget(key, e.client_is_lo, epoch, cfg);
+                self.forget(key, e.client_is_lo() as u8, epoch, cfg);
                 Reason::Pass
             }
             Step::Remove | Step::Restart => {
-                self.forget(key, e.client_is_lo, epoch, cfg);
+                self.forget(key, e.client_is_lo() as u8, epoch, cfg);
                 Reason::Pass
             }
             Step::Reject(r) => r,

@@ -69,8 +69,8 @@ impl Tally {
     #[inline(always)]
     pub fn add_live(&mut self, e: &FlowEntry) {
         self.live += 1;
-        self.client[state_index(e.client_state)] += 1;
-        self.server[state_index(e.server_state)] += 1;
+        self.client[state_index(e.client_state_raw())] += 1;
+        self.server[state_index(e.server_state_raw())] += 1;
     }
 }
 
@@ -151,14 +151,14 @@ mod tests {
 
     const MS: u64 = 1_000_000;
 
-    fn entry(client: TcpState, server: TcpState, created_ms: u64, changed_ms: u64) -> FlowEntry {
-        FlowEntry {
-            created_ns: created_ms * MS,
-            changed_ns: changed_ms * MS,
-            client_state: client as u8,
-            server_state: server as u8,
+    fn entry(client: TcpState, server: TcpState, created_ms: u64, seen_ms: u64) -> FlowEntry {
+        let mut e = FlowEntry {
+            created: crate::flow::tick(created_ms * MS),
+            last_seen: crate::flow::tick(seen_ms * MS),
             ..FlowEntry::default()
-        }
+        };
+        e.set_states(client, server);
+        e
     }
 
     #[test]
@@ -181,7 +181,7 @@ mod tests {
             entry(TcpState::Established, TcpState::Established, 0, 0),
         ];
         let mut est = est;
-        est[3].server_state = 200;
+        est[3].states |= 0xf0;
         for e in &half {
             t.add(e, true, &x);
         }

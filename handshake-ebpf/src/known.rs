@@ -36,8 +36,10 @@ fn clear(cfg: &Config, slot: impl FnOnce(u32) -> (u32, u32)) -> bool {
 }
 
 /// Whether `addr` has nothing in any map: no connection entry at either
-/// end, no source count, no verification.
-#[inline(always)]
+/// end, no source count, no verification. A function of its own: its
+/// masking and hashing need registers that the program would otherwise
+/// spill to a frame at the bottom of its deepest chain of calls.
+#[inline(never)]
 pub fn unknown(cfg: &Config, family: u8, addr: &[u8; 16]) -> bool {
     clear(cfg, |log2| {
         known::slot(&known::key(cfg, family, addr), log2)

@@ -141,20 +141,25 @@ fn fast_data(f: &mut Facts, side: Side) -> Option<Reason> {
         return None;
     }
     // The key is made here for this lookup only (an IPv4 one straight
-    // from the ends); the full path makes `f.key` again.
-    let src_is_lo;
+    // from the ends); the full path makes `f.key` again. What is kept
+    // across the lookup is kept in `f`, not in registers the call would
+    // make the program spill to its stack.
     let p = if f.family == AF_INET {
+        let src_is_lo;
         (f.key_v4, src_is_lo) = FlowKeyV4::normalise(&f.src, &f.dst);
+        f.src_is_lo = src_is_lo as u8;
         ESTABLISHED_V4.get_ptr_mut(&f.key_v4)
     } else {
+        let src_is_lo;
         (f.key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
+        f.src_is_lo = src_is_lo as u8;
         ESTABLISHED_V6.get_ptr_mut(&f.key)
     }?;
     f.key_found = 1;
     let e = unsafe { &mut *p };
     let now = unsafe { bpf_ktime_get_coarse_ns() };
     f.seg.side = side;
-    match machine::fast_step(e, e.dir_of(src_is_lo), &f.seg, now) {
+    match machine::fast_step(e, e.dir_of(f.src_is_lo != 0), &f.seg, now) {
         Some(_) => Some(Reason::Pass),
         None => None,
     }
@@ -348,7 +353,7 @@ fn half_open(f: &Facts, key: &FlowKey, cfg: &Config) -> Option<Reason> {
     let key_at = &Key::of(key);
     let p = HALF_OPEN.get_ptr_mut(key_at)?;
     let e = unsafe { &mut *p };
-    let (client_is_lo, epoch) = (e.client_is_lo, e.epoch);
+    let (client_is_lo, epoch) = (e.client_is_lo() as u8, e.epoch());
     let epoch = if e.has(flags::COUNTED) {
         Some(epoch)
     } else {
@@ -464,7 +469,7 @@ fn pick_up(f: &Facts, key: &FlowKey, cfg: &Config, cookie: bool) -> Reason {
     };
     known::mark_flow(cfg, key, remote);
     if cookie {
-        verify(key, n.client_is_lo, cfg, now);
+        verify(key, n.client_is_lo() as u8, cfg, now);
         Reason::CookieAck
     } else {
         Reason::Pass
@@ -482,7 +487,7 @@ pub fn states_of(key: &FlowKey) -> (u8, u8) {
         None => unsafe { HALF_OPEN.get(key) },
     };
     match found {
-        Some(e) => (e.client_state, e.server_state),
+        Some(e) => (e.client_state_raw(), e.server_state_raw()),
         None => (
             handshake_common::DropEvent::NO_STATE,
             handshake_common::DropEvent::NO_STATE,

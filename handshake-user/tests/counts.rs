@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use common::daemon::{Daemon, metric};
 use common::{Attached, cli, pin_dir};
-use handshake_common::flow::AF_INET;
+use handshake_common::flow::{AF_INET, tick};
 use handshake_common::machine::Expiry;
 use handshake_common::tally::Tally;
 use handshake_common::{FlowEntry, FlowKey, TcpState, maps};
@@ -117,7 +117,7 @@ fn check(gate: &Attached, what: &str) -> Tally {
 }
 
 /// Stores `n` established-map entries from 198.19.0.0/16 (no socket has
-/// them) in `states`, last changed `changed_s` seconds from now (before it
+/// them) in `states`, last seen `changed_s` seconds from now (before it
 /// if negative; after it, so that they stay in TIME_WAIT however slowly the
 /// test runs, if positive).
 fn store(dir: &Path, first: u32, n: u32, states: (TcpState, TcpState), changed_s: i64) {
@@ -132,14 +132,13 @@ fn store(dir: &Path, first: u32, n: u32, states: (TcpState, TcpState), changed_s
         };
         k.lo_addr[..4].copy_from_slice(&Lab::SERVER_V4.octets());
         k.hi_addr[..4].copy_from_slice(&(0xc613_0000u32 + i / 50_000 + 1).to_be_bytes());
-        let e = FlowEntry {
-            created_ns: now,
-            last_seen_ns: now,
-            changed_ns: now.wrapping_add_signed(changed_s * 1_000_000_000),
-            client_state: states.0 as u8,
-            server_state: states.1 as u8,
+        let mut e = FlowEntry {
+            created: tick(now),
+            // TIME_WAIT is timed from the last segment seen.
+            last_seen: tick(now.wrapping_add_signed(changed_s * 1_000_000_000)),
             ..FlowEntry::default()
         };
+        e.set_states(states.0, states.1);
         m.insert(&k, &e, 0).unwrap();
     }
     // Written from here, not by packets: the known-source filter learns

@@ -558,7 +558,7 @@ fn run(sequences: u64, from: u64, seed: u64) {
             let (key, _) = FlowKey::normalise(p.family, &p.src, &p.dst);
             let kernel = h
                 .entry(&key)
-                .map(|(e, half)| (e.client_state, e.server_state, half));
+                .map(|(e, half)| (e.client_state_raw(), e.server_state_raw(), half));
             let reference = model.states(&p);
             if let Some((c, s, _)) = reference {
                 states.insert(state(c));

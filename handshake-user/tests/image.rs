@@ -235,6 +235,11 @@ struct Detach<'a>(&'a Lab);
 impl Drop for Detach<'_> {
     fn drop(&mut self) {
         let _ = gate(self.0, &["detach", &self.0.server_if]);
+        // Whatever the detach left (it fails on a gate it cannot read):
+        // the pins hold the programs, so they go too.
+        if let Ok(dir) = handshake_user::pins::dir(&self.0.server_if, None) {
+            let _ = handshake_user::pins::remove_dir(&dir);
+        }
     }
 }
 

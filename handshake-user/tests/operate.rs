@@ -655,6 +655,7 @@ fn replace_swaps_the_programs_and_keeps_connections_counts_and_settings() {
     let (ok, _, err) = cli(&["--netns", &ns, "conns", &iface]);
     assert!(!ok, "conns read a gate of another layout");
     assert!(err.contains("HALF_OPEN_V4"), "{err}");
+    assert!(err.contains("detach"), "{err}");
     let (ok, _, err) = cli(&["--netns", &ns, "detach", &iface]);
     assert!(ok, "detach of an older gate: {err}");
     assert!(!dir.exists(), "pins left behind");

@@ -278,7 +278,7 @@ fn the_known_source_filter_knows_every_source_with_an_entry() {
     assert!(
         h.half_open_entries()
             .iter()
-            .any(|e| e.server_state == TcpState::SynRcvd as u8),
+            .any(|e| e.server_state() == TcpState::SynRcvd),
         "the SYN-ACK moved the attempt"
     );
     // Swept, forgotten: the sweep's rebuild clears what left the maps
@@ -572,7 +572,7 @@ fn batched_reads_see_every_entry_once() {
             let mut k = FlowKey::default();
             k.lo_addr[..4].copy_from_slice(&i.to_be_bytes());
             let e = FlowEntry {
-                created_ns: u64::from(i),
+                created: i,
                 ..FlowEntry::default()
             };
             m.insert(k, e, 0).unwrap();
@@ -585,11 +585,11 @@ fn batched_reads_see_every_entry_once() {
         .into_iter()
         .map(|(k, e)| {
             assert_eq!(
-                u64::from(u32::from_be_bytes(k.lo_addr[..4].try_into().unwrap())),
-                e.created_ns,
+                u32::from_be_bytes(k.lo_addr[..4].try_into().unwrap()),
+                e.created,
                 "a value under the wrong key"
             );
-            e.created_ns
+            u64::from(e.created)
         })
         .collect();
     got.sort_unstable();

@@ -39,6 +39,9 @@ fn side_of(dir: Dir) -> Side {
 
 /// A connection as the gate tracks it, driven packet by packet. Starts with
 /// the client's SYN at t = 0 and advances the fake clock 1 ms per packet.
+/// One tick of an entry's clock.
+const TICK: u64 = 1 << crate::flow::TICK_SHIFT;
+
 struct Conn {
     entry: FlowEntry,
     now: u64,
@@ -188,13 +191,9 @@ fn other_packets_in_the_handshake_change_nothing() {
             (
                 c.entry.client_state(),
                 c.entry.server_state(),
-                c.entry.changed_ns
+                c.entry.created
             ),
-            (
-                before.client_state(),
-                before.server_state(),
-                before.changed_ns
-            ),
+            (before.client_state(), before.server_state(), before.created),
             "{dir:?} {s:?}"
         );
     }
@@ -205,8 +204,8 @@ fn retransmitted_syn_changes_nothing() {
     let mut c = Conn::syn();
     let before = c.entry;
     c.pass(Dir::FromClient, seg(SYN, J, 0, 0));
-    assert_eq!(c.entry.created_ns, before.created_ns);
-    assert_eq!(c.entry.epoch, before.epoch);
+    assert_eq!(c.entry.created, before.created);
+    assert_eq!(c.entry.epoch(), before.epoch());
     assert_eq!(c.entry.client.end, J + 1);
     c.expect(SynSent, Listen);
     // Also after the SYN-ACK, and a retransmitted SYN-ACK.
@@ -411,10 +410,10 @@ fn a_bad_checksum_moves_nothing() {
 fn retransmitted_fin_changes_nothing() {
     let mut c = Conn::established();
     c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
-    let changed = c.entry.changed_ns;
+    let (flags, fin) = (c.entry.flags, c.entry.fin_pending());
     c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
     c.expect(FinWait1, CloseWait);
-    assert_eq!(c.entry.changed_ns, changed);
+    assert_eq!((c.entry.flags, c.entry.fin_pending()), (flags, fin));
     assert_eq!(c.entry.client.end, J + 2);
 }
 
@@ -573,9 +572,17 @@ fn time_wait_lasts_two_msl() {
     c.pass(Dir::FromClient, seg(FIN | ACK, J + 1, K + 1, 0));
     c.pass(Dir::FromServer, seg(FIN | ACK, K + 1, J + 2, 0));
     c.pass(Dir::FromClient, seg(ACK, J + 2, K + 2, 0));
-    let t = c.entry.changed_ns;
-    assert!(!finished_expired(&c.entry, t + 2_000 * MS - 1, &cfg));
-    assert!(finished_expired(&c.entry, t + 2_000 * MS, &cfg));
+    // Timed from the last segment, in whole ticks of the entry's clock.
+    let t = c.now;
+    assert!(!finished_expired(&c.entry, t + 2_000 * MS - TICK, &cfg));
+    assert!(finished_expired(&c.entry, t + 2_000 * MS + TICK, &cfg));
+    // A segment in TIME_WAIT (the FIN again) starts it again.
+    let later = t + 1_500 * MS;
+    c.now = later - MS;
+    c.pass(Dir::FromServer, seg(FIN | ACK, K + 1, J + 2, 0));
+    c.expect(TimeWait, Closed);
+    assert!(!finished_expired(&c.entry, t + 2_000 * MS + TICK, &cfg));
+    assert!(finished_expired(&c.entry, later + 2_000 * MS + TICK, &cfg));
     // A live connection never expires this way.
     let live = Conn::established();
     assert!(!finished_expired(&live.entry, u64::MAX, &cfg));
@@ -588,8 +595,8 @@ fn half_open_timeout() {
         ..Config::DEFAULT
     };
     let c = Conn::syn();
-    assert!(!half_open_expired(&c.entry, 3_000 * MS - 1, &cfg));
-    assert!(half_open_expired(&c.entry, 3_000 * MS, &cfg));
+    assert!(!half_open_expired(&c.entry, 3_000 * MS - TICK, &cfg));
+    assert!(half_open_expired(&c.entry, 3_000 * MS + TICK, &cfg));
 }
 
 #[test]
@@ -600,11 +607,11 @@ fn loose_pick_up_guesses_the_client_by_port() {
         (e.client_state(), e.server_state()),
         (Established, Established)
     );
-    assert_eq!(e.client_is_lo, 1);
+    assert_eq!((e.client_is_lo() as u8), 1);
     assert!(e.has(flags::PICKED_UP));
     // The server's reply, where the source is the server.
     let e = pick_up(80, 40_000, true, 5);
-    assert_eq!(e.client_is_lo, 0);
+    assert_eq!((e.client_is_lo() as u8), 0);
 }
 
 #[test]

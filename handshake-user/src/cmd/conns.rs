@@ -10,6 +10,7 @@ use std::net::IpAddr;
 use std::ops::ControlFlow;
 
 use handshake_common::TcpState;
+use handshake_common::flow::since_ns;
 use handshake_user::gate::{Conn, Gate};
 
 use crate::args::{ConnsArgs, ConnsOrder};
@@ -85,8 +86,8 @@ impl<W: Write> Rows<W> {
     }
 
     fn row(&mut self, c: &Conn) -> std::io::Result<()> {
-        let age_ms = self.now.saturating_sub(c.entry.created_ns) / 1_000_000;
-        let idle_ms = self.now.saturating_sub(c.entry.last_seen_ns) / 1_000_000;
+        let ms = |then: u32| since_ns(self.now, then).max(0) as u64 / 1_000_000;
+        let (age_ms, idle_ms) = (ms(c.entry.created), ms(c.entry.last_seen));
         if self.json {
             self.json_row(c, age_ms, idle_ms)?;
             self.printed += 1;
@@ -146,7 +147,7 @@ struct ByAge(Conn);
 
 impl PartialEq for ByAge {
     fn eq(&self, o: &Self) -> bool {
-        self.0.entry.created_ns == o.0.entry.created_ns
+        self.0.entry.created == o.0.entry.created
     }
 }
 impl Eq for ByAge {}
@@ -158,8 +159,9 @@ impl PartialOrd for ByAge {
 impl Ord for ByAge {
     fn cmp(&self, o: &Self) -> std::cmp::Ordering {
         // Younger is greater: the heap's top is the youngest kept, the one
-        // to drop when an older row comes.
-        self.0.entry.created_ns.cmp(&o.0.entry.created_ns)
+        // to drop when an older row comes. The ticks wrap: compared as a
+        // difference, as the entries' own clock compares them.
+        (self.0.entry.created.wrapping_sub(o.0.entry.created) as i32).cmp(&0)
     }
 }
 

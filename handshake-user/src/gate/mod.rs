@@ -66,10 +66,10 @@ pub struct Gate {
     config: Array<MapData, Config>,
     counters: PerCpuArray<MapData, u64>,
     egress: PerCpuArray<MapData, u64>,
-    /// The connection tables (half-open, established); `None` for a gate
-    /// attached by a version that kept one map per table, which can still
-    /// be detached.
-    tables: Option<Tables>,
+    /// The connection tables (half-open, established), or why they could
+    /// not be opened: a gate attached by another version (one map per
+    /// table, or entries of another size) can still be detached.
+    tables: Result<Tables, String>,
     sources: HashMap<MapData, SourceKey, SourceState>,
     global: Array<MapData, WindowCounter>,
     ports: Array<MapData, WindowCounter>,
@@ -92,17 +92,28 @@ where
     )))
 }
 
+/// The error for a gate whose connection tables this version cannot read.
+fn other_layout(why: &str) -> GateError {
+    GateError::IncompatibleLayout {
+        map: "the connection maps".into(),
+        why: format!("{why} (made by another version?)"),
+    }
+}
+
 /// A gate's two connection tables.
 pub(crate) struct Tables {
     pub half_open: ConnMap<MapData>,
     pub established: ConnMap<MapData>,
 }
 
-fn open_table(dir: &Path, names: [&str; 2]) -> Result<ConnMap<MapData>, GateError> {
-    ConnMap::from_pins(dir, names).map_err(GateError::step(format!(
-        "open the pinned {} and {} maps (were they made by another version?)",
-        names[0], names[1]
-    )))
+fn open_tables(dir: &Path) -> Result<Tables, String> {
+    let open = |names: [&str; 2]| {
+        ConnMap::from_pins(dir, names).map_err(|e| format!("{} and {}: {e}", names[0], names[1]))
+    };
+    Ok(Tables {
+        half_open: open(maps::HALF_OPEN)?,
+        established: open(maps::ESTABLISHED)?,
+    })
 }
 
 impl Gate {
@@ -115,14 +126,7 @@ impl Gate {
             config: open_map(&dir, maps::CONFIG)?,
             counters: open_map(&dir, maps::COUNTERS)?,
             egress: open_map(&dir, maps::EGRESS)?,
-            tables: if dir.join(maps::HALF_OPEN_V4).exists() {
-                Some(Tables {
-                    half_open: open_table(&dir, maps::HALF_OPEN)?,
-                    established: open_table(&dir, maps::ESTABLISHED)?,
-                })
-            } else {
-                None
-            },
+            tables: open_tables(&dir),
             sources: open_map(&dir, maps::SOURCES)?,
             global: open_map(&dir, maps::GLOBAL)?,
             ports: open_map(&dir, maps::PORTS)?,
@@ -140,21 +144,11 @@ impl Gate {
     /// The connection tables, or the error that says the gate predates
     /// them.
     pub(crate) fn tables(&self) -> Result<&Tables, GateError> {
-        self.tables.as_ref().ok_or_else(|| self.old_layout())
+        self.tables.as_ref().map_err(|why| other_layout(why))
     }
 
     pub(crate) fn tables_mut(&mut self) -> Result<&mut Tables, GateError> {
-        match self.tables {
-            Some(ref mut t) => Ok(t),
-            None => Err(self.old_layout()),
-        }
-    }
-
-    fn old_layout(&self) -> GateError {
-        GateError::IncompatibleLayout {
-            map: maps::HALF_OPEN_V4.to_string(),
-            why: "not pinned (made by an older version?)".into(),
-        }
+        self.tables.as_mut().map_err(|why| other_layout(why))
     }
 
     /// A slot of the `META` array.

@@ -39,7 +39,7 @@ pub struct Conn {
 
 impl Conn {
     fn of(k: &FlowKey, e: &FlowEntry, half_open: bool) -> Conn {
-        let (c, s) = k.ends(e.client_is_lo != 0);
+        let (c, s) = k.ends(e.client_is_lo());
         Conn {
             client: endpoint(k.family, &c),
             server: endpoint(k.family, &s),

@@ -14,13 +14,17 @@ use handshake_user::testrun::Harness;
 pub fn check(h: &Harness, cfg: &Config, now: u64, i: u64, seed: u64) {
     use handshake_common::machine::finished;
     let (half, est) = (h.flows(maps::HALF_OPEN), h.flows(maps::ESTABLISHED));
+    // When `then` (an entry's tick) plus `span` is, on the ns clock.
+    let at = |then: u32, span: u64| {
+        now.wrapping_add_signed(-handshake_common::flow::since_ns(now, then)) + span
+    };
     let mut deadlines: Vec<u64> = half
         .iter()
-        .map(|(_, e)| e.created_ns + cfg.half_open_timeout_ns())
+        .map(|(_, e)| at(e.created, cfg.half_open_timeout_ns()))
         .chain(
             est.iter()
                 .filter(|(_, e)| finished(e))
-                .map(|(_, e)| e.changed_ns + cfg.time_wait_ns()),
+                .map(|(_, e)| at(e.last_seen, cfg.time_wait_ns())),
         )
         .collect();
     deadlines.sort_unstable();

@@ -130,7 +130,7 @@ fn window_scale_applies_when_both_ends_offer_it() {
     let mut sa = seg(SYN | ACK, K, J + 1, 0);
     sa.wscale = 9;
     c.pass(Dir::FromServer, sa);
-    assert_eq!((c.entry.client_wscale, c.entry.server_wscale), (7, 9));
+    assert_eq!((c.entry.client_wscale(), c.entry.server_wscale()), (7, 9));
     c.pass(Dir::FromClient, seg(ACK, J + 1, K + 1, 0));
     // The server's window after the handshake is 1,000 << 9 = 512,000.
     let mut w = seg(ACK, K + 1, J + 1, 0);
@@ -148,7 +148,7 @@ fn window_scale_applies_when_both_ends_offer_it() {
         established_map: false,
     };
     c.pass(Dir::FromServer, seg(SYN | ACK, K, J + 1, 0));
-    assert_eq!((c.entry.client_wscale, c.entry.server_wscale), (0, 0));
+    assert_eq!((c.entry.client_wscale(), c.entry.server_wscale()), (0, 0));
 }
 
 #[test]
