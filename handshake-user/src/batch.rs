@@ -9,7 +9,8 @@ use std::ops::ControlFlow;
 use std::os::fd::{AsFd as _, AsRawFd as _};
 
 use aya::Pod;
-use aya::maps::MapData;
+use aya::maps::{HashMap, IterableMap as _, MapData};
+use std::borrow::Borrow;
 
 /// Entries asked for per call.
 pub const BATCH: u32 = 4096;
@@ -36,6 +37,31 @@ struct BatchAttr {
 pub fn unsupported(e: &io::Error) -> bool {
     const ENOTSUPP: i32 = 524;
     matches!(e.raw_os_error(), Some(libc::EINVAL) | Some(ENOTSUPP))
+}
+
+/// Hands `each` a hash map's entries a batch at a time: [`for_each_batch`],
+/// or a walk of single lookups where the kernel cannot batch.
+pub fn walk<T: Borrow<MapData>, K: Pod, V: Pod>(
+    map: &HashMap<T, K, V>,
+    mut each: impl FnMut(&[(K, V)]) -> ControlFlow<()>,
+) -> io::Result<()> {
+    match for_each_batch(map.map(), &mut each) {
+        Err(e) if unsupported(&e) => {
+            let mut batch = Vec::with_capacity(BATCH as usize);
+            for kv in map.iter().filter_map(Result::ok) {
+                batch.push(kv);
+                if batch.len() == batch.capacity() {
+                    if each(&batch).is_break() {
+                        return Ok(());
+                    }
+                    batch.clear();
+                }
+            }
+            let _ = each(&batch);
+            Ok(())
+        }
+        other => other,
+    }
 }
 
 /// Every (key, value) of a hash map, read in batches. Entries added or

@@ -6,7 +6,9 @@ use std::borrow::{Borrow, BorrowMut};
 use std::io;
 use std::ops::ControlFlow;
 
-use aya::maps::{HashMap, IterableMap as _, Map, MapData, MapError};
+use aya::maps::{HashMap, Map, MapData, MapError};
+
+use crate::batch::walk;
 use handshake_common::{FlowEntry, FlowKey, FlowKeyV4, flow::AF_INET};
 
 /// One table: its IPv4 map and its IPv6 map.
@@ -113,30 +115,5 @@ impl<T: BorrowMut<MapData>> ConnMap<T> {
         } else {
             self.v6.remove(key)
         }
-    }
-}
-
-/// [`crate::batch::for_each_batch`] on one map, falling back to a walk of
-/// single lookups where the kernel cannot batch.
-fn walk<T: Borrow<MapData>, K: aya::Pod>(
-    map: &HashMap<T, K, FlowEntry>,
-    mut each: impl FnMut(&[(K, FlowEntry)]) -> ControlFlow<()>,
-) -> io::Result<()> {
-    match crate::batch::for_each_batch(map.map(), &mut each) {
-        Err(e) if crate::batch::unsupported(&e) => {
-            let mut batch = Vec::with_capacity(crate::batch::BATCH as usize);
-            for kv in map.iter().filter_map(Result::ok) {
-                batch.push(kv);
-                if batch.len() == batch.capacity() {
-                    if each(&batch).is_break() {
-                        return Ok(());
-                    }
-                    batch.clear();
-                }
-            }
-            let _ = each(&batch);
-            Ok(())
-        }
-        other => other,
     }
 }

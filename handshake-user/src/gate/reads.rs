@@ -49,31 +49,13 @@ impl Conn {
     }
 }
 
-/// Hands `each` a hash map's entries a batch at a time: batched reads, or
-/// a walk of single lookups where the kernel cannot batch.
+/// [`crate::batch::walk`], its error named for `what`.
 fn for_each_batch<K: Pod, V: Pod>(
     map: &HashMap<MapData, K, V>,
     what: &'static str,
-    mut each: impl FnMut(&[(K, V)]) -> ControlFlow<()>,
+    each: impl FnMut(&[(K, V)]) -> ControlFlow<()>,
 ) -> Result<(), GateError> {
-    match crate::batch::for_each_batch(map.map(), &mut each) {
-        Ok(()) => Ok(()),
-        Err(e) if crate::batch::unsupported(&e) => {
-            let mut batch = Vec::with_capacity(crate::batch::BATCH as usize);
-            for kv in map.iter().filter_map(Result::ok) {
-                batch.push(kv);
-                if batch.len() == batch.capacity() {
-                    if each(&batch).is_break() {
-                        return Ok(());
-                    }
-                    batch.clear();
-                }
-            }
-            let _ = each(&batch);
-            Ok(())
-        }
-        Err(e) => Err(GateError::step(format!("read the {what}"))(e)),
-    }
+    crate::batch::walk(map, each).map_err(GateError::step(format!("read the {what}")))
 }
 
 /// Deletes the entries of `map` that are `expired`, looking at each again
