@@ -489,10 +489,6 @@ fn arriving_rst(seg: &Segment) -> Result<(), Reason> {
     }
 }
 
-fn set_states(n: &mut FlowEntry, client: TcpState, server: TcpState) {
-    n.set_states(client, server);
-}
-
 fn handshake(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64, local: bool) -> Step {
     if seg.has(tcp::RST) {
         if !local && let Err(r) = arriving_rst(seg) {
@@ -512,7 +508,7 @@ fn handshake(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64, local: boo
             if seg.end_seq() != n.client.end {
                 // A new attempt on the same tuple replaces the old one.
                 client_syn(n, seg);
-                set_states(n, TcpState::SynSent, TcpState::Listen);
+                n.set_states(TcpState::SynSent, TcpState::Listen);
             }
             Step::Update
         }
@@ -521,7 +517,7 @@ fn handshake(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64, local: boo
                 return Step::Reject(Reason::BadAck);
             }
             n.last_seen = tick(now_ns);
-            set_states(n, TcpState::Established, TcpState::Established);
+            n.set_states(TcpState::Established, TcpState::Established);
             // Its half-open count is given back as it leaves the half-open map.
             n.flags &= !flags::COUNTED;
             // The final ACK may already carry data or a FIN.
@@ -551,7 +547,7 @@ fn handshake(n: &mut FlowEntry, dir: Dir, seg: &Segment, now_ns: u64, local: boo
             } else {
                 n.set_wscales(0, 0);
             }
-            set_states(n, TcpState::Established, TcpState::SynRcvd);
+            n.set_states(TcpState::Established, TcpState::SynRcvd);
             Step::Update
         }
         _ => {
@@ -677,7 +673,7 @@ fn teardown(n: &mut FlowEntry, dir: Dir, seg: &Segment) {
     }
     let client = side_state(n, &FROM_CLIENT);
     let server = side_state(n, &FROM_SERVER);
-    set_states(n, client, server);
+    n.set_states(client, server);
 }
 
 /// One end's state, derived from who sent a FIN, who had theirs acknowledged
