@@ -47,6 +47,9 @@ struct Args {
     /// profile of the programs) and the per-packet costs: about a minute.
     #[arg(long)]
     profile: bool,
+    /// Only the per-packet costs, each beside its no-op: seconds.
+    #[arg(long)]
+    packets: bool,
     /// Only the control plane with 1M connections (`status`, a metrics
     /// scrape, `conns`), next to the same on an empty gate: a minute.
     #[arg(long)]
@@ -142,6 +145,25 @@ fn main() -> anyhow::Result<()> {
         print!("{}", r.markdown());
         return Ok(());
     }
+    let o = if a.full {
+        packets::Options {
+            repeat: 1_000_000,
+            calls: 9,
+            singles: 20_000,
+        }
+    } else {
+        packets::Options {
+            repeat: 100_000,
+            calls: 5,
+            singles: 3_000,
+        }
+    };
+    if a.packets {
+        r.packets = packets::run(&o);
+        r.write(&a.out)?;
+        print!("{}", r.markdown());
+        return Ok(());
+    }
     eprintln!("bench: program loads (the verifier)");
     r.programs = programs::run(if a.full { 9 } else { 5 })?;
     if a.programs_only {
@@ -156,19 +178,6 @@ fn main() -> anyhow::Result<()> {
     }
 
     eprintln!("bench: per-packet cost (BPF_PROG_TEST_RUN)");
-    let o = if a.full {
-        packets::Options {
-            repeat: 1_000_000,
-            calls: 9,
-            singles: 20_000,
-        }
-    } else {
-        packets::Options {
-            repeat: 100_000,
-            calls: 5,
-            singles: 3_000,
-        }
-    };
     r.packets = packets::run(&o);
     eprintln!("bench: what the prefix lists cost");
     match lists::run(o.repeat, o.calls) {

@@ -25,6 +25,10 @@ pub struct Options {
     /// per-packet costs: about a minute.
     #[arg(long)]
     profile: bool,
+    /// Only the per-packet costs (BPF_PROG_TEST_RUN), each beside its
+    /// no-op: seconds.
+    #[arg(long)]
+    packets: bool,
     /// Only the control plane with 1M connections (`status`, a metrics
     /// scrape, `conns`), next to the same commands on an empty gate: about
     /// a minute.
@@ -123,6 +127,9 @@ pub fn run(o: Options) -> anyhow::Result<()> {
     }
     if o.profile {
         cmd.arg("--profile");
+    }
+    if o.packets {
+        cmd.arg("--packets");
     }
     if o.control {
         cmd.arg("--control");
