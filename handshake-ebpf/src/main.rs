@@ -13,6 +13,7 @@
     reason = "atomic_cxchg: the BPF target has no AtomicU64::compare_exchange"
 )]
 
+mod clock;
 mod conns;
 mod cookie;
 mod known;

@@ -3,7 +3,7 @@
 
 use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 
-use aya_ebpf::{bindings::BPF_NOEXIST, helpers::bpf_ktime_get_coarse_ns};
+use aya_ebpf::bindings::BPF_NOEXIST;
 use handshake_common::{
     Config, FlowEntry, FlowKey, FlowKeyV4, Reason, SourceKey, SourceState, WindowCounter,
     admit::{self, Admission},
@@ -14,6 +14,7 @@ use handshake_common::{
 
 pub use handshake_common::machine::Side;
 
+use crate::clock;
 use crate::conns::{ESTABLISHED, HALF_OPEN, Key};
 use crate::known;
 use crate::parse::Facts;
@@ -103,7 +104,7 @@ fn unknown_syn(f: &mut Facts, cfg: &Config) -> Option<Reason> {
     if let Some(r) = admit::by_source(cfg, 0, true) {
         return Some(r);
     }
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now();
     let ep = window::epoch(now, window::bucket_width_ns(cfg.half_open_timeout_ms));
     let (Some(global), Some(port_count)) = (GLOBAL.get(0), PORTS.get(port)) else {
         return None;
@@ -157,7 +158,7 @@ fn fast_data(f: &mut Facts, side: Side) -> Option<Reason> {
     }?;
     f.key_found = 1;
     let e = unsafe { &mut *p };
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    let now = clock::now();
     f.seg.side = side;
     match machine::fast_step(e, e.dir_of(f.src_is_lo != 0), &f.seg, now) {
         Some(_) => Some(Reason::Pass),
@@ -268,8 +269,8 @@ fn tracked(f: &mut Facts, cfg: &Config, side: Side, skip: u32) -> Option<Reason>
     // The coarse clock (CLOCK_MONOTONIC_COARSE: the same clock as the
     // controller's, behind it by at most a tick): every timeout here is
     // milliseconds or more, and the fine clock's TSC read was a tenth of
-    // an established packet's cost.
-    let now = unsafe { bpf_ktime_get_coarse_ns() };
+    // an established packet's cost (`clock`).
+    let now = clock::now();
     f.now_ns = now;
     f.seg.side = side;
     // The known-source filter: nothing from this source at all, or (an
