@@ -130,22 +130,27 @@ impl FlowKeyV4 {
     #[inline(always)]
     pub fn normalise(src: &Endpoint, dst: &Endpoint) -> (FlowKeyV4, bool) {
         let word = |a: &[u8; 16]| [a[0], a[1], a[2], a[3]];
-        let (s, d) = (word(&src.addr), word(&dst.addr));
+        FlowKeyV4::of(word(&src.addr), src.port, word(&dst.addr), dst.port)
+    }
+
+    /// The same from the addresses and ports (network order) themselves.
+    #[inline(always)]
+    pub fn of(src: [u8; 4], src_port: u16, dst: [u8; 4], dst_port: u16) -> (FlowKeyV4, bool) {
         let order = |a: [u8; 4], port: u16| (u32::from_be_bytes(a), u16::from_be(port));
-        let src_is_lo = order(s, src.port) <= order(d, dst.port);
+        let src_is_lo = order(src, src_port) <= order(dst, dst_port);
         let key = if src_is_lo {
             FlowKeyV4 {
-                lo_addr: s,
-                hi_addr: d,
-                lo_port: src.port,
-                hi_port: dst.port,
+                lo_addr: src,
+                hi_addr: dst,
+                lo_port: src_port,
+                hi_port: dst_port,
             }
         } else {
             FlowKeyV4 {
-                lo_addr: d,
-                hi_addr: s,
-                lo_port: dst.port,
-                hi_port: src.port,
+                lo_addr: dst,
+                hi_addr: src,
+                lo_port: dst_port,
+                hi_port: src_port,
             }
         };
         (key, src_is_lo)

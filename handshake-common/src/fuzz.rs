@@ -138,6 +138,17 @@ pub fn run(data: &[u8]) {
             !parse::surely_not_tcp(&Bytes(pkt)) || parsed == Parsed::NotTcp,
             "the early check took a packet the parser does not call non-TCP for non-TCP"
         );
+        if let Some(d) = parse::data_v4(&Bytes(pkt)) {
+            assert!(
+                parsed == Parsed::Tcp
+                    && facts.family == AF_INET
+                    && d.segment() == facts.seg
+                    && d.src[..] == facts.src.addr[..4]
+                    && d.dst[..] == facts.dst.addr[..4]
+                    && (d.src_port, d.dst_port) == (facts.src.port, facts.dst.port),
+                "the data fast path's parse disagrees with the parser"
+            );
+        }
         match parsed {
             Parsed::Tcp => {
                 assert!(

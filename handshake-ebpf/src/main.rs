@@ -16,6 +16,7 @@
 mod clock;
 mod conns;
 mod cookie;
+mod fast;
 mod known;
 mod parse;
 mod prefix;
@@ -172,13 +173,20 @@ pub fn handshake_in(ctx: XdpContext) -> u32 {
     if parse::surely_not_tcp(&parse::Xdp(&ctx)) {
         return finish_in(Reason::NotTcp, Mode::Off);
     }
-    let (Some(cfg), Some(facts)) = (CONFIG.get(0), SCRATCH.get_ptr_mut(0)) else {
+    let Some(cfg) = CONFIG.get(0) else {
+        return finish_in(Reason::FailOpen, Mode::Off);
+    };
+    let mode = cfg.mode();
+    let tried = fast::attempt(&parse::Xdp(&ctx), cfg, track::Side::Ingress);
+    if tried == fast::Tried::Passed {
+        return finish_in(Reason::Pass, mode);
+    }
+    let Some(facts) = SCRATCH.get_ptr_mut(0) else {
         return finish_in(Reason::FailOpen, Mode::Off);
     };
     let facts = unsafe { &mut *facts };
-    let mode = cfg.mode();
     let parsed = parse::parse(&parse::Xdp(&ctx), facts);
-    let mut reason = verdict(parsed, facts, cfg, track::Side::Ingress, |f| {
+    let mut reason = verdict(parsed, facts, cfg, track::Side::Ingress, tried, |f| {
         sock::lookup(&ctx, f)
     });
     if reason == Reason::Cookie && mode == Mode::Enforce {
@@ -210,7 +218,16 @@ pub fn handshake_in(ctx: XdpContext) -> u32 {
 
 #[classifier]
 pub fn handshake_out(ctx: TcContext) -> i32 {
-    let (Some(cfg), Some(facts)) = (CONFIG.get(0), SCRATCH.get_ptr_mut(1)) else {
+    let Some(cfg) = CONFIG.get(0) else {
+        return finish_out(Reason::FailOpen);
+    };
+    // Read where the headers already are (a locally built segment's are
+    // linear); the whole path pulls them there first.
+    let tried = fast::attempt(&parse::Tc(&ctx), cfg, track::Side::Egress);
+    if tried == fast::Tried::Passed {
+        return finish_out(Reason::Pass);
+    }
+    let Some(facts) = SCRATCH.get_ptr_mut(1) else {
         return finish_out(Reason::FailOpen);
     };
     let facts = unsafe { &mut *facts };
@@ -225,7 +242,7 @@ pub fn handshake_out(ctx: TcContext) -> i32 {
     }
     let parsed = parse::parse(&parse::Tc(&ctx), facts);
     // Never asked: what leaves is this host's own.
-    let reason = verdict(parsed, facts, cfg, track::Side::Egress, |_| {
+    let reason = verdict(parsed, facts, cfg, track::Side::Egress, tried, |_| {
         handshake_common::machine::Lookup::Nothing
     });
     finish_out(reason)
@@ -477,21 +494,23 @@ extern "C" fn mark_verified(
     0
 }
 
-/// Tracks one parsed packet; the reason for its verdict. `ask`: how the
-/// kernel is asked about a flow with no entry.
+/// Tracks one parsed packet; the reason for its verdict. `tried`: what the
+/// data fast path found of it; `ask`: how the kernel is asked about a flow
+/// with no entry.
 #[inline(always)]
 fn verdict(
     parsed: parse::Parsed,
     facts: &mut Facts,
     cfg: &Config,
     side: track::Side,
+    tried: fast::Tried,
     ask: impl FnOnce(&mut Facts) -> handshake_common::machine::Lookup,
 ) -> Reason {
     match parsed {
         parse::Parsed::NotTcp => Reason::NotTcp,
         parse::Parsed::Malformed => Reason::Malformed,
         parse::Parsed::Tcp if cfg.mode() == Mode::Off => Reason::Pass,
-        parse::Parsed::Tcp => track::track(facts, cfg, side, ask),
+        parse::Parsed::Tcp => track::track(facts, cfg, side, tried, ask),
     }
 }
 

@@ -4,7 +4,9 @@
 
 use aya_ebpf::helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes};
 use aya_ebpf::programs::{TcContext, XdpContext};
-pub use handshake_common::parse::{Facts, Packet, Parsed, TCP_HEADER_BUF, parse, surely_not_tcp};
+pub use handshake_common::parse::{
+    Facts, Packet, Parsed, TCP_HEADER_BUF, data_v4, parse, surely_not_tcp,
+};
 
 /// A SYN's TCP header length as the load helpers must see it: checked,
 /// then masked on the very value passed, so the verifier knows it is 20

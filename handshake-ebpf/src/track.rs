@@ -16,6 +16,7 @@ pub use handshake_common::machine::Side;
 
 use crate::clock;
 use crate::conns::{ESTABLISHED, HALF_OPEN, Key};
+use crate::fast::Tried;
 use crate::known;
 use crate::parse::Facts;
 use crate::prefix;
@@ -36,13 +37,15 @@ const CAS_TRIES: usize = 4;
 /// (`gate_*`), which the verifier checks once each (docs/BENCHMARKS.md,
 /// "What loading costs").
 ///
-/// `ask` is how the kernel is asked about an arriving segment of a flow
-/// with no entry (`unknown-flows=verify`): a socket lookup from XDP.
+/// `tried` is what the data fast path (`fast`) found, which is not looked
+/// up again; `ask` is how the kernel is asked about an arriving segment of
+/// a flow with no entry (`unknown-flows=verify`): a socket lookup from XDP.
 #[inline(always)]
 pub fn track(
     f: &mut Facts,
     cfg: &Config,
     side: Side,
+    tried: Tried,
     ask: impl FnOnce(&mut Facts) -> Lookup,
 ) -> Reason {
     f.key_found = 0;
@@ -62,7 +65,12 @@ pub fn track(
     }
     // An arriving packet from an address the known-source filter has never
     // seen has no entry anywhere: its lookups are skipped.
-    let unknown = side == Side::Ingress && known::unknown(cfg, f.family, &f.src.addr);
+    let unknown = side == Side::Ingress
+        && match tried {
+            Tried::Unknown => true,
+            Tried::NoEntry | Tried::Declined => false,
+            Tried::Not | Tried::Passed => known::unknown(cfg, f.family, &f.src.addr),
+        };
     if unknown
         && f.seg.is_pure_syn()
         && f.listed != ALLOW as u8
@@ -72,10 +80,17 @@ pub fn track(
     }
     let mut skip = if unknown { SKIP_ALL } else { SKIP_NONE };
     if !unknown && f.seg.flags & !tcp::PSH == tcp::ACK {
-        match fast_data(f, side) {
-            Some(r) => return r,
-            None if f.key_found == 0 => skip = SKIP_ESTABLISHED,
-            None => skip = SKIP_FOUND,
+        match tried {
+            Tried::NoEntry => skip = SKIP_ESTABLISHED,
+            Tried::Declined => {
+                f.key_found = 1;
+                skip = SKIP_FOUND;
+            }
+            _ => match fast_data(f, side) {
+                Some(r) => return r,
+                None if f.key_found == 0 => skip = SKIP_ESTABLISHED,
+                None => skip = SKIP_FOUND,
+            },
         }
     }
     match gate_tracked(f, cfg, side as u32, skip) {
@@ -132,9 +147,10 @@ const SKIP_ESTABLISHED: u32 = 2;
 /// None, and the filter need not be asked: [`fast_data`] found the entry.
 const SKIP_FOUND: u32 = 3;
 
-/// The data fast path ([`machine::fast_step`]), inline: one lookup, no
-/// call. `None` when the segment is not for it; `f.key_found` then says
-/// whether the established map had an entry.
+/// The data fast path ([`machine::fast_step`]) for what `fast` does not
+/// take (IPv6, a tagged frame), inline: one lookup, no call. `None` when
+/// the segment is not for it; `f.key_found` then says whether the
+/// established map had an entry.
 #[inline(always)]
 fn fast_data(f: &mut Facts, side: Side) -> Option<Reason> {
     f.key_found = 0;
