@@ -185,8 +185,9 @@ impl Options {
 }
 
 /// The TCP timestamp of a timestamp cookie at `now_ns` (the kernel's
-/// millisecond TCP clock, which `bpf_ktime_get_ns` shares): the clock with
-/// its low six bits replaced by the options, never ahead of the clock.
+/// millisecond TCP clock runs on the monotonic clock; the programs pass its
+/// coarse reading, at most a tick behind): the clock with its low six bits
+/// replaced by the options, never ahead of the clock.
 pub fn ts_cookie(now_ns: u64, wscale: Option<u8>, sack: bool) -> u32 {
     let now = (now_ns / 1_000_000) as u32;
     let mut options = match wscale {

@@ -15,12 +15,9 @@
 
 use aya_ebpf::{
     bindings::{tcphdr, xdp_md},
-    helpers::{
-        bpf_ktime_get_ns,
-        generated::{
-            bpf_sk_release, bpf_tcp_gen_syncookie, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
-            bpf_xdp_load_bytes, bpf_xdp_store_bytes,
-        },
+    helpers::generated::{
+        bpf_sk_release, bpf_tcp_gen_syncookie, bpf_xdp_adjust_head, bpf_xdp_adjust_tail,
+        bpf_xdp_load_bytes, bpf_xdp_store_bytes,
     },
     programs::XdpContext,
 };
@@ -133,7 +130,9 @@ fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
         mss: (value >> 32) as u16,
         syn,
         host: Options::from_bits(cfg.cookie_options),
-        now_ns: unsafe { bpf_ktime_get_ns() },
+        // The coarse clock: behind the TCP clock by at most a tick, so the
+        // timestamp is never ahead of the kernel's own next one.
+        now_ns: crate::clock::now(),
     };
     let n = cookie::build(&reply, &mut f.cookie.reply) as u32;
     write_reply(ctx, &mut f.cookie, l3, n)
