@@ -72,6 +72,7 @@ pub fn empty_facts() -> Facts {
         src_is_lo: 0,
         key_found: 0,
         listed: 0,
+        tried: 0,
         now_ns: 0,
         l3: 0,
         l4: 0,

@@ -70,6 +70,10 @@ pub struct Facts {
     /// The prefix list of an arriving SYN's source ([`crate::prefix::ALLOW`],
     /// [`crate::prefix::DENY`]; 0: none, or not looked up).
     pub listed: u8,
+    /// What the kernel programs' data fast path found of the packet (their
+    /// own encoding), carried here rather than in a register so the BPF
+    /// verifier does not walk everything after it once for each value.
+    pub tried: u8,
     /// When the tracker first looked at the packet (monotonic ns).
     pub now_ns: u64,
     /// Where the IP header starts (after Ethernet and VLAN tags).
@@ -139,6 +143,35 @@ pub trait Packet {
     /// Whether TCP checksums are checked here, where they matter (an RST's):
     /// on what arrives; what leaves may carry a checksum the NIC completes.
     fn checks_checksums(&self) -> bool;
+    /// The ones'-complement sum of `buf`'s first `len` bytes (a TCP header
+    /// [`Packet::load`] just copied: `len` a multiple of 4, 20 to 60) as
+    /// big-endian 16-bit words, folded to 16 bits; `None` when it cannot be
+    /// had. The kernel programs ask the kernel (`bpf_csum_diff`): the loop
+    /// cost their verification a walk per word on each way to it.
+    fn header_sum(&self, buf: &[u8; TCP_HEADER_BUF], len: usize) -> Option<u32> {
+        Some(words_sum(buf, len))
+    }
+}
+
+/// The ones'-complement sum of `buf`'s first `len` bytes (rounded down to
+/// an even count, at most 60) as big-endian 16-bit words, folded to 16 bits.
+#[inline(always)]
+pub fn words_sum(buf: &[u8; TCP_HEADER_BUF], len: usize) -> u32 {
+    let mut sum = 0u32;
+    // Constant trip counts and indexes, so the BPF code has no bounds checks.
+    for i in 0..30 {
+        if 2 * i < len {
+            sum += u32::from(u16::from_be_bytes([buf[2 * i], buf[2 * i + 1]]));
+        }
+    }
+    fold(sum)
+}
+
+/// A 32-bit ones'-complement sum folded to 16 bits.
+#[inline(always)]
+pub fn fold(sum: u32) -> u32 {
+    let s = (sum & 0xffff) + (sum >> 16);
+    (s & 0xffff) + (s >> 16)
 }
 
 /// Room for a TCP header with the longest options, and to spare for the
@@ -503,22 +536,21 @@ fn header_checksum<C: Packet>(ctx: &C, off: usize, doff: usize, out: &mut Facts)
     // Constant trip counts and indexes, so the BPF code has no bounds checks.
     let addrs = if out.family == AF_INET { 2 } else { 8 };
     let (src, dst) = (&out.src.addr, &out.dst.addr);
-    let mut sum = 6 + doff as u32;
+    let Some(header) = ctx.header_sum(&out.cookie.tcp, doff) else {
+        return csum::UNCHECKED;
+    };
+    let mut sum = 6 + doff as u32 + header;
     for i in 0..8 {
         if i < addrs {
             sum += u32::from(u16::from_be_bytes([src[2 * i], src[2 * i + 1]]));
             sum += u32::from(u16::from_be_bytes([dst[2 * i], dst[2 * i + 1]]));
         }
     }
-    let buf = &out.cookie.tcp;
-    for i in 0..30 {
-        if 2 * i < doff {
-            sum += u32::from(u16::from_be_bytes([buf[2 * i], buf[2 * i + 1]]));
-        }
+    if fold(sum) == 0xffff {
+        csum::GOOD
+    } else {
+        csum::BAD
     }
-    let s = (sum & 0xffff) + (sum >> 16);
-    let s = (s & 0xffff) + (s >> 16);
-    if s == 0xffff { csum::GOOD } else { csum::BAD }
 }
 
 /// The window scale a SYN (or SYN-ACK) offers, from its options, copied

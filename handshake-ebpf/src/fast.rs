@@ -17,6 +17,7 @@ use crate::{ESTABLISHED_V4, clock, known};
 
 /// What the fast path did with a packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub enum Tried {
     /// Not its kind: nothing was looked at.
     Not,
@@ -30,6 +31,20 @@ pub enum Tried {
     Declined,
     /// Taken: the entry learned from it; it passes.
     Passed,
+}
+
+impl Tried {
+    /// Back from `Facts::tried`, where the programs keep it (`as u8`).
+    #[inline(always)]
+    pub fn of(v: u8) -> Tried {
+        match v {
+            1 => Tried::Unknown,
+            2 => Tried::NoEntry,
+            3 => Tried::Declined,
+            4 => Tried::Passed,
+            _ => Tried::Not,
+        }
+    }
 }
 
 /// Tries the fast path on a packet crossing on `side`.

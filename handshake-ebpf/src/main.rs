@@ -176,17 +176,25 @@ pub fn handshake_in(ctx: XdpContext) -> u32 {
     let Some(cfg) = CONFIG.get(0) else {
         return finish_in(Reason::FailOpen, Mode::Off);
     };
-    let mode = cfg.mode();
     let tried = fast::attempt(&parse::Xdp(&ctx), cfg, track::Side::Ingress);
     if tried == fast::Tried::Passed {
-        return finish_in(Reason::Pass, mode);
+        // Not a drop: counted alike in every mode.
+        return finish_in(Reason::Pass, Mode::Off);
     }
+    // Opaque to the optimiser: what the fast path read of the packet and
+    // the settings is read again, not carried in registers whose values
+    // differ at each way out of the fast path (the verifier walked all
+    // that follows once for each).
+    let ctx = XdpContext::new(core::hint::black_box(ctx.ctx));
+    let cfg = unsafe { &*core::hint::black_box(core::ptr::from_ref(cfg)) };
+    let mode = cfg.mode();
     let Some(facts) = SCRATCH.get_ptr_mut(0) else {
         return finish_in(Reason::FailOpen, Mode::Off);
     };
     let facts = unsafe { &mut *facts };
+    facts.tried = tried as u8;
     let parsed = parse::parse(&parse::Xdp(&ctx), facts);
-    let mut reason = verdict(parsed, facts, cfg, track::Side::Ingress, tried, |f| {
+    let mut reason = verdict(parsed, facts, cfg, track::Side::Ingress, |f| {
         sock::lookup(&ctx, f)
     });
     if reason == Reason::Cookie && mode == Mode::Enforce {
@@ -231,6 +239,7 @@ pub fn handshake_out(ctx: TcContext) -> i32 {
         return finish_out(Reason::FailOpen);
     };
     let facts = unsafe { &mut *facts };
+    facts.tried = tried as u8;
     let want = if ctx.len() < EGRESS_PULL {
         ctx.len()
     } else {
@@ -242,7 +251,7 @@ pub fn handshake_out(ctx: TcContext) -> i32 {
     }
     let parsed = parse::parse(&parse::Tc(&ctx), facts);
     // Never asked: what leaves is this host's own.
-    let reason = verdict(parsed, facts, cfg, track::Side::Egress, tried, |_| {
+    let reason = verdict(parsed, facts, cfg, track::Side::Egress, |_| {
         handshake_common::machine::Lookup::Nothing
     });
     finish_out(reason)
@@ -494,23 +503,21 @@ extern "C" fn mark_verified(
     0
 }
 
-/// Tracks one parsed packet; the reason for its verdict. `tried`: what the
-/// data fast path found of it; `ask`: how the kernel is asked about a flow
-/// with no entry.
+/// Tracks one parsed packet; the reason for its verdict. `ask`: how the
+/// kernel is asked about a flow with no entry.
 #[inline(always)]
 fn verdict(
     parsed: parse::Parsed,
     facts: &mut Facts,
     cfg: &Config,
     side: track::Side,
-    tried: fast::Tried,
     ask: impl FnOnce(&mut Facts) -> handshake_common::machine::Lookup,
 ) -> Reason {
     match parsed {
         parse::Parsed::NotTcp => Reason::NotTcp,
         parse::Parsed::Malformed => Reason::Malformed,
         parse::Parsed::Tcp if cfg.mode() == Mode::Off => Reason::Pass,
-        parse::Parsed::Tcp => track::track(facts, cfg, side, tried, ask),
+        parse::Parsed::Tcp => track::track(facts, cfg, side, ask),
     }
 }
 

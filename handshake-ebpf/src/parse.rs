@@ -2,8 +2,9 @@
 //! fuzz) the very same code; here each program's context says where its
 //! packet's bytes are.
 
-use aya_ebpf::helpers::generated::{bpf_skb_load_bytes, bpf_xdp_load_bytes};
+use aya_ebpf::helpers::generated::{bpf_csum_diff, bpf_skb_load_bytes, bpf_xdp_load_bytes};
 use aya_ebpf::programs::{TcContext, XdpContext};
+use handshake_common::parse::fold;
 pub use handshake_common::parse::{
     Facts, Packet, Parsed, TCP_HEADER_BUF, data_v4, parse, surely_not_tcp,
 };
@@ -17,6 +18,22 @@ fn header_len(len: usize) -> Option<u32> {
         return None;
     }
     Some(20 + (core::hint::black_box(len as u32 - 20) & 0x3c))
+}
+
+/// [`Packet::header_sum`] by the kernel's `csum_partial`, one helper call:
+/// it sums the words as they lie in memory, little-endian here, and the
+/// byte swap of a folded ones'-complement sum is the sum of the swapped
+/// words.
+#[inline(always)]
+fn kernel_sum(buf: &[u8; TCP_HEADER_BUF], len: usize) -> Option<u32> {
+    const _: () = assert!(cfg!(target_endian = "little"));
+    let len = header_len(len)?;
+    let to = buf.as_ptr().cast_mut().cast();
+    let s = unsafe { bpf_csum_diff(core::ptr::null_mut(), 0, to, len, 0) };
+    if s < 0 {
+        return None;
+    }
+    Some(u32::from((fold(s as u32) as u16).swap_bytes()))
 }
 
 /// The XDP program's frame, as the parser sees it.
@@ -51,6 +68,10 @@ impl Packet for Xdp<'_> {
     fn checks_checksums(&self) -> bool {
         true
     }
+    #[inline(always)]
+    fn header_sum(&self, buf: &[u8; TCP_HEADER_BUF], len: usize) -> Option<u32> {
+        kernel_sum(buf, len)
+    }
 }
 
 impl Packet for Tc<'_> {
@@ -77,5 +98,9 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn checks_checksums(&self) -> bool {
         false
+    }
+    #[inline(always)]
+    fn header_sum(&self, buf: &[u8; TCP_HEADER_BUF], len: usize) -> Option<u32> {
+        kernel_sum(buf, len)
     }
 }

@@ -37,17 +37,17 @@ const CAS_TRIES: usize = 4;
 /// (`gate_*`), which the verifier checks once each (docs/BENCHMARKS.md,
 /// "What loading costs").
 ///
-/// `tried` is what the data fast path (`fast`) found, which is not looked
-/// up again; `ask` is how the kernel is asked about an arriving segment of
+/// `f.tried` is what the data fast path (`fast`) found, which is not
+/// looked up again; `ask` is how the kernel is asked about an arriving segment of
 /// a flow with no entry (`unknown-flows=verify`): a socket lookup from XDP.
 #[inline(always)]
 pub fn track(
     f: &mut Facts,
     cfg: &Config,
     side: Side,
-    tried: Tried,
     ask: impl FnOnce(&mut Facts) -> Lookup,
 ) -> Reason {
+    let tried = Tried::of(f.tried);
     f.key_found = 0;
     f.listed = 0;
     // An arriving SYN's prefix list, while a list has entries: a denied
