@@ -93,10 +93,30 @@ pub fn track(
             },
         }
     }
-    match gate_tracked(f, cfg, side as u32, skip) {
+    let r = if skip == SKIP_ALL {
+        nothing_tracked(f, side)
+    } else {
+        gate_tracked(f, cfg, side as u32, skip)
+    };
+    match r {
         NONE => untracked(f, cfg, side, unknown, ask),
         r => decode(r),
     }
+}
+
+/// [`tracked`] for a packet whose source has nothing in any map (the
+/// known-source filter's word is clear), inline: no key to make, no map
+/// to read, no call. The functions that store an entry for it make its
+/// key themselves. `f.key_found` is set to [`NO_KEY`], so a drop event
+/// names no entry's states (it has none).
+#[inline(always)]
+fn nothing_tracked(f: &mut Facts, side: Side) -> u32 {
+    f.key_found = NO_KEY;
+    if let Err(r) = machine::check(u16::from_be(f.src.port), u16::from_be(f.dst.port), &f.seg) {
+        return r as u32;
+    }
+    f.seg.side = side;
+    NONE
 }
 
 /// A SYN from a source the known-source filter says has nothing in the
@@ -140,7 +160,8 @@ pub const NO_KEY: u8 = 2;
 
 /// What [`gate_tracked`] need not look up again.
 const SKIP_NONE: u32 = 0;
-/// Nothing: the known-source filter says there is no entry.
+/// Nothing: the known-source filter says there is no entry
+/// ([`nothing_tracked`], not [`gate_tracked`]).
 const SKIP_ALL: u32 = 1;
 /// The established map: [`fast_data`] found no entry there.
 const SKIP_ESTABLISHED: u32 = 2;
@@ -237,14 +258,21 @@ pub extern "C" fn gate_pick_up(f: *const Facts, cfg: *const Config, cookie: u32)
         return Reason::FailOpen as u32;
     }
     let f = unsafe { &*f };
-    // On the stack: before 6.2 a map helper takes no key from a global
-    // function's memory argument.
-    let key = f.key;
-    pick_up(f, &key, unsafe { &*cfg }, cookie != 0) as u32
+    let (key, src_is_lo, now) = key_of(f);
+    pick_up(f, &key, src_is_lo, now, unsafe { &*cfg }, cookie != 0) as u32
 }
 
-/// [`new_syn`] as a global BPF function, likewise (for the packet whose
-/// key, end and time `f` holds).
+/// The packet's connection key, which end of it the source is, and now,
+/// made in the global functions that store an entry: the caller may not
+/// have made them ([`nothing_tracked`]). The key on the stack: before 6.2
+/// a map helper takes no key from a global function's memory argument.
+#[inline(always)]
+fn key_of(f: &Facts) -> (FlowKey, bool, u64) {
+    let (key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);
+    (key, src_is_lo, clock::now())
+}
+
+/// [`new_syn`] as a global BPF function, likewise.
 #[unsafe(no_mangle)]
 #[inline(never)]
 pub extern "C" fn gate_new_syn(f: *const Facts, cfg: *const Config, unknown: u32) -> u32 {
@@ -252,22 +280,13 @@ pub extern "C" fn gate_new_syn(f: *const Facts, cfg: *const Config, unknown: u32
         return Reason::FailOpen as u32;
     }
     let f = unsafe { &*f };
-    // On the stack, as in [`gate_pick_up`].
-    let key = f.key;
-    new_syn(
-        f,
-        &key,
-        f.src_is_lo != 0,
-        unsafe { &*cfg },
-        f.now_ns,
-        unknown != 0,
-    ) as u32
+    let (key, src_is_lo, now) = key_of(f);
+    new_syn(f, &key, src_is_lo, unsafe { &*cfg }, now, unknown != 0) as u32
 }
 
 /// The verdict from the flow's entry, if it has one (`None` also when the
-/// packet opens a new connection on a finished tuple). `skip`: which maps
-/// are known to have no entry ([`SKIP_ALL`]: the known-source filter says
-/// none has).
+/// packet opens a new connection on a finished tuple). `skip`: what need
+/// not be looked up again ([`SKIP_ESTABLISHED`], [`SKIP_FOUND`]).
 #[inline(always)]
 fn tracked(f: &mut Facts, cfg: &Config, side: Side, skip: u32) -> Option<Reason> {
     let src_is_lo;
@@ -289,12 +308,10 @@ fn tracked(f: &mut Facts, cfg: &Config, side: Side, skip: u32) -> Option<Reason>
     let now = clock::now();
     f.now_ns = now;
     f.seg.side = side;
-    // The known-source filter: nothing from this source at all, or (an
-    // arriving packet the fast path found no entry for) nothing on this
-    // tuple.
-    if skip == SKIP_ALL
-        || (side == Side::Ingress && skip != SKIP_FOUND && known::flow_unknown(cfg, &key))
-    {
+    // The known-source filter: nothing on this tuple (an arriving packet
+    // the fast path did not find an entry for; nothing from its source at
+    // all is `nothing_tracked`'s).
+    if side == Side::Ingress && skip != SKIP_FOUND && known::flow_unknown(cfg, &key) {
         return None;
     }
     if skip != SKIP_ESTABLISHED
@@ -460,8 +477,14 @@ pub extern "C" fn gate_step(
 /// socket for (or, loosely, any flow) from its first segment, or a cookie
 /// handshake's final ACK, whose sender is the client and is then verified.
 #[inline(always)]
-fn pick_up(f: &Facts, key: &FlowKey, cfg: &Config, cookie: bool) -> Reason {
-    let (src_is_lo, now) = (f.src_is_lo != 0, f.now_ns);
+fn pick_up(
+    f: &Facts,
+    key: &FlowKey,
+    src_is_lo: bool,
+    now: u64,
+    cfg: &Config,
+    cookie: bool,
+) -> Reason {
     let mut n = if cookie {
         machine::cookie_pick_up(src_is_lo, now)
     } else {
