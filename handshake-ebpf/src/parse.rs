@@ -20,7 +20,8 @@ fn header_len(len: usize) -> Option<u32> {
     Some(20 + (core::hint::black_box(len as u32 - 20) & 0x3c))
 }
 
-/// [`Packet::header_sum`] by the kernel's `csum_partial`, one helper call:
+/// [`Packet::header_sum`] by the kernel's `csum_partial`, one helper call
+/// (the XDP program's: the egress program checks no checksum):
 /// it sums the words as they lie in memory, little-endian here, and the
 /// byte swap of a folded ones'-complement sum is the sum of the swapped
 /// words.
@@ -98,9 +99,5 @@ impl Packet for Tc<'_> {
     #[inline(always)]
     fn checks_checksums(&self) -> bool {
         false
-    }
-    #[inline(always)]
-    fn header_sum(&self, buf: &[u8; TCP_HEADER_BUF], len: usize) -> Option<u32> {
-        kernel_sum(buf, len)
     }
 }
