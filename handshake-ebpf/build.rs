@@ -8,6 +8,6 @@ fn main() {
     println!("cargo:rustc-link-arg=--disable-expand-memcpy-in-order");
     // Global BPF functions: the verifier checks each once, on its own.
     println!(
-        "cargo:rustc-link-arg=--export=gate_step,gate_cookie,gate_tracked,gate_new_syn,gate_pick_up"
+        "cargo:rustc-link-arg=--export=gate_step,gate_cookie,gate_tracked,gate_new_syn,gate_pick_up,gate_table_find,gate_table_insert"
     );
 }

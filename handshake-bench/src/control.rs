@@ -13,8 +13,8 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use aya::maps::{HashMap, Map, MapData};
-use handshake_common::{FlowEntry, FlowKeyV4, maps};
+use aya::maps::{Array, Map, MapData};
+use handshake_common::{maps, table::Slot};
 use handshake_lab::Lab;
 
 use crate::memory::{Attached, attach, fill};
@@ -256,7 +256,7 @@ pub fn run(gate: &Path, runs: usize) -> anyhow::Result<Control> {
     let lab = Lab::new("bctl")?;
     let a = attach(gate, &lab, &["--max-connections", &MILLION.to_string()])?;
     let data = MapData::from_pin(a.dir().join(maps::ESTABLISHED_V4))?;
-    let mut est: HashMap<MapData, FlowKeyV4, FlowEntry> = HashMap::try_from(Map::LruHashMap(data))?;
+    let mut est: Array<MapData, Slot> = Array::try_from(Map::Array(data))?;
     // One connection, so `conns` has a first row to time.
     fill(&mut est, 0, 1)?;
     eprintln!("bench: control plane, empty gate");

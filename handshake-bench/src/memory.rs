@@ -5,9 +5,10 @@ use std::os::fd::{AsFd as _, AsRawFd as _};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-use aya::maps::{HashMap, IterableMap as _, Map, MapData};
+use aya::maps::{Array, IterableMap as _, Map, MapData};
 use handshake_common::flow::{AF_INET, tick};
-use handshake_common::{FlowEntry, FlowKey, FlowKeyV4, TcpState, maps};
+use handshake_common::table::{Geometry, Header, Slot, place};
+use handshake_common::{FlowEntry, FlowKey, TcpState, maps};
 use handshake_lab::Lab;
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -92,11 +93,24 @@ pub(crate) fn attach<'a>(
 /// Stores established connections `from..to` (198.19.x.y to 198.18.0.1:80)
 /// in the IPv4 established map.
 pub fn fill<T: std::borrow::BorrowMut<MapData>>(
-    map: &mut HashMap<T, FlowKeyV4, FlowEntry>,
+    table: &mut Array<T, Slot>,
     from: u32,
     to: u32,
 ) -> anyhow::Result<()> {
     let now = handshake_user::monotonic_ns();
+    // The table as it is, placed into here as the programs would place
+    // each key; only the slots that change are written back.
+    let mut mirror: Vec<Slot> = vec![Slot::default(); table.len() as usize];
+    handshake_user::batch::for_each_batch(table.map(), |batch: &[(u32, Slot)]| {
+        for (i, s) in batch {
+            mirror[*i as usize] = *s;
+        }
+        std::ops::ControlFlow::Continue(())
+    })?;
+    let header = Header::of_slot(&mirror[0]);
+    anyhow::ensure!(header.buckets != 0, "the table has no header");
+    let g = Geometry::of(&header);
+    let mut written = Vec::new();
     for i in from..to {
         let mut k = FlowKey {
             family: AF_INET,
@@ -113,7 +127,17 @@ pub fn fill<T: std::borrow::BorrowMut<MapData>>(
             ..FlowEntry::default()
         };
         e.set_states(TcpState::Established, TcpState::Established);
-        map.insert(k.v4(), e, 0)?;
+        let k = k.v4();
+        let at = place(&g, &k, |i| Ok::<_, ()>(mirror[i as usize])).expect("a slot");
+        mirror[at as usize] = Slot {
+            key: k,
+            used: 1,
+            entry: e,
+        };
+        written.push(at);
+    }
+    for at in written {
+        table.set(at, mirror[at as usize], 0)?;
     }
     Ok(())
 }
@@ -138,7 +162,7 @@ pub fn run(gate: &Path) -> anyhow::Result<Memory> {
     const MILLION: u32 = 1 << 20;
     let a = attach(gate, &lab, &["--max-connections", &MILLION.to_string()])?;
     let data = MapData::from_pin(a.dir().join(maps::ESTABLISHED_V4))?;
-    let mut est: HashMap<MapData, FlowKeyV4, FlowEntry> = HashMap::try_from(Map::LruHashMap(data))?;
+    let mut est: Array<MapData, Slot> = Array::try_from(Map::Array(data))?;
     let mut at = Vec::new();
     let mut stored = 0;
     for n in [100_000u32, 1_000_000] {

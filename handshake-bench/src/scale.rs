@@ -122,7 +122,7 @@ pub fn run(o: &Options) -> anyhow::Result<(Vec<Growth>, Parallel)> {
     let mut full = Harness::sized(cfg, CONNECTIONS);
     eprintln!("bench: storing {CONNECTIONS} connections and {SOURCES} sources");
     {
-        let mut est: HashMap<&mut MapData, _, _> = HashMap::try_from(
+        let mut est: aya::maps::Array<&mut MapData, _> = aya::maps::Array::try_from(
             full.ebpf
                 .map_mut(maps::ESTABLISHED_V4)
                 .expect("ESTABLISHED_V4"),

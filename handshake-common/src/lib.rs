@@ -31,6 +31,7 @@ pub mod model;
 pub mod parse;
 pub mod prefix;
 pub mod reason;
+pub mod table;
 pub mod tally;
 pub mod window;
 
@@ -153,7 +154,7 @@ pub mod meta {
 /// programs over the pinned maps only when this matches (and every map's
 /// type and key and value sizes do), so bump it whenever a shared type keeps
 /// its size but changes its meaning.
-pub const LAYOUT_VERSION: u64 = 5;
+pub const LAYOUT_VERSION: u64 = 6;
 
 /// Capacity of each family's half-open map. `max-half-open` may not exceed
 /// it, so with a global cap in force the LRU only ever evicts entries that

@@ -5,8 +5,10 @@
 //! model and demand the same verdict and the same states after every packet.
 //!
 //! Not modelled: header parsing (the model takes parsed facts; the parser
-//! has its own corpus tests), LRU eviction (the tests stay far below every
-//! map's capacity) and races between CPUs.
+//! has its own corpus tests), eviction (the LRU maps' and the IPv4
+//! established table's, `crate::table`: the tests stay far below every
+//! map's capacity, and the table's placement has tests of its own) and
+//! races between CPUs.
 
 use alloc::collections::BTreeMap;
 

@@ -13,7 +13,7 @@ use handshake_common::{
 };
 
 use crate::parse::{self, Packet};
-use crate::{ESTABLISHED_V4, clock, known};
+use crate::{clock, known, table};
 
 /// What the fast path did with a packet.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -61,10 +61,10 @@ pub fn attempt<C: Packet>(ctx: &C, cfg: &Config, side: Side) -> Tried {
     }
     let now = clock::now();
     let (key, src_is_lo) = FlowKeyV4::of(d.src, d.src_port, d.dst, d.dst_port);
-    let Some(p) = ESTABLISHED_V4.get_ptr_mut(&key) else {
+    let Some(p) = table::find_inline(&key) else {
         return Tried::NoEntry;
     };
-    let e = unsafe { &mut *p };
+    let e = unsafe { &mut (*p).entry };
     let mut seg = d.segment();
     seg.side = side;
     match machine::fast_step(e, e.dir_of(src_is_lo), &seg, now) {

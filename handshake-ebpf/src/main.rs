@@ -21,6 +21,7 @@ mod known;
 mod parse;
 mod prefix;
 mod sock;
+mod table;
 mod track;
 
 use aya_ebpf::{
@@ -42,8 +43,10 @@ use handshake_common::tally::{Counted, Tally, TallyPacket};
 use handshake_common::{
     Config, DropEvent, ESTABLISHED_CAPACITY, ESTABLISHED_V6_CAPACITY, FlowEntry, FlowKey,
     FlowKeyV4, HALF_OPEN_CAPACITY, KNOWN_WORDS, Mode, PORT_COUNT, PORT_WORDS, Reason,
-    SOURCES_CAPACITY, SourceKey, SourceState, VERIFIED_CAPACITY, WindowCounter, event::FRAME_BYTES,
+    SOURCES_CAPACITY, SourceKey, SourceState, VERIFIED_CAPACITY, WindowCounter,
+    event::FRAME_BYTES,
     meta,
+    table::{Slot, entries as table_entries},
 };
 use parse::Facts;
 
@@ -76,10 +79,12 @@ static HALF_OPEN_V4: LruHashMap<FlowKeyV4, FlowEntry> =
 static HALF_OPEN_V6: LruHashMap<FlowKey, FlowEntry> =
     LruHashMap::with_max_entries(HALF_OPEN_CAPACITY, 0);
 
-/// IPv4 connections past the handshake, until 2·MSL after they close.
+/// IPv4 connections past the handshake, until 2·MSL after they close: the
+/// gate's own table (`handshake_common::table`), an array of slots found
+/// by a hash of the program's own, so a lookup is no call.
 #[map(name = "ESTABLISHED_V4")]
-static ESTABLISHED_V4: LruHashMap<FlowKeyV4, FlowEntry> =
-    LruHashMap::with_max_entries(ESTABLISHED_CAPACITY, 0);
+static ESTABLISHED_V4: Array<Slot> =
+    Array::with_max_entries(table_entries(ESTABLISHED_CAPACITY), 0);
 
 /// IPv6 connections past the handshake.
 #[map(name = "ESTABLISHED_V6")]
@@ -349,7 +354,7 @@ pub fn tally_conns(ctx: XdpContext) -> u32 {
             );
             bpf_for_each_map_elem(
                 (&raw const ESTABLISHED_V4).cast_mut().cast(),
-                mark_flow_v4 as *mut c_void,
+                mark_slot as *mut c_void,
                 b_ptr,
                 0,
             );
@@ -450,7 +455,26 @@ macro_rules! count_callback {
 
 count_callback!(count_half_open_v4, FlowKeyV4, HALF_OPEN_V4, true);
 count_callback!(count_half_open_v6, FlowKey, HALF_OPEN_V6, true);
-count_callback!(count_established_v4, FlowKeyV4, ESTABLISHED_V4, false);
+
+/// [`count_callback`]'s over the IPv4 established table: its free slots
+/// and its header (never in use) pass by.
+#[inline(never)]
+extern "C" fn count_established_v4(
+    _map: *mut c_void,
+    _index: *mut u32,
+    s: *mut Slot,
+    t: *mut Counting,
+) -> i64 {
+    unsafe {
+        if (*s).used != 0 {
+            (*t).visit(&(*s).entry, false, || {
+                table::free(s);
+                true
+            });
+        }
+    }
+    0
+}
 count_callback!(count_established_v6, FlowKey, ESTABLISHED_V6, false);
 
 /// `bpf_for_each_map_elem`'s callback over an IPv4 connection map in a
@@ -463,6 +487,22 @@ extern "C" fn mark_flow_v4(
     b: *mut known::Build,
 ) -> i64 {
     unsafe { (*b).flow(&(*key).widen()) };
+    0
+}
+
+/// The same over the IPv4 established table.
+#[inline(never)]
+extern "C" fn mark_slot(
+    _map: *mut c_void,
+    _index: *mut u32,
+    s: *mut Slot,
+    b: *mut known::Build,
+) -> i64 {
+    unsafe {
+        if (*s).used != 0 {
+            (*b).flow(&(*s).key.widen());
+        }
+    }
     0
 }
 

@@ -20,7 +20,7 @@ use crate::fast::Tried;
 use crate::known;
 use crate::parse::Facts;
 use crate::prefix;
-use crate::{ALLOWED_PORTS, ESTABLISHED_V4, ESTABLISHED_V6, GLOBAL, PORTS, SOURCES, VERIFIED};
+use crate::{ALLOWED_PORTS, ESTABLISHED_V6, GLOBAL, PORTS, SOURCES, VERIFIED};
 use handshake_common::flow::AF_INET;
 use handshake_common::prefix::{ALLOW, DENY};
 
@@ -186,7 +186,7 @@ fn fast_data(f: &mut Facts, side: Side) -> Option<Reason> {
         let src_is_lo;
         (f.key_v4, src_is_lo) = FlowKeyV4::normalise(&f.src, &f.dst);
         f.src_is_lo = src_is_lo as u8;
-        ESTABLISHED_V4.get_ptr_mut(&f.key_v4)
+        crate::table::get_ptr_mut(&f.key_v4)
     } else {
         let src_is_lo;
         (f.key, src_is_lo) = FlowKey::normalise(f.family, &f.src, &f.dst);

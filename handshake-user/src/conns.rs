@@ -1,19 +1,30 @@
 //! A connection table as the controller sees it: the pair of maps the
 //! kernel programs keep it in (IPv4 with 12-byte keys, IPv6 with 40-byte
-//! ones), spoken to with [`FlowKey`]s throughout.
+//! ones), spoken to with [`FlowKey`]s throughout. The IPv4 established
+//! map is the gate's own table (`handshake_common::table`), an array the
+//! controller reads and writes as the programs do.
 
 use std::borrow::{Borrow, BorrowMut};
 use std::io;
 use std::ops::ControlFlow;
 
-use aya::maps::{HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, IterableMap as _, Map, MapData, MapError};
 
 use crate::batch::walk;
-use handshake_common::{FlowEntry, FlowKey, FlowKeyV4, flow::AF_INET};
+use handshake_common::table::{Geometry, Header, PROBES, Slot, place, same_key};
+use handshake_common::{FlowEntry, FlowKey, FlowKeyV4, flow::AF_INET, maps};
+
+/// The IPv4 map of a table.
+pub enum V4<T> {
+    /// The half-open one: the kernel's LRU hash.
+    Hash(HashMap<T, FlowKeyV4, FlowEntry>),
+    /// The established one: the gate's own table.
+    Table(Array<T, Slot>),
+}
 
 /// One table: its IPv4 map and its IPv6 map.
 pub struct ConnMap<T> {
-    pub v4: HashMap<T, FlowKeyV4, FlowEntry>,
+    pub v4: V4<T>,
     pub v6: HashMap<T, FlowKey, FlowEntry>,
 }
 
@@ -21,12 +32,15 @@ impl ConnMap<MapData> {
     /// Opens the table's two maps from their pins in `dir`; `names` is
     /// `maps::HALF_OPEN` or `maps::ESTABLISHED`.
     pub fn from_pins(dir: &std::path::Path, names: [&str; 2]) -> Result<Self, MapError> {
-        let open = |name: &str| -> Result<Map, MapError> {
-            Ok(Map::LruHashMap(MapData::from_pin(dir.join(name))?))
-        };
+        let open = |name: &str| MapData::from_pin(dir.join(name));
+        let v4 = open(names[0])?;
         Ok(ConnMap {
-            v4: HashMap::try_from(open(names[0])?)?,
-            v6: HashMap::try_from(open(names[1])?)?,
+            v4: if names[0] == maps::ESTABLISHED_V4 {
+                V4::Table(Array::try_from(Map::Array(v4))?)
+            } else {
+                V4::Hash(HashMap::try_from(Map::LruHashMap(v4))?)
+            },
+            v6: HashMap::try_from(Map::LruHashMap(open(names[1])?))?,
         })
     }
 }
@@ -39,20 +53,50 @@ impl<'a> ConnMap<&'a MapData> {
                 name: name.to_string(),
             })
         };
+        let v4 = map(names[0])?;
         Ok(ConnMap {
-            v4: HashMap::try_from(map(names[0])?)?,
+            v4: if names[0] == maps::ESTABLISHED_V4 {
+                V4::Table(Array::try_from(v4)?)
+            } else {
+                V4::Hash(HashMap::try_from(v4)?)
+            },
             v6: HashMap::try_from(map(names[1])?)?,
         })
     }
 }
 
+/// A table's geometry from its header; none before it was written.
+fn geometry<T: Borrow<MapData>>(t: &Array<T, Slot>) -> Result<Option<Geometry>, MapError> {
+    let h = Header::of_slot(&t.get(&0, 0)?);
+    Ok((h.buckets != 0).then(|| Geometry::of(&h)))
+}
+
+/// The index of the slot holding `k`.
+fn find<T: Borrow<MapData>>(
+    t: &Array<T, Slot>,
+    k: &FlowKeyV4,
+) -> Result<Option<(u32, Slot)>, MapError> {
+    let Some(g) = geometry(t)? else {
+        return Ok(None);
+    };
+    let pair = g.bucket_pair(k);
+    for p in 0..PROBES {
+        let i = Geometry::probe(pair, p);
+        let s = t.get(&i, 0)?;
+        if s.used != 0 && same_key(&s.key, k) {
+            return Ok(Some((i, s)));
+        }
+    }
+    Ok(None)
+}
+
 impl<T: Borrow<MapData>> ConnMap<T> {
     /// The entry of `key`, if there is one.
     pub fn get(&self, key: &FlowKey) -> Result<Option<FlowEntry>, MapError> {
-        let got = if key.family == AF_INET {
-            self.v4.get(&key.v4(), 0)
-        } else {
-            self.v6.get(key, 0)
+        let got = match (&self.v4, key.family == AF_INET) {
+            (V4::Table(t), true) => return Ok(find(t, &key.v4())?.map(|(_, s)| s.entry)),
+            (V4::Hash(m), true) => m.get(&key.v4(), 0),
+            (_, false) => self.v6.get(key, 0),
         };
         match got {
             Ok(e) => Ok(Some(e)),
@@ -70,13 +114,27 @@ impl<T: Borrow<MapData>> ConnMap<T> {
     ) -> io::Result<()> {
         let mut wide = Vec::new();
         let mut stopped = false;
-        walk(&self.v4, |batch| {
-            wide.clear();
-            wide.extend(batch.iter().map(|(k, e)| (k.widen(), *e)));
-            let flow = each(&wide);
-            stopped = flow.is_break();
-            flow
-        })?;
+        match &self.v4 {
+            V4::Hash(m) => walk(m, |batch| {
+                wide.clear();
+                wide.extend(batch.iter().map(|(k, e)| (k.widen(), *e)));
+                let flow = each(&wide);
+                stopped = flow.is_break();
+                flow
+            })?,
+            V4::Table(t) => crate::batch::for_each_batch(t.map(), |batch: &[(u32, Slot)]| {
+                wide.clear();
+                wide.extend(
+                    batch
+                        .iter()
+                        .filter(|(i, s)| *i != 0 && s.used != 0)
+                        .map(|(_, s)| (s.key.widen(), s.entry)),
+                );
+                let flow = each(&wide);
+                stopped = flow.is_break();
+                flow
+            })?,
+        }
         if stopped {
             return Ok(());
         }
@@ -92,28 +150,79 @@ impl<T: Borrow<MapData>> ConnMap<T> {
         })?;
         Ok(out)
     }
-
-    /// Every key of the table.
-    pub fn keys(&self) -> impl Iterator<Item = Result<FlowKey, MapError>> + '_ {
-        let v4 = self.v4.keys().map(|k| k.map(|k| k.widen()));
-        v4.chain(self.v6.keys())
-    }
 }
 
 impl<T: BorrowMut<MapData>> ConnMap<T> {
+    /// Stores `e` as `key`'s entry; `flags` as the kernel's update takes
+    /// them (the own table takes none: it stores as the programs do).
     pub fn insert(&mut self, key: &FlowKey, e: &FlowEntry, flags: u64) -> Result<(), MapError> {
-        if key.family == AF_INET {
-            self.v4.insert(key.v4(), e, flags)
-        } else {
-            self.v6.insert(key, e, flags)
+        match (&mut self.v4, key.family == AF_INET) {
+            (V4::Table(t), true) => store(t, &key.v4(), e),
+            (V4::Hash(m), true) => m.insert(key.v4(), e, flags),
+            (_, false) => self.v6.insert(key, e, flags),
         }
     }
 
     pub fn remove(&mut self, key: &FlowKey) -> Result<(), MapError> {
-        if key.family == AF_INET {
-            self.v4.remove(&key.v4())
-        } else {
-            self.v6.remove(key)
+        match (&mut self.v4, key.family == AF_INET) {
+            (V4::Table(t), true) => match find(t, &key.v4())? {
+                Some((i, mut s)) => {
+                    s.used = 0;
+                    t.set(i, s, 0)
+                }
+                None => Err(MapError::KeyNotFound),
+            },
+            (V4::Hash(m), true) => m.remove(&key.v4()),
+            (_, false) => self.v6.remove(key),
         }
     }
+}
+
+/// [`init_table`] on the IPv4 established table of a loaded object.
+pub fn init_loaded(ebpf: &mut aya::Ebpf) -> Result<(), MapError> {
+    let map = ebpf
+        .map_mut(maps::ESTABLISHED_V4)
+        .ok_or_else(|| MapError::InvalidName {
+            name: maps::ESTABLISHED_V4.to_string(),
+        })?;
+    init_table(&mut Array::try_from(map)?)
+}
+
+/// Writes the header of a table just made (its header still 0) with a
+/// random seed; leaves one already written as it is. Before any program
+/// that uses the table runs.
+pub fn init_table<T: BorrowMut<MapData>>(t: &mut Array<T, Slot>) -> Result<(), MapError> {
+    if geometry(t)?.is_some() {
+        return Ok(());
+    }
+    let mut seed = [0u8; 8];
+    // SAFETY: the buffer is 8 bytes long and lives across the call.
+    let n = unsafe { libc::getrandom(seed.as_mut_ptr().cast(), seed.len(), 0) };
+    if n != seed.len() as isize {
+        return Err(MapError::SyscallError(aya::sys::SyscallError {
+            call: "getrandom",
+            io_error: io::Error::last_os_error(),
+        }));
+    }
+    let h = Header::new(t.len(), u64::from_ne_bytes(seed));
+    t.set(0, h.to_slot(), 0)
+}
+
+/// Stores `e` as `k`'s entry in table `t`, where the programs would.
+fn store<T: BorrowMut<MapData>>(
+    t: &mut Array<T, Slot>,
+    k: &FlowKeyV4,
+    e: &FlowEntry,
+) -> Result<(), MapError> {
+    let g = geometry(t)?.ok_or(MapError::KeyNotFound)?;
+    let i = place(&g, k, |i| t.get(&i, 0))?;
+    t.set(
+        i,
+        Slot {
+            key: *k,
+            used: 1,
+            entry: *e,
+        },
+        0,
+    )
 }

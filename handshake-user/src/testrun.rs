@@ -34,11 +34,15 @@ impl Harness {
     pub fn sized(cfg: Config, max_connections: u32) -> Harness {
         let v6 = handshake_common::v6_share(max_connections);
         let mut ebpf = EbpfLoader::new()
-            .map_max_entries(maps::ESTABLISHED_V4, max_connections)
+            .map_max_entries(
+                maps::ESTABLISHED_V4,
+                handshake_common::table::entries(max_connections),
+            )
             .map_max_entries(maps::ESTABLISHED_V6, v6)
             .map_max_entries(maps::KNOWN, crate::gate::known_words(max_connections, v6))
             .load(crate::ebpf_object())
             .expect("load the BPF object");
+        crate::conns::init_loaded(&mut ebpf).expect("write the established table's header");
         let xdp: &mut Xdp = ebpf
             .program_mut(maps::XDP_PROGRAM)
             .unwrap()
@@ -379,9 +383,31 @@ impl Harness {
         }
         let cfg = self.config();
         let mut flows = Vec::new();
-        for name in [maps::HALF_OPEN_V4, maps::ESTABLISHED_V4] {
-            let keys = clear::<handshake_common::FlowKeyV4, FlowEntry>(&mut self.ebpf, name);
-            flows.extend(keys.iter().map(|k| k.widen()));
+        let keys =
+            clear::<handshake_common::FlowKeyV4, FlowEntry>(&mut self.ebpf, maps::HALF_OPEN_V4);
+        flows.extend(keys.iter().map(|k| k.widen()));
+        {
+            // The IPv4 established table: every slot in use freed.
+            use aya::maps::IterableMap as _;
+            use handshake_common::table::Slot;
+            let mut t: Array<_, Slot> =
+                Array::try_from(self.ebpf.map_mut(maps::ESTABLISHED_V4).unwrap()).unwrap();
+            let mut used = Vec::new();
+            crate::batch::for_each_batch(t.map(), |batch: &[(u32, Slot)]| {
+                used.extend(
+                    batch
+                        .iter()
+                        .filter(|(i, s)| *i != 0 && s.used != 0)
+                        .copied(),
+                );
+                std::ops::ControlFlow::Continue(())
+            })
+            .unwrap();
+            for (i, mut s) in used {
+                flows.push(s.key.widen());
+                s.used = 0;
+                t.set(i, s, 0).unwrap();
+            }
         }
         for name in [maps::HALF_OPEN_V6, maps::ESTABLISHED_V6] {
             flows.extend(clear::<FlowKey, FlowEntry>(&mut self.ebpf, name));

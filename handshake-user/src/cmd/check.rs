@@ -453,7 +453,7 @@ fn memory(max_connections: u32, max_connections_v6: u32, max_prefixes: u32) -> I
             continue;
         };
         let entries = u64::from(match name {
-            maps::ESTABLISHED_V4 => max_connections,
+            maps::ESTABLISHED_V4 => handshake_common::table::entries(max_connections),
             maps::ESTABLISHED_V6 => max_connections_v6,
             maps::KNOWN => known_words(max_connections, max_connections_v6),
             maps::PREFIXES_V4 | maps::PREFIXES_V6 => prefix::trie_entries(max_prefixes),

@@ -402,7 +402,10 @@ fn load(dir: &Path, options: Option<&AttachOptions>, extension: bool) -> Result<
         loader.map_pin_path(name, dir.join(name));
     }
     if let Some(o) = options {
-        loader.map_max_entries(maps::ESTABLISHED_V4, o.max_connections);
+        loader.map_max_entries(
+            maps::ESTABLISHED_V4,
+            handshake_common::table::entries(o.max_connections),
+        );
         loader.map_max_entries(maps::ESTABLISHED_V6, o.max_connections_v6);
         loader.map_max_entries(
             maps::KNOWN,
@@ -412,10 +415,15 @@ fn load(dir: &Path, options: Option<&AttachOptions>, extension: bool) -> Result<
         loader.map_max_entries(maps::PREFIXES_V4, tries);
         loader.map_max_entries(maps::PREFIXES_V6, tries);
     }
-    loader
+    let mut ebpf = loader
         .verifier_log_level(VerifierLogLevel::DEBUG | VerifierLogLevel::STATS)
         .load(crate::ebpf_object())
-        .map_err(GateError::step("load the gate's BPF object (maps)"))
+        .map_err(GateError::step("load the gate's BPF object (maps)"))?;
+    // A table just made gets its header (a reused one keeps its own)
+    // before any program that reads it is attached.
+    crate::conns::init_loaded(&mut ebpf)
+        .map_err(GateError::step("write the established table's header"))?;
+    Ok(ebpf)
 }
 
 /// The pin directory of a gate attached to `iface`, after the checks every

@@ -290,11 +290,12 @@ impl Gate {
         let mut gone = 0;
         let t = self.tables_mut()?;
         for map in [&mut t.half_open, &mut t.established] {
-            let keys: Vec<FlowKey> = map
-                .keys()
-                .filter_map(Result::ok)
-                .filter(|k| inside(k))
-                .collect();
+            let mut keys: Vec<FlowKey> = Vec::new();
+            map.for_each_batch(|batch| {
+                keys.extend(batch.iter().map(|(k, _)| *k).filter(|k| inside(k)));
+                std::ops::ControlFlow::Continue(())
+            })
+            .map_err(GateError::step("read the connection maps"))?;
             for k in keys {
                 match map.remove(&k) {
                     Ok(()) => gone += 1,
