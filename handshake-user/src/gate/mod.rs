@@ -192,12 +192,18 @@ impl Gate {
     }
 
     /// Capacities of the connection tables: (half-open, established),
-    /// each its IPv4 and its IPv6 map's.
+    /// each its IPv4 and its IPv6 map's: the entries each can hold (the
+    /// IPv4 established table's slots, its header not counted).
     pub fn map_capacity(&self) -> Result<([u32; 2], [u32; 2]), GateError> {
         let cap = |name: &str| -> Result<u32, GateError> {
-            Ok(MapInfo::from_pin(self.dir.join(name))
+            let n = MapInfo::from_pin(self.dir.join(name))
                 .map_err(GateError::step(format!("read the {name} map's size")))?
-                .max_entries())
+                .max_entries();
+            Ok(if name == maps::ESTABLISHED_V4 {
+                n.saturating_sub(1)
+            } else {
+                n
+            })
         };
         let table = |names: [&str; 2]| -> Result<[u32; 2], GateError> {
             Ok([cap(names[0])?, cap(names[1])?])
