@@ -149,10 +149,15 @@ impl Geometry {
     #[inline(always)]
     pub fn bucket_pair(&self, k: &FlowKeyV4) -> (u32, u32) {
         let h = hash(k, self.seed);
-        let n = self.buckets as u64;
-        let first = ((h & 0xffff_ffff) * n) >> 32;
-        let second = ((h >> 32) * n) >> 32;
-        (1 + first as u32 * WAYS, 1 + second as u32 * WAYS)
+        (self.bucket(h, 0), self.bucket(h, 1))
+    }
+
+    /// The first slot index of bucket `which` (0 or 1) of a key hashed
+    /// to `h`.
+    #[inline(always)]
+    pub fn bucket(&self, h: u64, which: u32) -> u32 {
+        let half = if which == 0 { h & 0xffff_ffff } else { h >> 32 };
+        1 + ((half * self.buckets as u64) >> 32) as u32 * WAYS
     }
 
     /// The slot index of `k`'s probe `i` (`0..PROBES`).

@@ -82,9 +82,13 @@ static HALF_OPEN_V6: LruHashMap<FlowKey, FlowEntry> =
 /// IPv4 connections past the handshake, until 2·MSL after they close: the
 /// gate's own table (`handshake_common::table`), an array of slots found
 /// by a hash of the program's own, so a lookup is no call.
+/// Mappable (`BPF_F_MMAPABLE`), so the controller reads its slots in
+/// place rather than copied out one by one.
 #[map(name = "ESTABLISHED_V4")]
-static ESTABLISHED_V4: Array<Slot> =
-    Array::with_max_entries(table_entries(ESTABLISHED_CAPACITY), 0);
+static ESTABLISHED_V4: Array<Slot> = Array::with_max_entries(
+    table_entries(ESTABLISHED_CAPACITY),
+    aya_ebpf::bindings::BPF_F_MMAPABLE,
+);
 
 /// IPv6 connections past the handshake.
 #[map(name = "ESTABLISHED_V6")]

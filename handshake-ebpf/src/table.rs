@@ -7,7 +7,7 @@ use core::sync::atomic::{Ordering, compiler_fence};
 
 use handshake_common::{
     FlowEntry, FlowKeyV4,
-    table::{Choice, Geometry, Header, PROBES, Slot, same_key, seen_before, victims},
+    table::{Choice, Geometry, Header, PROBES, Slot, WAYS, hash, same_key, seen_before, victims},
 };
 
 use crate::ESTABLISHED_V4;
@@ -31,8 +31,9 @@ fn holds(s: &Slot, k: &FlowKeyV4) -> bool {
 
 /// The slot holding `k`, looked for inline: for the data fast path, where
 /// a call would cost as much as the rest of the lookup. Every way out of
-/// the probes meets at one index, opaque to the optimiser, so what follows
-/// is walked by the verifier once, not once for each probe.
+/// the probes meets at one index. (Not made opaque to the optimiser: the
+/// stack slot that takes would put the program's frame, and so its
+/// deepest call chain, past what Linux 6.1 allows.)
 #[inline(always)]
 pub fn find_inline(k: &FlowKeyV4) -> Option<*mut Slot> {
     let found = core::hint::black_box(index_of(k));
@@ -42,19 +43,24 @@ pub fn find_inline(k: &FlowKeyV4) -> Option<*mut Slot> {
     ESTABLISHED_V4.get_ptr_mut(found)
 }
 
-/// The index of the slot holding `k`, or 0.
+/// The index of the slot holding `k`, or 0. Each bucket's first index
+/// made as its probes begin, so fewer values live across the probes (the
+/// fast path's frame is on the programs' deepest call chain).
 #[inline(always)]
 fn index_of(k: &FlowKeyV4) -> u32 {
     let Some(g) = geometry() else {
         return 0;
     };
-    let pair = g.bucket_pair(k);
-    for p in 0..PROBES {
-        let i = Geometry::probe(pair, p);
-        match ESTABLISHED_V4.get(i) {
-            Some(s) if holds(s, k) => return i,
-            Some(_) => {}
-            None => return 0,
+    let h = hash(k, g.seed);
+    for b in 0..2 {
+        let first = g.bucket(h, b);
+        for w in 0..WAYS {
+            let i = first + w;
+            match ESTABLISHED_V4.get(i) {
+                Some(s) if holds(s, k) => return i,
+                Some(_) => {}
+                None => return 0,
+            }
         }
     }
     0

@@ -65,6 +65,92 @@ impl<'a> ConnMap<&'a MapData> {
     }
 }
 
+/// Slots mapped at a time: 1 MiB, so a walk's memory stays small.
+const WINDOW: usize = 16_384;
+
+/// Hands `pass` the IPv4 established table's slots (but its header's), a
+/// window at a time, each mapped read-only into this process (the map is
+/// made `BPF_F_MMAPABLE`): a walk of two million slots reads memory, where
+/// copying them out costs a system call's work per slot. Stops when
+/// `pass` says so. False, having passed nothing, when the kernel will not
+/// map the table at all.
+fn walk_mapped(
+    map: &MapData,
+    pass: &mut dyn FnMut(&mut dyn Iterator<Item = Slot>) -> ControlFlow<()>,
+) -> io::Result<bool> {
+    let slots = map.info().map_err(io::Error::other)?.max_entries() as usize;
+    let mut first = 0;
+    while first < slots {
+        let w = match Window::of(map, first, (slots - first).min(WINDOW)) {
+            Ok(w) => w,
+            Err(_) if first == 0 => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        // The header's slot is never in use.
+        let from = if first == 0 { 1 } else { 0 };
+        if pass(&mut (from..w.slots).map(|i| w.slot(i))).is_break() {
+            break;
+        }
+        first += w.slots;
+    }
+    Ok(true)
+}
+
+/// Slots `first..first + slots` of a mappable table, mapped read-only.
+struct Window {
+    base: *const Slot,
+    bytes: usize,
+    slots: usize,
+}
+
+impl Window {
+    /// `first` is a multiple of [`WINDOW`], so the offset is whole pages.
+    fn of(map: &MapData, first: usize, slots: usize) -> io::Result<Window> {
+        use std::os::fd::{AsFd as _, AsRawFd as _};
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) } as usize;
+        let size = std::mem::size_of::<Slot>();
+        let bytes = (slots * size).div_ceil(page) * page;
+        // SAFETY: a shared read-only mapping of the map's own memory,
+        // inside what the kernel made (its size rounded up to a page);
+        // unmapped on drop.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                map.fd().as_fd().as_raw_fd(),
+                (first * size) as libc::off_t,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Window {
+            base: base.cast(),
+            bytes,
+            slots,
+        })
+    }
+
+    /// Slot `i` (`< slots`) as it is now: the programs may be writing it,
+    /// so it is read as a copy, and a slot caught mid-write reads as free
+    /// or whole but for a moment's entry fields.
+    fn slot(&self, i: usize) -> Slot {
+        debug_assert!(i < self.slots);
+        // SAFETY: inside the mapping; any bit pattern is a valid Slot.
+        unsafe { std::ptr::read_volatile(self.base.add(i)) }
+    }
+}
+
+impl Drop for Window {
+    fn drop(&mut self) {
+        // SAFETY: the mapping made in `of`, unmapped once.
+        unsafe { libc::munmap(self.base.cast_mut().cast(), self.bytes) };
+    }
+}
+
 /// A table's geometry from its header; none before it was written.
 fn geometry<T: Borrow<MapData>>(t: &Array<T, Slot>) -> Result<Option<Geometry>, MapError> {
     let h = Header::of_slot(&t.get(&0, 0)?);
@@ -122,18 +208,25 @@ impl<T: Borrow<MapData>> ConnMap<T> {
                 stopped = flow.is_break();
                 flow
             })?,
-            V4::Table(t) => crate::batch::for_each_batch(t.map(), |batch: &[(u32, Slot)]| {
-                wide.clear();
-                wide.extend(
-                    batch
-                        .iter()
-                        .filter(|(i, s)| *i != 0 && s.used != 0)
-                        .map(|(_, s)| (s.key.widen(), s.entry)),
-                );
-                let flow = each(&wide);
-                stopped = flow.is_break();
-                flow
-            })?,
+            V4::Table(t) => {
+                let mut pass = |batch: &mut dyn Iterator<Item = Slot>| {
+                    wide.clear();
+                    wide.extend(
+                        batch
+                            .filter(|s| s.used != 0)
+                            .map(|s| (s.key.widen(), s.entry)),
+                    );
+                    let flow = each(&wide);
+                    stopped = flow.is_break();
+                    flow
+                };
+                if !walk_mapped(t.map(), &mut pass)? {
+                    // A table the kernel would not map: copied out.
+                    crate::batch::for_each_batch(t.map(), |batch: &[(u32, Slot)]| {
+                        pass(&mut batch.iter().filter(|(i, _)| *i != 0).map(|(_, s)| *s))
+                    })?
+                }
+            }
         }
         if stopped {
             return Ok(());
