@@ -142,16 +142,18 @@ fn an_allowed_client_connects_beside_a_flood_at_a_cap_of_one() {
     let out = gate.run("allow", &["load", file.to_str().unwrap()]);
     assert!(out.contains("1 added"), "{out}");
 
-    // The flood takes the one half-open slot and keeps it.
+    // The flood takes the one half-open slot and keeps it. 5,000 SYNs: the
+    // pace is 10,000 a second, but an emulated VM beside the connecting
+    // clients sends fewer than 2,000 a second, and the sender stops at 10 s.
     let flooding = std::thread::scope(|t| {
-        let flood = t.spawn(|| spoofed_flood(&lab, addr, 20_000));
+        let flood = t.spawn(|| spoofed_flood(&lab, addr, 5_000));
         std::thread::sleep(Duration::from_millis(300));
         let allowed = connect_many(&lab.client, addr, 10, CONNECT).unwrap();
         let refused = connect_each(&lab.client, &[stranger], addr, CONNECT).unwrap();
         (flood.join().unwrap(), allowed.succeeded, refused.succeeded)
     });
     let (sent, allowed, refused) = flooding;
-    assert_eq!(sent, 20_000);
+    assert_eq!(sent, 5_000);
     assert_eq!(
         allowed, 10,
         "the allowed client was refused beside the flood"
