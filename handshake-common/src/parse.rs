@@ -87,24 +87,29 @@ pub struct Facts {
 /// The cookie path's working space, off the 512-byte stack.
 #[repr(C)]
 pub struct CookieScratch {
-    /// The frame's link-layer header (Ethernet and up to two VLAN tags).
-    pub l2: [u8; 32],
-    /// The SYN's IP header (without IPv4 options or IPv6 extension headers).
-    pub ip: [u8; 40],
     /// The SYN's TCP header: the fixed 20 bytes, then room for
     /// [`crate::cookie::OPTIONS_BUF`] bytes of options.
     pub tcp: [u8; TCP_HEADER_BUF],
-    /// The reply's IP and TCP headers (room to spare: the BPF verifier
-    /// sees the reply's length only as masked, up to 103).
-    pub reply: [u8; 128],
+    /// The frame's head, copied out in one piece: the link-layer header
+    /// (Ethernet and up to two VLAN tags, at most 31 bytes as the BPF
+    /// verifier sees it), then the SYN's fixed IP header. The reply is
+    /// built over the IP header, after the link-layer one, and the whole
+    /// written back in one piece: room for [`COOKIE_REPLY_BUF`] bytes after
+    /// the longest link-layer header.
+    pub frame: [u8; COOKIE_FRAME_BUF],
 }
+
+/// The room [`CookieScratch::frame`] keeps for the reply's IP and TCP
+/// headers (the verifier sees the reply's length only as masked, up to 103).
+pub const COOKIE_REPLY_BUF: usize = 128;
+/// [`CookieScratch::frame`]'s size: the longest link-layer header the
+/// verifier can see, then the reply's room.
+pub const COOKIE_FRAME_BUF: usize = 32 + COOKIE_REPLY_BUF;
 
 impl CookieScratch {
     pub const EMPTY: CookieScratch = CookieScratch {
-        l2: [0; 32],
-        ip: [0; 40],
         tcp: [0; TCP_HEADER_BUF],
-        reply: [0; 128],
+        frame: [0; COOKIE_FRAME_BUF],
     };
 
     /// The options part of [`CookieScratch::tcp`].

@@ -6,8 +6,9 @@
 //! which the controller sets.
 //!
 //! The headers are copied into scratch memory and the reply written back
-//! with `bpf_xdp_load_bytes` / `bpf_xdp_store_bytes`, which check their
-//! bounds at run time: no length read from the packet has to be proven to
+//! with `bpf_xdp_load_bytes` / `bpf_xdp_store_bytes` (three calls for a SYN
+//! without options: the frame's head out, its TCP header out, the reply
+//! in), which check their bounds at run time: no length read from the packet has to be proven to
 //! the verifier against the packet's end. A reply longer than the SYN
 //! (an MSS option where the SYN had none) takes its room from the frame's
 //! headroom, which XDP always has, not from its tailroom, which a frame
@@ -25,6 +26,7 @@ use handshake_common::{
     Config,
     cookie::{self, MAX_REPLY, Options, Reply},
     flow::AF_INET,
+    parse::COOKIE_REPLY_BUF,
 };
 
 use crate::parse::Facts;
@@ -75,20 +77,29 @@ pub extern "C" fn gate_cookie(ctx: *mut xdp_md, f: *mut Facts, cfg: *const Confi
 }
 
 /// Answers the SYN in `f` (parsed from this frame) with a cookie SYN-ACK.
+/// Three copies at most between the frame and scratch memory: its head
+/// (link-layer and IP headers) out, the TCP header out (a second time only
+/// when it has options), and the reply back in one piece.
 #[inline(always)]
 fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
     let xdp = ctx.ctx;
     let (l3, l4) = (f.l3 as u32, f.l4 as u32);
-    // Two VLAN tags at most; the masks show the verifier the bounds the
-    // parser guarantees.
-    if l3 > 22 {
+    // Two VLAN tags at most; the mask, on a value the optimiser cannot
+    // see through (it would drop the mask after the check), shows the
+    // verifier the bound the parser guarantees.
+    if !(14..=22).contains(&l3) {
         return Outcome::Failed;
     }
-    let l3 = l3 & 0x1f;
+    let l3 = core::hint::black_box(l3) & 0x1f;
     let v4 = f.family == AF_INET;
     let ip_len: u32 = if v4 { 20 } else { 40 };
     let c = &mut f.cookie;
 
+    // The link-layer header and the fixed IP header (whatever options or
+    // extension headers follow), in one copy.
+    if unsafe { bpf_xdp_load_bytes(xdp, 0, c.frame.as_mut_ptr().cast(), l3 + ip_len) } != 0 {
+        return Outcome::Failed;
+    }
     // The TCP header, whole: its length read from it, then checked on the
     // value passed on (opaque to the optimiser, which would otherwise fold
     // the check into one the verifier cannot follow).
@@ -101,17 +112,15 @@ fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
     }
     // The same value, in a form whose bounds the verifier derives itself
     // (20 to 80, inside the 84-byte buffer), and the whole header again
-    // with it: a load of the options alone could be empty, which the
-    // verifier refuses.
+    // with it when there is more than the fixed part: a load of the
+    // options alone could be empty, which the verifier refuses.
     let th_len = 20 + (core::hint::black_box(th_len - 20) & 0x3c);
-    if unsafe { bpf_xdp_load_bytes(xdp, l4, c.tcp.as_mut_ptr().cast(), th_len) } != 0 {
-        return Outcome::Failed;
-    }
-    if unsafe { bpf_xdp_load_bytes(xdp, l3, c.ip.as_mut_ptr().cast(), ip_len) } != 0 {
+    if th_len > 20 && unsafe { bpf_xdp_load_bytes(xdp, l4, c.tcp.as_mut_ptr().cast(), th_len) } != 0
+    {
         return Outcome::Failed;
     }
 
-    let value = match make_cookie(ctx, f, ip_len, th_len) {
+    let value = match make_cookie(ctx, f, l3, ip_len, th_len) {
         Ok(v) => v,
         Err(o) => return o,
     };
@@ -134,15 +143,35 @@ fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
         // timestamp is never ahead of the kernel's own next one.
         now_ns: crate::clock::now(),
     };
-    let n = cookie::build(&reply, &mut f.cookie.reply) as u32;
-    write_reply(ctx, &mut f.cookie, l3, n)
+    // The reply goes over the SYN's IP header, after the link-layer one,
+    // whose MACs swap.
+    for i in 0..6 {
+        c.frame.swap(i, 6 + i);
+    }
+    // SAFETY: `l3` is at most 31 and the frame buffer holds 32 bytes and
+    // the reply's room.
+    let out = unsafe {
+        &mut *c
+            .frame
+            .as_mut_ptr()
+            .add(l3 as usize)
+            .cast::<[u8; COOKIE_REPLY_BUF]>()
+    };
+    let n = cookie::build(&reply, out) as u32;
+    write_reply(ctx, c, l3, n)
 }
 
 /// Finds the listening socket the SYN is for and has the kernel make its
-/// cookie from the copied headers: the cookie in the low 32 bits, the MSS
-/// it encodes above.
+/// cookie from the copied headers (the IP header at `l3` in the frame
+/// buffer): the cookie in the low 32 bits, the MSS it encodes above.
 #[inline(always)]
-fn make_cookie(ctx: &XdpContext, f: &mut Facts, ip_len: u32, th_len: u32) -> Result<u64, Outcome> {
+fn make_cookie(
+    ctx: &XdpContext,
+    f: &mut Facts,
+    l3: u32,
+    ip_len: u32,
+    th_len: u32,
+) -> Result<u64, Outcome> {
     let sk = crate::sock::find(ctx, f);
     if sk.is_null() {
         return Err(Outcome::NoListener);
@@ -151,7 +180,7 @@ fn make_cookie(ctx: &XdpContext, f: &mut Facts, ip_len: u32, th_len: u32) -> Res
     let value = unsafe {
         bpf_tcp_gen_syncookie(
             sk.cast(),
-            c.ip.as_mut_ptr().cast(),
+            c.frame.as_mut_ptr().add((l3 & 0x1f) as usize).cast(),
             ip_len,
             c.tcp.as_mut_ptr().cast::<tcphdr>(),
             th_len,
@@ -164,9 +193,10 @@ fn make_cookie(ctx: &XdpContext, f: &mut Facts, ip_len: u32, th_len: u32) -> Res
     Ok(value as u64)
 }
 
-/// Makes the frame the reply: the link-layer header with its MACs swapped,
-/// then the `n` bytes of IP and TCP headers built in `c.reply`. A frame too
-/// short grows at its head; a longer one is cut at its tail.
+/// Makes the frame the reply: sized to the link-layer header (its MACs
+/// already swapped) and the `n` bytes of IP and TCP headers built after it
+/// in `c.frame`, then written in one piece. A frame too short grows at its
+/// head; a longer one is cut at its tail.
 #[inline(always)]
 fn write_reply(
     ctx: &XdpContext,
@@ -175,21 +205,16 @@ fn write_reply(
     n: u32,
 ) -> Outcome {
     let xdp = ctx.ctx;
-    // Both lengths go to helpers as sizes, which the verifier must see
+    // The length goes to a helper as a size, which the verifier must see
     // bounded and non-zero on the very value passed.
     if !(40..=MAX_REPLY as u32).contains(&n) {
         return Outcome::Failed;
     }
-    // The bounds the verifier sees come from the masks themselves: 40 to
-    // 103 (the buffer holds 128), and at most 31.
+    // The bounds the verifier sees come from the masks themselves: a
+    // link-layer header of at most 31 bytes and a reply of 40 to 103, in
+    // the 160-byte buffer.
     let n = 40 + (core::hint::black_box(n - 40) & 0x3f);
     let l3 = core::hint::black_box(l3) & 0x1f;
-    if l3 < 14 || unsafe { bpf_xdp_load_bytes(xdp, 0, c.l2.as_mut_ptr().cast(), l3) } != 0 {
-        return Outcome::Failed;
-    }
-    for i in 0..6 {
-        c.l2.swap(i, 6 + i);
-    }
     let want = l3 + n;
     let have = (ctx.data_end() - ctx.data()) as u32;
     if have < want {
@@ -202,13 +227,9 @@ fn write_reply(
         // still says where the reply ends and the rest is padding.
         let _ = unsafe { bpf_xdp_adjust_tail(xdp, -((have - want) as i32)) };
     }
-    // Both writes are inside the frame just sized; a failure would leave a
-    // frame that is neither SYN nor SYN-ACK, so it is dropped, not passed.
-    let ok = unsafe {
-        bpf_xdp_store_bytes(xdp, 0, c.l2.as_mut_ptr().cast(), l3) == 0
-            && bpf_xdp_store_bytes(xdp, l3, c.reply.as_mut_ptr().cast(), n) == 0
-    };
-    if ok {
+    // Inside the frame just sized; a failure would leave a frame that is
+    // neither SYN nor SYN-ACK, so it is dropped, not passed.
+    if unsafe { bpf_xdp_store_bytes(xdp, 0, c.frame.as_mut_ptr().cast(), want) } == 0 {
         Outcome::Sent
     } else {
         Outcome::NoListener

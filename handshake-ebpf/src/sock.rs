@@ -85,14 +85,14 @@ fn cookie_ok(ctx: &XdpContext, f: &mut Facts, sk: *mut bpf_sock) -> bool {
     let (l3, l4) = (f.l3 as u32, f.l4 as u32);
     let c = &mut f.cookie;
     let loaded = unsafe {
-        bpf_xdp_load_bytes(xdp, l3, c.ip.as_mut_ptr().cast(), ip_len) == 0
+        bpf_xdp_load_bytes(xdp, l3, c.frame.as_mut_ptr().cast(), ip_len) == 0
             && bpf_xdp_load_bytes(xdp, l4, c.tcp.as_mut_ptr().cast(), 20) == 0
     };
     loaded
         && unsafe {
             bpf_tcp_check_syncookie(
                 sk.cast(),
-                c.ip.as_mut_ptr().cast(),
+                c.frame.as_mut_ptr().cast(),
                 ip_len,
                 c.tcp.as_mut_ptr().cast::<tcphdr>(),
                 20,
