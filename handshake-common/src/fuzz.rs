@@ -73,6 +73,7 @@ pub fn empty_facts() -> Facts {
         key_found: 0,
         listed: 0,
         tried: 0,
+        th_len: 0,
         now_ns: 0,
         l3: 0,
         l4: 0,

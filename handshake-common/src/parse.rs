@@ -74,6 +74,8 @@ pub struct Facts {
     /// own encoding), carried here rather than in a register so the BPF
     /// verifier does not walk everything after it once for each value.
     pub tried: u8,
+    /// The TCP header's length in bytes, options included (20 to 60).
+    pub th_len: u8,
     /// When the tracker first looked at the packet (monotonic ns).
     pub now_ns: u64,
     /// Where the IP header starts (after Ethernet and VLAN tags).
@@ -497,6 +499,7 @@ fn tcp<C: Packet>(ctx: &C, off: usize, l4_len: usize, out: &mut Facts) -> Result
     let b = th_ptr.cast::<u8>();
     let flags = unsafe { *b.add(13) };
     out.l4 = off as u16;
+    out.th_len = doff as u8;
     // Ports stay in network order.
     out.src.port = unsafe { word::<u16>(b) };
     out.dst.port = unsafe { word::<u16>(b.add(2)) };

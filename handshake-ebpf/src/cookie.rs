@@ -6,9 +6,8 @@
 //! which the controller sets.
 //!
 //! The headers are copied into scratch memory and the reply written back
-//! with `bpf_xdp_load_bytes` / `bpf_xdp_store_bytes` (three calls for a SYN
-//! without options: the frame's head out, its TCP header out, the reply
-//! in), which check their bounds at run time: no length read from the packet has to be proven to
+//! with `bpf_xdp_load_bytes` / `bpf_xdp_store_bytes` (two calls: the
+//! headers out, the reply in), which check their bounds at run time: no length read from the packet has to be proven to
 //! the verifier against the packet's end. A reply longer than the SYN
 //! (an MSS option where the SYN had none) takes its room from the frame's
 //! headroom, which XDP always has, not from its tailroom, which a frame
@@ -77,9 +76,9 @@ pub extern "C" fn gate_cookie(ctx: *mut xdp_md, f: *mut Facts, cfg: *const Confi
 }
 
 /// Answers the SYN in `f` (parsed from this frame) with a cookie SYN-ACK.
-/// Three copies at most between the frame and scratch memory: its head
-/// (link-layer and IP headers) out, the TCP header out (a second time only
-/// when it has options), and the reply back in one piece.
+/// Two copies between the frame and scratch memory (three when IP options
+/// or extension headers lie before the TCP header): the headers out, the
+/// reply back in, each in one piece.
 #[inline(always)]
 fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
     let xdp = ctx.ctx;
@@ -93,30 +92,30 @@ fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
     let l3 = core::hint::black_box(l3) & 0x1f;
     let v4 = f.family == AF_INET;
     let ip_len: u32 = if v4 { 20 } else { 40 };
-    let c = &mut f.cookie;
-
-    // The link-layer header and the fixed IP header (whatever options or
-    // extension headers follow), in one copy.
-    if unsafe { bpf_xdp_load_bytes(xdp, 0, c.frame.as_mut_ptr().cast(), l3 + ip_len) } != 0 {
-        return Outcome::Failed;
-    }
-    // The TCP header, whole: its length read from it, then checked on the
-    // value passed on (opaque to the optimiser, which would otherwise fold
-    // the check into one the verifier cannot follow).
-    if unsafe { bpf_xdp_load_bytes(xdp, l4, c.tcp.as_mut_ptr().cast(), 20) } != 0 {
-        return Outcome::Failed;
-    }
-    let th_len = core::hint::black_box((c.tcp[12] >> 4) as u32 * 4);
+    // The TCP header's length as the parser found it (20 to 60), in a form
+    // whose bounds the verifier derives itself (20 to 80).
+    let th_len = f.th_len as u32;
     if !(20..=60).contains(&th_len) {
         return Outcome::Failed;
     }
-    // The same value, in a form whose bounds the verifier derives itself
-    // (20 to 80, inside the 84-byte buffer), and the whole header again
-    // with it when there is more than the fixed part: a load of the
-    // options alone could be empty, which the verifier refuses.
     let th_len = 20 + (core::hint::black_box(th_len - 20) & 0x3c);
-    if th_len > 20 && unsafe { bpf_xdp_load_bytes(xdp, l4, c.tcp.as_mut_ptr().cast(), th_len) } != 0
-    {
+    // Where the TCP header goes in the frame buffer: right after the fixed
+    // IP header (at most 71).
+    let tcp_at = l3 + ip_len;
+    let c = &mut f.cookie;
+    let frame = c.frame.as_mut_ptr();
+    // The link-layer, IP and TCP headers in one copy; when IPv4 options or
+    // IPv6 extension headers lie between the last two, the TCP header in a
+    // copy of its own.
+    let copied = unsafe {
+        if l4 == tcp_at {
+            bpf_xdp_load_bytes(xdp, 0, frame.cast(), tcp_at + th_len) == 0
+        } else {
+            bpf_xdp_load_bytes(xdp, 0, frame.cast(), tcp_at) == 0
+                && bpf_xdp_load_bytes(xdp, l4, frame.add(tcp_at as usize).cast(), th_len) == 0
+        }
+    };
+    if !copied {
         return Outcome::Failed;
     }
 
@@ -125,11 +124,15 @@ fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
         Err(o) => return o,
     };
     let c = &mut f.cookie;
+    // SAFETY: the options start at most 91 bytes in and the walk reads 64
+    // bytes; the buffer holds 160.
+    let tcp = unsafe { c.frame.as_ptr().add(tcp_at as usize) };
+    let opts = unsafe { &*tcp.add(20).cast::<[u8; cookie::OPTIONS_BUF]>() };
     // The options' length from the copy: a value of its own, not linked to
     // `th_len`, which the helper call made precise, so the verifier can
     // prune the walk's states whatever it learns about this one.
-    let opt_len = ((c.tcp[12] >> 4) as usize * 4).saturating_sub(20);
-    let syn = cookie::parse_options(c.options(), opt_len);
+    let opt_len = ((unsafe { *tcp.add(12) } >> 4) as usize * 4).saturating_sub(20);
+    let syn = cookie::parse_options(opts, opt_len);
     let reply = Reply {
         family: f.family,
         client: &f.src,
@@ -163,7 +166,8 @@ fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
 
 /// Finds the listening socket the SYN is for and has the kernel make its
 /// cookie from the copied headers (the IP header at `l3` in the frame
-/// buffer): the cookie in the low 32 bits, the MSS it encodes above.
+/// buffer, the TCP header after it): the cookie in the low 32 bits, the
+/// MSS it encodes above.
 #[inline(always)]
 fn make_cookie(
     ctx: &XdpContext,
@@ -180,9 +184,12 @@ fn make_cookie(
     let value = unsafe {
         bpf_tcp_gen_syncookie(
             sk.cast(),
-            c.frame.as_mut_ptr().add((l3 & 0x1f) as usize).cast(),
+            c.frame.as_mut_ptr().add(l3 as usize).cast(),
             ip_len,
-            c.tcp.as_mut_ptr().cast::<tcphdr>(),
+            c.frame
+                .as_mut_ptr()
+                .add((l3 + ip_len) as usize)
+                .cast::<tcphdr>(),
             th_len,
         )
     };

@@ -56,6 +56,35 @@ fn listen() -> Vec<Socket> {
     v
 }
 
+/// `t`'s frame with 8 bytes between its IP and TCP headers: IPv4 options
+/// (NOPs; the header length, total length and header checksum fixed) or an
+/// IPv6 hop-by-hop header (PadN; the payload length fixed), so that the TCP
+/// header is not where the fixed IP header ends.
+fn with_header_between(t: &Tcp) -> Vec<u8> {
+    let mut b = t.bytes();
+    let l3 = 14 + 4 * t.vlans;
+    let word = |b: &[u8], at: usize| u16::from_be_bytes([b[at], b[at + 1]]);
+    if t.src.is_ipv4() {
+        b.splice(l3 + 20..l3 + 20, [1u8; 8]);
+        b[l3] = 0x47;
+        let total = word(&b, l3 + 2) + 8;
+        b[l3 + 2..l3 + 4].copy_from_slice(&total.to_be_bytes());
+        b[l3 + 10..l3 + 12].fill(0);
+        let mut sum: u32 = (0..14).map(|i| u32::from(word(&b, l3 + 2 * i))).sum();
+        while sum > 0xffff {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        b[l3 + 10..l3 + 12].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    } else {
+        let next = b[l3 + 6];
+        b[l3 + 6] = 0;
+        b.splice(l3 + 40..l3 + 40, [next, 0, 1, 4, 0, 0, 0, 0]);
+        let payload = word(&b, l3 + 4) + 8;
+        b[l3 + 4..l3 + 6].copy_from_slice(&payload.to_be_bytes());
+    }
+    b
+}
+
 /// What a reply must be, checked field by field.
 fn check_syn_ack(name: &str, syn: &Tcp, out: &[u8], host: Options) {
     let p = SlicedPacket::from_ethernet(out).unwrap_or_else(|e| panic!("{name}: {e}"));
@@ -178,27 +207,41 @@ fn a_syn_over_the_cap_comes_back_as_a_cookie_syn_ack() {
         let mut h = Harness::new(cfg(Options::default()));
         for (label, host) in [("MSS only", Options::default()), ("timestamps", ts)] {
             for (src, dst) in [("198.18.0.66", SRV4), ("2001:db8::66", SRV6)] {
-                for (kind, syn) in [
-                    ("bare", syn(src, 40_000, dst, PORT)),
+                for (kind, syn, between) in [
+                    ("bare", syn(src, 40_000, dst, PORT), false),
                     (
                         "Linux options",
                         syn(src, 40_001, dst, PORT).linux_options(0x1234_5678),
+                        false,
                     ),
                     (
                         "Linux options, two VLAN tags",
                         syn(src, 40_002, dst, PORT).linux_options(7).vlans(2),
+                        false,
+                    ),
+                    (
+                        "Linux options, IP options or an extension header",
+                        syn(src, 40_003, dst, PORT).linux_options(9),
+                        true,
                     ),
                 ] {
                     let name = format!("{label}, {src}, {kind}");
+                    let frame = |t: &Tcp| {
+                        if between {
+                            with_header_between(t)
+                        } else {
+                            t.bytes()
+                        }
+                    };
                     h.reset(&[PORT]);
                     h.reset_counters();
                     h.set(cfg(host));
                     // The first SYN takes the whole budget.
                     let mut first = syn.with_seq(1);
                     first.sport = 1;
-                    assert_eq!(h.run(&first.bytes()), XDP_PASS, "{name}");
+                    assert_eq!(h.run(&frame(&first)), XDP_PASS, "{name}");
                     let syn = syn.with_seq(0xffff_ffff);
-                    let (action, out) = h.run_with_output(&syn.bytes());
+                    let (action, out) = h.run_with_output(&frame(&syn));
                     assert_eq!(action, XDP_TX, "{name}");
                     check_syn_ack(&name, &syn, &out, host);
                     assert_eq!(h.count(Reason::Cookie), 1, "{name}");
