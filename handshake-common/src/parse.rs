@@ -93,20 +93,22 @@ pub struct CookieScratch {
     /// [`crate::cookie::OPTIONS_BUF`] bytes of options.
     pub tcp: [u8; TCP_HEADER_BUF],
     /// The frame's head, copied out in one piece: the link-layer header
-    /// (Ethernet and up to two VLAN tags, at most 31 bytes as the BPF
-    /// verifier sees it), then the SYN's fixed IP header. The reply is
-    /// built over the IP header, after the link-layer one, and the whole
-    /// written back in one piece: room for [`COOKIE_REPLY_BUF`] bytes after
-    /// the longest link-layer header.
+    /// (Ethernet and up to two VLAN tags), the SYN's fixed IP header and
+    /// its TCP header. The reply is built over the IP header, after the
+    /// link-layer one, and the whole written back in one piece.
     pub frame: [u8; COOKIE_FRAME_BUF],
 }
 
 /// The room [`CookieScratch::frame`] keeps for the reply's IP and TCP
 /// headers (the verifier sees the reply's length only as masked, up to 103).
 pub const COOKIE_REPLY_BUF: usize = 128;
-/// [`CookieScratch::frame`]'s size: the longest link-layer header the
-/// verifier can see, then the reply's room.
-pub const COOKIE_FRAME_BUF: usize = 32 + COOKIE_REPLY_BUF;
+/// [`CookieScratch::frame`]'s size, as the BPF verifier must see every
+/// access fit: the TCP header placed at most 83 bytes in, its 80 bytes and
+/// the options walk's 64 past its fixed 20; the reply's room after a
+/// link-layer header of up to 31.
+pub const COOKIE_FRAME_BUF: usize = 168;
+const _: () = assert!(COOKIE_FRAME_BUF >= 83 + 20 + crate::cookie::OPTIONS_BUF);
+const _: () = assert!(COOKIE_FRAME_BUF >= 31 + COOKIE_REPLY_BUF);
 
 impl CookieScratch {
     pub const EMPTY: CookieScratch = CookieScratch {
