@@ -289,12 +289,16 @@ pub struct Reply<'a> {
     pub mss: u16,
     pub syn: SynOptions,
     pub host: Options,
+    /// The clock for a timestamp cookie (monotonic ns); read only when the
+    /// SYN offered timestamps and the host allows timestamp cookies.
     pub now_ns: u64,
 }
 
 /// Writes the SYN-ACK's IP and TCP headers, checksums included, into `out`;
 /// returns their length. The IPv4 header has no options and the IPv6 one
-/// no extension headers, whatever the SYN had.
+/// no extension headers, whatever the SYN had. The checksums are summed
+/// from the values as they are written, not read back from `out` (a BPF
+/// program reads its buffer a byte at a time).
 pub fn build<const N: usize>(r: &Reply, out: &mut [u8; N]) -> usize {
     const { assert!(N >= MAX_REPLY) };
     let mut opts = [0u8; 20];
@@ -303,58 +307,53 @@ pub fn build<const N: usize>(r: &Reply, out: &mut [u8; N]) -> usize {
     let v4 = r.family == crate::flow::AF_INET;
     let ip_len = if v4 { 20 } else { 40 };
     let (src, dst) = (&r.server.addr, &r.client.addr);
-    // The pseudo-header: addresses, protocol, TCP length.
+    // Both addresses' words: in the pseudo-header, and in the IPv4 header.
     let addr_len = if v4 { 4 } else { 16 };
-    let mut acc = sum16(&src[..addr_len], 0);
-    acc = sum16(&dst[..addr_len], acc);
-    acc += 6 + tcp_len as u32;
+    let addrs = sum16(&dst[..addr_len], sum16(&src[..addr_len], 0));
     if v4 {
-        let tot = ((ip_len + tcp_len) as u16).to_be_bytes();
+        let total = (ip_len + tcp_len) as u16;
+        let tot = total.to_be_bytes();
+        // Version and length, total length, flags (DF), TTL and protocol.
+        let sum = addrs + 0x4500 + u32::from(total) + 0x4000 + ((TTL as u32) << 8 | 6);
+        let c = checksum(sum).to_be_bytes();
         out[..20].copy_from_slice(&[
-            0x45, 0, tot[0], tot[1], 0, 0, 0x40, 0, TTL, 6, 0, 0, src[0], src[1], src[2], src[3],
-            dst[0], dst[1], dst[2], dst[3],
+            0x45, 0, tot[0], tot[1], 0, 0, 0x40, 0, TTL, 6, c[0], c[1], src[0], src[1], src[2],
+            src[3], dst[0], dst[1], dst[2], dst[3],
         ]);
-        let c = checksum(sum16(&out[..20], 0)).to_be_bytes();
-        out[10] = c[0];
-        out[11] = c[1];
     } else {
         let plen = (tcp_len as u16).to_be_bytes();
         out[..8].copy_from_slice(&[0x60, 0, 0, 0, plen[0], plen[1], 6, TTL]);
         out[8..24].copy_from_slice(src);
         out[24..40].copy_from_slice(dst);
     }
-    let sp = r.server.port.to_ne_bytes();
-    let dp = r.client.port.to_ne_bytes();
-    let seq = r.cookie.to_be_bytes();
-    let ack = r.client_seq.wrapping_add(1).to_be_bytes();
-    let win = WINDOW.to_be_bytes();
+    let (sport, dport) = (u16::from_be(r.server.port), u16::from_be(r.client.port));
+    let seq = r.cookie;
+    let ack = r.client_seq.wrapping_add(1);
+    let offset_flags = (((tcp_len / 4) as u16) << 12)
+        | u16::from(crate::machine::tcp::SYN | crate::machine::tcp::ACK);
+    // The pseudo-header (the addresses, the protocol, the TCP length), then
+    // the header's words as written (its checksum and urgent pointer 0)
+    // and the options'.
+    let word = |v: u32| (v >> 16) + (v & 0xffff);
+    let sum = addrs
+        + 6
+        + tcp_len as u32
+        + u32::from(sport)
+        + u32::from(dport)
+        + word(seq)
+        + word(ack)
+        + u32::from(offset_flags)
+        + u32::from(WINDOW);
+    let c = checksum(sum16(&opts[..opt_len], sum)).to_be_bytes();
+    let (sp, dp) = (sport.to_be_bytes(), dport.to_be_bytes());
+    let (seq, ack) = (seq.to_be_bytes(), ack.to_be_bytes());
+    let (of, win) = (offset_flags.to_be_bytes(), WINDOW.to_be_bytes());
     let t = &mut out[ip_len..ip_len + tcp_len];
     t[..20].copy_from_slice(&[
-        sp[0],
-        sp[1],
-        dp[0],
-        dp[1],
-        seq[0],
-        seq[1],
-        seq[2],
-        seq[3],
-        ack[0],
-        ack[1],
-        ack[2],
-        ack[3],
-        ((tcp_len / 4) as u8) << 4,
-        crate::machine::tcp::SYN | crate::machine::tcp::ACK,
-        win[0],
-        win[1],
-        0,
-        0,
-        0,
-        0,
+        sp[0], sp[1], dp[0], dp[1], seq[0], seq[1], seq[2], seq[3], ack[0], ack[1], ack[2], ack[3],
+        of[0], of[1], win[0], win[1], c[0], c[1], 0, 0,
     ]);
     t[20..].copy_from_slice(&opts[..opt_len]);
-    let c = checksum(sum16(t, acc)).to_be_bytes();
-    t[16] = c[0];
-    t[17] = c[1];
     ip_len + tcp_len
 }
 

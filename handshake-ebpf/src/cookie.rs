@@ -135,6 +135,15 @@ fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
     // prune the walk's states whatever it learns about this one.
     let opt_len = ((unsafe { *tcp.add(12) } >> 4) as usize * 4).saturating_sub(20);
     let syn = cookie::parse_options(opts, opt_len);
+    let host = Options::from_bits(cfg.cookie_options);
+    // The coarse clock, read only for a timestamp cookie: behind the TCP
+    // clock by at most a tick, so the timestamp is never ahead of the
+    // kernel's own next one.
+    let now_ns = if syn.tsval.is_some() && host.timestamps {
+        crate::clock::now()
+    } else {
+        0
+    };
     let reply = Reply {
         family: f.family,
         client: &f.src,
@@ -143,10 +152,8 @@ fn answer(ctx: &XdpContext, f: &mut Facts, cfg: &Config) -> Outcome {
         cookie: value as u32,
         mss: (value >> 32) as u16,
         syn,
-        host: Options::from_bits(cfg.cookie_options),
-        // The coarse clock: behind the TCP clock by at most a tick, so the
-        // timestamp is never ahead of the kernel's own next one.
-        now_ns: crate::clock::now(),
+        host,
+        now_ns,
     };
     // The reply goes over the SYN's IP header, after the link-layer one,
     // whose MACs swap.
