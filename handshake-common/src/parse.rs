@@ -115,12 +115,6 @@ impl CookieScratch {
         tcp: [0; TCP_HEADER_BUF],
         frame: [0; COOKIE_FRAME_BUF],
     };
-
-    /// The options part of [`CookieScratch::tcp`].
-    pub fn options(&self) -> &[u8; crate::cookie::OPTIONS_BUF] {
-        let (_, opts) = self.tcp.split_at(20);
-        opts.try_into().unwrap_or(&[0; crate::cookie::OPTIONS_BUF])
-    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -7,8 +7,9 @@
 //!
 //! The headers are copied into scratch memory and the reply written back
 //! with `bpf_xdp_load_bytes` / `bpf_xdp_store_bytes` (two calls: the
-//! headers out, the reply in), which check their bounds at run time: no length read from the packet has to be proven to
-//! the verifier against the packet's end. A reply longer than the SYN
+//! headers out, the reply in), which check their bounds at run time: no
+//! length read from the packet has to be proven to the verifier against
+//! the packet's end. A reply longer than the SYN
 //! (an MSS option where the SYN had none) takes its room from the frame's
 //! headroom, which XDP always has, not from its tailroom, which a frame
 //! may lack.
@@ -196,10 +197,7 @@ fn make_cookie(
             sk.cast(),
             c.frame.as_mut_ptr().add(l3 as usize).cast(),
             ip_len,
-            c.frame
-                .as_mut_ptr()
-                .add((l3 + ip_len) as usize)
-                .cast::<tcphdr>(),
+            c.frame.as_mut_ptr().add(tcp_at as usize).cast::<tcphdr>(),
             th_len,
         )
     };
